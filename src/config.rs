@@ -1,0 +1,511 @@
+//! The pipeline file: parse, fill defaults, validate.
+//!
+//! Every key is checked (`deny_unknown_fields`), so a typo is an error that
+//! names the file, the key and its line. Checks that need more than the
+//! file's own text (does the glob match, does the SQL fit the input schema)
+//! happen when the pipeline is built ([`crate::pipeline`]), still before any
+//! data is read, and report the same way through [`ConfigSource::error`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A parsed pipeline file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Seed of every random choice in the run.
+    #[serde(default)]
+    pub seed: u64,
+    /// Optional DataFusion SQL over the table `input`: filters and projections
+    /// only, applied to every batch before the stages.
+    #[serde(default)]
+    pub sql: Option<String>,
+    pub inputs: Vec<InputConfig>,
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
+    pub output: OutputConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub plan: PlanConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    Jsonl,
+    Text,
+    Csv,
+    Parquet,
+}
+
+impl InputFormat {
+    /// Guess the format from a file name; `None` when the extension says nothing.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let lower = path.to_ascii_lowercase();
+        let ext = lower.rsplit('.').next()?;
+        match ext {
+            "jsonl" | "ndjson" | "json" => Some(Self::Jsonl),
+            "txt" | "text" => Some(Self::Text),
+            "csv" | "tsv" => Some(Self::Csv),
+            "parquet" | "pq" => Some(Self::Parquet),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DocumentMode {
+    /// Each non-blank line is a document.
+    #[default]
+    Lines,
+    /// Each file is one document.
+    File,
+}
+
+/// One `[[inputs]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// A local path or a glob (`corpus/*.jsonl`, `data/**/*.txt`).
+    pub path: String,
+    /// Inferred from the extension when omitted.
+    #[serde(default)]
+    pub format: Option<InputFormat>,
+    /// JSONL, CSV and Parquet: the field that holds the document.
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+    /// Text files: one document per line, or per file.
+    #[serde(default)]
+    pub document: DocumentMode,
+    /// Extra fields to keep as string columns (for SQL and for the output).
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// CSV: the field delimiter (a single byte).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+}
+
+fn default_text_field() -> String {
+    "text".into()
+}
+
+fn default_delimiter() -> String {
+    ",".into()
+}
+
+/// A stage of the pipeline, in the order written. A closed set: the `type`
+/// key picks the variant.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StageConfig {
+    Tokenize(TokenizeConfig),
+    Chunk(ChunkConfig),
+}
+
+impl StageConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            StageConfig::Tokenize(_) => "tokenize",
+            StageConfig::Chunk(_) => "chunk",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeConfig {
+    /// An existing `tokenizer.json` to load. Exclusive with `train`.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+    /// Train a byte-level BPE tokenizer on the pipeline's own corpus.
+    #[serde(default)]
+    pub train: Option<TrainConfig>,
+    /// A file of terms, one per line, that are never split into sub-words.
+    #[serde(default)]
+    pub domain_vocab: Option<String>,
+    /// The column holding the text.
+    #[serde(default = "default_text_field")]
+    pub text_column: String,
+    /// Keep the text column in the output beside the ids.
+    #[serde(default)]
+    pub keep_text: bool,
+    /// Let the tokenizer's post-processor add its special tokens.
+    #[serde(default)]
+    pub add_special_tokens: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    #[serde(default = "default_vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "default_min_frequency")]
+    pub min_frequency: u64,
+    #[serde(default)]
+    pub special_tokens: Vec<String>,
+}
+
+fn default_vocab_size() -> usize {
+    30000
+}
+
+fn default_min_frequency() -> u64 {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkConfig {
+    /// Longest window, in tokens.
+    pub max_tokens: usize,
+    /// Tokens shared by consecutive windows.
+    #[serde(default)]
+    pub stride: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// Arrow IPC stream shards that `datasets.load_from_disk` opens.
+    #[default]
+    Arrow,
+    /// Parquet shards.
+    Parquet,
+}
+
+impl OutputFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Arrow => "arrow",
+            OutputFormat::Parquet => "parquet",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParquetCompression {
+    None,
+    #[default]
+    Snappy,
+    Zstd,
+    Lz4,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// The dataset directory.
+    pub path: String,
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// A shard is closed once it holds this many bytes.
+    #[serde(default = "default_max_shard_bytes")]
+    pub max_shard_bytes: u64,
+    /// A shard never holds more rows than this.
+    #[serde(default = "default_max_shard_rows")]
+    pub max_shard_rows: u64,
+    #[serde(default)]
+    pub parquet_compression: ParquetCompression,
+}
+
+fn default_max_shard_bytes() -> u64 {
+    500_000_000
+}
+
+fn default_max_shard_rows() -> u64 {
+    1_000_000
+}
+
+/// Limits that turn hostile input into rejects instead of crashes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Longest line of a line-oriented file (text lines, JSONL, CSV record).
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Longest document (a text field or a whole file).
+    #[serde(default = "default_max_document_bytes")]
+    pub max_document_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line_bytes: default_max_line_bytes(),
+            max_document_bytes: default_max_document_bytes(),
+        }
+    }
+}
+
+fn default_max_line_bytes() -> usize {
+    16 << 20
+}
+
+fn default_max_document_bytes() -> usize {
+    16 << 20
+}
+
+/// How inputs are cut into tasks and batches. Part of the plan: changing it
+/// changes the shards.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Input bytes per task; large files are split at line boundaries.
+    #[serde(default = "default_task_bytes")]
+    pub task_bytes: u64,
+    /// Rows per batch handed to the stages.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        PlanConfig {
+            task_bytes: default_task_bytes(),
+            batch_rows: default_batch_rows(),
+        }
+    }
+}
+
+fn default_task_bytes() -> u64 {
+    32 << 20
+}
+
+fn default_batch_rows() -> usize {
+    1024
+}
+
+/// The text of a pipeline file, kept to point errors at lines.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl ConfigSource {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read pipeline file {}: {e}", path.display()))
+        })?;
+        Ok(ConfigSource {
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    /// Parse the file; an error names the file, the key path and the line.
+    pub fn parse(&self) -> Result<PipelineConfig> {
+        let de = toml::Deserializer::parse(&self.text).map_err(|e| {
+            let line = e.span().map(|s| self.line_of_offset(s.start));
+            self.error_at(line, None, e.message())
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().map(|s| self.line_of_offset(s.start));
+            let key = (key != ".").then_some(key);
+            self.error_at(line, key.as_deref(), inner.message())
+        })
+    }
+
+    fn line_of_offset(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// An error about `key` (a dotted path such as `stages[1].stride` or
+    /// `output.path`), located in the file when it can be found.
+    pub fn error(&self, key: &str, message: impl std::fmt::Display) -> Error {
+        self.error_at(self.line_of_key(key), Some(key), message)
+    }
+
+    fn error_at(
+        &self,
+        line: Option<usize>,
+        key: Option<&str>,
+        message: impl std::fmt::Display,
+    ) -> Error {
+        let mut out = format!("invalid pipeline file {}", self.path.display());
+        if let Some(line) = line {
+            out.push_str(&format!(", line {line}"));
+        }
+        if let Some(key) = key {
+            out.push_str(&format!(", key `{key}`"));
+        }
+        out.push_str(&format!(": {message}"));
+        if let Some(text) = line.and_then(|l| self.text.lines().nth(l - 1)) {
+            out.push_str(&format!("\n  | {}", text.trim_end()));
+        }
+        Error::Config(out)
+    }
+
+    /// Line of a dotted key. Understands `table.key`, `array[i].key` and
+    /// top-level keys; falls back to the table header, then to nothing.
+    pub fn line_of_key(&self, key: &str) -> Option<usize> {
+        let (section, leaf) = match key.rsplit_once('.') {
+            Some((s, l)) => (Some(s), l),
+            None => (None, key),
+        };
+        let lines: Vec<&str> = self.text.lines().collect();
+        // Where the section starts and ends.
+        let (start, header_line) = match section {
+            None => (0, None),
+            Some(section) => {
+                let (name, index) = match section.split_once('[') {
+                    Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+                    None => (section, None),
+                };
+                let header = match index {
+                    Some(_) => format!("[[{name}]]"),
+                    None => format!("[{name}]"),
+                };
+                let mut seen = 0;
+                let mut found = None;
+                for (i, l) in lines.iter().enumerate() {
+                    if l.trim() == header {
+                        if index.is_none_or(|ix| ix == seen) {
+                            found = Some(i);
+                            break;
+                        }
+                        seen += 1;
+                    }
+                }
+                let found = found?;
+                (found + 1, Some(found + 1))
+            }
+        };
+        for (i, l) in lines.iter().enumerate().skip(start) {
+            let t = l.trim_start();
+            if t.starts_with('[') && !t.starts_with(&format!("[{}", section.unwrap_or("~"))) {
+                break;
+            }
+            if let Some(rest) = t.strip_prefix(leaf)
+                && rest.trim_start().starts_with('=')
+            {
+                return Some(i + 1);
+            }
+        }
+        header_line
+    }
+}
+
+/// Values given on the command line that take precedence over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub seed: Option<u64>,
+    pub format: Option<OutputFormat>,
+}
+
+impl Overrides {
+    pub fn apply(&self, source: &ConfigSource, config: &mut PipelineConfig) -> Result<()> {
+        if let Some(input) = &self.input {
+            if config.inputs.len() != 1 {
+                return Err(source.error(
+                    "inputs",
+                    format!(
+                        "--input replaces the pipeline's single input, but it has {}",
+                        config.inputs.len()
+                    ),
+                ));
+            }
+            config.inputs[0].path = input.clone();
+        }
+        if let Some(output) = &self.output {
+            config.output.path = output.clone();
+        }
+        if let Some(seed) = self.seed {
+            config.seed = seed;
+        }
+        if let Some(format) = self.format {
+            config.output.format = format;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(text: &str) -> ConfigSource {
+        ConfigSource {
+            path: "p.toml".into(),
+            text: text.into(),
+        }
+    }
+
+    const GOOD: &str = r#"
+seed = 7
+
+[[inputs]]
+path = "a/*.jsonl"
+
+[[stages]]
+type = "tokenize"
+tokenizer = "t.json"
+
+[[stages]]
+type = "chunk"
+max_tokens = 8
+stride = 2
+
+[output]
+path = "out"
+"#;
+
+    #[test]
+    fn parses_and_fills_defaults() {
+        let c = source(GOOD).parse().unwrap();
+        assert_eq!(c.seed, 7);
+        assert_eq!(c.inputs[0].text_field, "text");
+        assert_eq!(c.output.max_shard_bytes, 500_000_000);
+        assert!(matches!(
+            c.stages[1],
+            StageConfig::Chunk(ChunkConfig {
+                max_tokens: 8,
+                stride: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replace("stride = 2", "strid = 2");
+        let err = source(&text).parse().unwrap_err().to_string();
+        assert!(err.contains("p.toml"), "{err}");
+        assert!(err.contains("strid"), "{err}");
+        assert!(err.contains("line 14"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let text = GOOD.replace("max_tokens = 8", "max_tokens = \"eight\"");
+        let err = source(&text).parse().unwrap_err().to_string();
+        assert!(
+            err.contains("stages[1].max_tokens") || err.contains("max_tokens"),
+            "{err}"
+        );
+        assert!(err.contains("line 13"), "{err}");
+    }
+
+    #[test]
+    fn locates_keys_in_array_tables() {
+        let s = source(GOOD);
+        assert_eq!(s.line_of_key("stages[1].stride"), Some(14));
+        assert_eq!(s.line_of_key("stages[0].tokenizer"), Some(9));
+        assert_eq!(s.line_of_key("output.path"), Some(17));
+        assert_eq!(s.line_of_key("seed"), Some(2));
+        assert_eq!(s.line_of_key("inputs[0].path"), Some(5));
+    }
+}

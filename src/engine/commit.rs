@@ -1,0 +1,176 @@
+//! Commit: from the task markers alone, move every shard to its final name,
+//! merge the rejects, and write `dataset_info.json`, `state.json` and, last,
+//! `manifest.json`. Every step can be repeated: a commit killed halfway is
+//! finished by the next one.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::plan::{Plan, write_atomic};
+use super::task::{Counts, TaskMarker, read_marker, task_dir};
+use crate::config::OutputFormat;
+use crate::error::{Error, IoContext, Result};
+use crate::rejects;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestShard {
+    pub file: String,
+    pub task: usize,
+    pub rows: u64,
+    pub documents: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub kiln: String,
+    pub kind: String,
+    pub format: OutputFormat,
+    pub plan: String,
+    pub seed: u64,
+    pub tasks: usize,
+    pub shards: Vec<ManifestShard>,
+    pub rejects_file: String,
+    pub totals: Counts,
+    pub bytes: u64,
+}
+
+impl Manifest {
+    pub fn read(dir: &Path) -> Result<Option<Manifest>> {
+        let path = dir.join("manifest.json");
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io_path("read", &path, e)),
+        }
+    }
+}
+
+/// Tasks of the plan that have no marker yet.
+pub fn missing_tasks(out: &Path, plan: &Plan) -> Result<Vec<usize>> {
+    let mut missing = Vec::new();
+    for t in &plan.tasks {
+        if read_marker(out, t.index)?.is_none() {
+            missing.push(t.index);
+        }
+    }
+    Ok(missing)
+}
+
+pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
+    let format = plan.format;
+    let mut markers: Vec<TaskMarker> = Vec::with_capacity(plan.tasks.len());
+    let mut missing = Vec::new();
+    for t in &plan.tasks {
+        match read_marker(out, t.index)? {
+            Some(m) if m.plan == plan.hash => markers.push(m),
+            _ => missing.push(t.index),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::Output(format!(
+            "cannot commit {}: {} of {} tasks are not finished ({})",
+            out.display(),
+            missing.len(),
+            plan.tasks.len(),
+            list(&missing)
+        )));
+    }
+    let total: usize = markers.iter().map(|m| m.shards.len()).sum();
+    let ext = format.extension();
+    let mut shards = Vec::with_capacity(total);
+    let mut totals = Counts::default();
+    let mut reject_files = Vec::new();
+    for m in &markers {
+        totals.add(&m.counts);
+        let dir = task_dir(out, m.task);
+        if m.has_rejects {
+            reject_files.push(dir.join("rejects.arrow"));
+        }
+        for s in &m.shards {
+            let name = format!("data-{:05}-of-{:05}.{ext}", shards.len(), total);
+            let from = dir.join(&s.file);
+            let to = out.join(&name);
+            if from.exists() {
+                std::fs::rename(&from, &to).at("rename", &from)?;
+            } else if !to.exists() {
+                return Err(Error::Output(format!(
+                    "shard {} of task {} is missing from {}",
+                    s.file,
+                    m.task,
+                    out.display()
+                )));
+            }
+            shards.push(ManifestShard {
+                file: name,
+                task: m.task,
+                rows: s.rows,
+                documents: s.documents,
+                bytes: s.bytes,
+                sha256: s.sha256.clone(),
+            });
+        }
+    }
+    let rejects_file = "rejects.arrow".to_string();
+    let tmp = out.join("rejects.arrow.tmp");
+    rejects::merge(&reject_files, &tmp)?;
+    std::fs::rename(&tmp, out.join(&rejects_file)).at("rename", &tmp)?;
+
+    if format == OutputFormat::Arrow {
+        let info = json!({
+            "citation": "",
+            "description": "",
+            "features": plan.features,
+            "homepage": "",
+            "license": "",
+        });
+        write_atomic(
+            &out.join("dataset_info.json"),
+            &serde_json::to_vec_pretty(&info)?,
+        )?;
+        let files: Vec<_> = shards
+            .iter()
+            .map(|s| json!({ "filename": s.file }))
+            .collect();
+        let state = json!({
+            "_data_files": files,
+            "_fingerprint": &plan.hash[..16],
+            "_format_columns": null,
+            "_format_kwargs": {},
+            "_format_type": null,
+            "_output_all_columns": false,
+            "_split": null,
+        });
+        write_atomic(&out.join("state.json"), &serde_json::to_vec_pretty(&state)?)?;
+    }
+    let manifest = Manifest {
+        kiln: env!("CARGO_PKG_VERSION").to_string(),
+        kind: "text".into(),
+        format,
+        plan: plan.hash.clone(),
+        seed: plan.seed,
+        tasks: plan.tasks.len(),
+        bytes: shards.iter().map(|s| s.bytes).sum(),
+        shards,
+        rejects_file,
+        totals,
+    };
+    write_atomic(
+        &out.join("manifest.json"),
+        &serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    Ok(manifest)
+}
+
+/// `1, 2, 5, ... (12 in all)`
+pub fn list(ids: &[usize]) -> String {
+    let head: Vec<String> = ids.iter().take(10).map(|i| i.to_string()).collect();
+    if ids.len() > 10 {
+        format!("{}, ... ({} in all)", head.join(", "), ids.len())
+    } else {
+        head.join(", ")
+    }
+}

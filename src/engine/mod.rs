@@ -1,0 +1,412 @@
+//! The engine: plan, train the tokenizer if asked, run tasks on worker
+//! threads, commit.
+//!
+//! Output directory layout:
+//!
+//! ```text
+//! OUT/
+//!   data-00000-of-00004.arrow ...  shards (or .parquet)
+//!   dataset_info.json state.json   for datasets.load_from_disk
+//!   tokenizer.json                 the tokenizer the ids come from
+//!   rejects.arrow                  every rejected sample and why
+//!   manifest.json                  shards, rows, bytes, sha256, totals: written last
+//!   .kiln/plan.json                the frozen plan
+//!   .kiln/lock                     held by a running `kiln run`
+//!   .kiln/tasks/NNNNN/             a task's shards until commit
+//!   .kiln/tasks/NNNNN.json         a task's marker: written when all its shards are
+//! ```
+
+pub mod commit;
+pub mod plan;
+pub mod progress;
+pub mod task;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::AsArray;
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, IoContext, Result};
+use crate::pipeline::{Pipeline, TokenizerSource};
+use crate::rejects::RejectSink;
+use crate::sources::{self, ReadOptions};
+use crate::stages::{BatchContext, Stage};
+pub use commit::Manifest;
+use plan::{Plan, Task};
+use progress::Progress;
+use task::{TaskEnv, TaskMarker};
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub threads: usize,
+    /// Run only the tasks `t` with `t % n == i`.
+    pub shard_of: Option<(usize, usize)>,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The dataset was already complete.
+    UpToDate(Manifest),
+    /// The dataset is complete now.
+    Committed {
+        manifest: Manifest,
+        ran_tasks: usize,
+        seconds: f64,
+        input_bytes: u64,
+    },
+    /// This process's tasks are done; others remain.
+    Partial {
+        ran_tasks: usize,
+        remaining: Vec<usize>,
+        seconds: f64,
+    },
+}
+
+fn kiln_dir(out: &Path) -> PathBuf {
+    out.join(".kiln")
+}
+
+/// Locks on the output directory, released when dropped.
+pub struct OutputLock {
+    _files: Vec<File>,
+}
+
+fn open_lock(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .at("open", path)
+}
+
+impl OutputLock {
+    /// A whole run or a commit: nobody else may write.
+    pub fn exclusive(out: &Path) -> Result<OutputLock> {
+        let f = open_lock(&kiln_dir(out).join("lock"))?;
+        if f.try_lock().is_err() {
+            return Err(Error::Output(format!(
+                "another kiln process is writing to {} (its lock .kiln/lock is held); refusing to run a second one on the same output",
+                out.display()
+            )));
+        }
+        Ok(OutputLock { _files: vec![f] })
+    }
+
+    /// One slot of a `--task I --tasks N` job: other slots may run beside it.
+    pub fn slot(out: &Path, i: usize, n: usize) -> Result<OutputLock> {
+        let f = open_lock(&kiln_dir(out).join("lock"))?;
+        if f.try_lock_shared().is_err() {
+            return Err(Error::Output(format!(
+                "a whole-job kiln run is writing to {}; refusing to run task {i} of {n} beside it",
+                out.display()
+            )));
+        }
+        let g = open_lock(&kiln_dir(out).join(format!("lock-{i}-of-{n}")))?;
+        if g.try_lock().is_err() {
+            return Err(Error::Output(format!(
+                "task {i} of {n} is already running on {}; refusing to run it twice",
+                out.display()
+            )));
+        }
+        Ok(OutputLock { _files: vec![f, g] })
+    }
+}
+
+/// Create the output directory and check that it holds nothing but this
+/// plan's work. Returns `Some(manifest)` if the dataset is already complete.
+fn prepare_output(out: &Path, plan: &Plan) -> Result<Option<Manifest>> {
+    std::fs::create_dir_all(kiln_dir(out).join("tasks")).at("create", out)?;
+    if let Some(m) = Manifest::read(out)? {
+        if m.plan == plan.hash {
+            return Ok(Some(m));
+        }
+        return Err(Error::Output(format!(
+            "{} holds a dataset built from a different plan (pipeline, inputs or seed differ); remove it or choose another --output",
+            out.display()
+        )));
+    }
+    let plan_path = kiln_dir(out).join("plan.json");
+    match Plan::read(&plan_path)? {
+        Some(old) if old.hash != plan.hash => {
+            return Err(Error::Output(format!(
+                "{} holds a partial build of a different plan (pipeline, inputs or seed changed since); remove it or choose another --output",
+                out.display()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            let stray = std::fs::read_dir(out)
+                .at("list", out)?
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name() != ".kiln");
+            if stray {
+                return Err(Error::Output(format!(
+                    "{} is not empty and is not a kiln dataset; refusing to write into it",
+                    out.display()
+                )));
+            }
+            plan.write(&plan_path)?;
+        }
+    }
+    Ok(None)
+}
+
+/// Build the dataset (or this process's share of it).
+pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
+    let started = Instant::now();
+    let out = PathBuf::from(&pipeline.config.output.path);
+    let plan = Plan::make(pipeline)?;
+    std::fs::create_dir_all(kiln_dir(&out)).at("create", &out)?;
+    let _lock = match opts.shard_of {
+        Some((i, n)) => OutputLock::slot(&out, i, n)?,
+        None => OutputLock::exclusive(&out)?,
+    };
+    if let Some(m) = prepare_output(&out, &plan)? {
+        return Ok(Outcome::UpToDate(m));
+    }
+    let threads = opts.threads.max(1);
+    let tokenizer = prepare_tokenizer(pipeline, &plan, &out, threads)?;
+    let stages = pipeline.stages(tokenizer);
+
+    let todo: Vec<&Task> = plan
+        .tasks
+        .iter()
+        .filter(|t| opts.shard_of.is_none_or(|(i, n)| t.index % n == i))
+        .filter(|t| !matches!(task::read_marker(&out, t.index), Ok(Some(m)) if m.plan == plan.hash))
+        .collect();
+    tracing::info!(
+        tasks = plan.tasks.len(),
+        todo = todo.len(),
+        threads,
+        "running"
+    );
+    let progress = Progress::new(todo.iter().map(|t| t.bytes).sum(), todo.len());
+    let env = TaskEnv {
+        out: &out,
+        pipeline,
+        plan_hash: &plan.hash,
+        stages,
+        progress: &progress,
+        throttle_ms: std::env::var("KILN_THROTTLE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    };
+    run_tasks(&env, &todo, threads, opts.quiet)?;
+
+    let remaining = commit::missing_tasks(&out, &plan)?;
+    if !remaining.is_empty() {
+        return Ok(Outcome::Partial {
+            ran_tasks: todo.len(),
+            remaining,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let manifest = commit_locked(&out, &plan)?;
+    Ok(Outcome::Committed {
+        manifest,
+        ran_tasks: todo.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        input_bytes: progress.total_bytes,
+    })
+}
+
+/// Commit under the commit lock, so that two processes finishing their last
+/// tasks at once commit once.
+fn commit_locked(out: &Path, plan: &Plan) -> Result<Manifest> {
+    let f = open_lock(&kiln_dir(out).join("commit.lock"))?;
+    f.lock().at("lock", kiln_dir(out).join("commit.lock"))?;
+    if let Some(m) = Manifest::read(out)?
+        && m.plan == plan.hash
+    {
+        return Ok(m);
+    }
+    commit::commit(out, plan)
+}
+
+/// `kiln commit DIR`: write the manifest once every task is done.
+pub fn commit_dir(out: &Path) -> Result<(Manifest, bool)> {
+    let plan = Plan::read(&kiln_dir(out).join("plan.json"))?.ok_or_else(|| {
+        Error::Output(format!(
+            "{} has no .kiln/plan.json: not a kiln output",
+            out.display()
+        ))
+    })?;
+    let _lock = OutputLock::exclusive(out)?;
+    if let Some(m) = Manifest::read(out)?
+        && m.plan == plan.hash
+    {
+        return Ok((m, false));
+    }
+    Ok((commit_locked(out, &plan)?, true))
+}
+
+fn run_tasks(env: &TaskEnv, todo: &[&Task], threads: usize, quiet: bool) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        let reporter = s.spawn(|| env.progress.report(quiet));
+        let workers: Vec<_> = (0..threads.min(todo.len()).max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(task) = todo.get(i) else { break };
+                        match task::run_task(env, task) {
+                            Ok(TaskMarker { task, counts, .. }) => {
+                                tracing::debug!(
+                                    task,
+                                    rows = counts.rows,
+                                    rejected = counts.rejected,
+                                    "task done"
+                                )
+                            }
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                first_error.lock().expect("not poisoned").get_or_insert(e);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            if w.join().is_err() {
+                failed.store(true, Ordering::Relaxed);
+                first_error
+                    .lock()
+                    .expect("not poisoned")
+                    .get_or_insert(Error::Execution("a worker thread panicked".into()));
+            }
+        }
+        env.progress.finish();
+        let _ = reporter.join();
+    });
+    match first_error.into_inner().expect("not poisoned") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Load the tokenizer, or train it on the corpus (once: the result is saved
+/// as `OUT/tokenizer.json` and reused by resumed runs and other tasks).
+fn prepare_tokenizer(
+    pipeline: &Pipeline,
+    plan: &Plan,
+    out: &Path,
+    threads: usize,
+) -> Result<Option<Arc<Tokenizer>>> {
+    let Some((_, from)) = &pipeline.tokenize else {
+        return Ok(None);
+    };
+    let dest = out.join("tokenizer.json");
+    // Held until the tokenizer is saved, so that it is trained once.
+    let lock = open_lock(&kiln_dir(out).join("train.lock"))?;
+    lock.lock().at("lock", kiln_dir(out).join("train.lock"))?;
+    let mut tokenizer = match from {
+        TokenizerSource::File { path, .. } => crate::stages::text::tokenize::load(path)?,
+        TokenizerSource::Train(train) => {
+            if dest.exists() {
+                return Ok(Some(Arc::new(crate::stages::text::tokenize::load(&dest)?)));
+            }
+            tracing::info!(vocab_size = train.vocab_size, "training the tokenizer");
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| Error::Execution(format!("thread pool: {e}")))?;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<String>>(threads * 2);
+            let mut trained = None;
+            std::thread::scope(|s| -> Result<()> {
+                let reader = s.spawn(move || corpus(pipeline, plan, threads, tx));
+                let texts = rx.into_iter().flatten();
+                trained = Some(pool.install(|| crate::stages::text::tokenize::train(train, texts)));
+                reader
+                    .join()
+                    .map_err(|_| Error::Execution("corpus reader panicked".into()))??;
+                Ok(())
+            })?;
+            trained.expect("trained above")?
+        }
+    };
+    if let Some((terms, _)) = &pipeline.domain_vocab {
+        crate::stages::text::tokenize::add_domain_vocab(&mut tokenizer, terms)?;
+    }
+    let tmp = out.join(format!("tokenizer.json.tmp.{}", std::process::id()));
+    tokenizer
+        .save(&tmp, false)
+        .map_err(|e| Error::Execution(format!("cannot save the tokenizer: {e}")))?;
+    std::fs::rename(&tmp, &dest).at("rename", &tmp)?;
+    Ok(Some(Arc::new(tokenizer)))
+}
+
+/// Stream the corpus (after SQL) into `tx`, reading tasks on `threads`
+/// threads. Rejects are not recorded here: the tasks record them.
+fn corpus(
+    pipeline: &Pipeline,
+    plan: &Plan,
+    threads: usize,
+    tx: std::sync::mpsc::SyncSender<Vec<String>>,
+) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let opts = ReadOptions {
+        schema: pipeline.record_schema.clone(),
+        limits: pipeline.config.limits.clone(),
+        batch_rows: pipeline.config.plan.batch_rows.max(1),
+    };
+    let column = pipeline.text_column();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let tx = tx.clone();
+                let (next, opts) = (&next, &opts);
+                s.spawn(move || -> Result<()> {
+                    let mut rejects = RejectSink::discard();
+                    while let Some(task) = plan.tasks.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        for split in &task.splits {
+                            let mut reader =
+                                sources::open(split, &pipeline.inputs[split.input].spec, opts);
+                            while let Some(mut batch) = reader.next_batch(&mut rejects)? {
+                                if let Some(sql) = &pipeline.sql {
+                                    let mut cx = BatchContext {
+                                        seed: 0,
+                                        stage: sql.name(),
+                                        rejects: &mut rejects,
+                                        filtered: 0,
+                                    };
+                                    batch = sql.process(batch, &mut cx)?;
+                                }
+                                let Some(col) = batch
+                                    .column_by_name(column)
+                                    .and_then(|c| c.as_string_opt::<i32>())
+                                else {
+                                    continue;
+                                };
+                                let texts = col.iter().flatten().map(str::to_string).collect();
+                                if tx.send(texts).is_err() {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        drop(tx);
+        for h in handles {
+            h.join()
+                .map_err(|_| Error::Execution("corpus reader panicked".into()))??;
+        }
+        Ok(())
+    })
+}

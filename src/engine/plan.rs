@@ -1,0 +1,185 @@
+//! Planning: the inputs cut into tasks, deterministically, and frozen with
+//! the input fingerprints and a hash of everything that decides the output.
+//!
+//! A task is the unit of work, retry and distribution. Line-oriented files
+//! are cut into byte ranges of about `plan.task_bytes`; Parquet files into
+//! row-group ranges; other files are read whole; small pieces are packed into
+//! one task. The plan never depends on the thread count or the machine.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{InputFormat, OutputFormat};
+use crate::error::{Error, IoContext, Result};
+use crate::pipeline::{Pipeline, TokenizerSource};
+use crate::sources::{self, Split};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub path: String,
+    pub size: u64,
+    pub modified_ns: u128,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub index: usize,
+    /// Input bytes the task covers (for progress and ETA).
+    pub bytes: u64,
+    pub splits: Vec<Split>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Hash of the pipeline, inputs, seed and tasks: two runs with the same
+    /// hash write the same bytes.
+    pub hash: String,
+    pub seed: u64,
+    pub inputs: Vec<Fingerprint>,
+    pub tasks: Vec<Task>,
+    /// What `kiln commit` needs without the pipeline file.
+    pub format: OutputFormat,
+    /// HuggingFace features of the dataset schema.
+    pub features: serde_json::Value,
+}
+
+impl Plan {
+    pub fn make(pipeline: &Pipeline) -> Result<Plan> {
+        let task_bytes = pipeline.config.plan.task_bytes.max(1);
+        let mut fingerprints = Vec::new();
+        // (split, estimated bytes) in input order.
+        let mut pieces: Vec<(Split, u64)> = Vec::new();
+        for (i, input) in pipeline.inputs.iter().enumerate() {
+            for path in &input.files {
+                let meta = std::fs::metadata(path);
+                let (size, modified_ns) = match &meta {
+                    Ok(m) => (
+                        m.len(),
+                        m.modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_nanos()),
+                    ),
+                    // Unreadable now: the reader will reject it.
+                    Err(_) => (0, 0),
+                };
+                fingerprints.push(Fingerprint {
+                    path: path.clone(),
+                    size,
+                    modified_ns,
+                });
+                let split = |start, end, first_row| Split {
+                    input: i,
+                    path: path.clone(),
+                    start,
+                    end,
+                    first_row,
+                };
+                if input.spec.format == InputFormat::Parquet {
+                    match sources::row_groups(path) {
+                        Ok(groups) if !groups.is_empty() => {
+                            let total: u64 = groups.iter().sum::<u64>().max(1);
+                            let mut first_row = 0;
+                            for (g, rows) in groups.iter().enumerate() {
+                                let est = size * rows / total;
+                                pieces.push((split(g as u64, g as u64 + 1, first_row), est));
+                                first_row += rows;
+                            }
+                        }
+                        // Not Parquet, or no rows: one piece the reader handles.
+                        _ => pieces.push((split(0, 0, 0), size)),
+                    }
+                } else if input.spec.splittable() && size > task_bytes {
+                    let mut start = 0;
+                    while start < size {
+                        let end = (start + task_bytes).min(size);
+                        pieces.push((split(start, end, 0), end - start));
+                        start = end;
+                    }
+                } else {
+                    pieces.push((split(0, size, 0), size));
+                }
+            }
+        }
+        let mut tasks: Vec<Task> = Vec::new();
+        for (piece, bytes) in pieces {
+            match tasks.last_mut() {
+                Some(t) if t.bytes + bytes <= task_bytes => {
+                    t.bytes += bytes;
+                    t.splits.push(piece);
+                }
+                _ => tasks.push(Task {
+                    index: tasks.len(),
+                    bytes,
+                    splits: vec![piece],
+                }),
+            }
+        }
+        let hash = plan_hash(pipeline, &fingerprints, &tasks)?;
+        Ok(Plan {
+            hash,
+            seed: pipeline.config.seed,
+            inputs: fingerprints,
+            tasks,
+            format: pipeline.config.output.format,
+            features: crate::schema::hf_features(&pipeline.dataset_schema),
+        })
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.tasks.iter().map(|t| t.bytes).sum()
+    }
+
+    pub fn read(path: &Path) -> Result<Option<Plan>> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io_path("read", path, e)),
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// Everything that decides the output bytes, hashed. The output directory
+/// itself is not part of it.
+fn plan_hash(pipeline: &Pipeline, inputs: &[Fingerprint], tasks: &[Task]) -> Result<String> {
+    let mut config = pipeline.config.clone();
+    config.output.path = String::new();
+    let tokenizer = match &pipeline.tokenize {
+        Some((_, TokenizerSource::File { sha256, .. })) => sha256.clone(),
+        _ => String::new(),
+    };
+    let domain = pipeline
+        .domain_vocab
+        .as_ref()
+        .map(|(_, h)| h.clone())
+        .unwrap_or_default();
+    let doc = serde_json::json!({
+        "kiln": env!("CARGO_PKG_VERSION"),
+        "config": config,
+        "inputs": inputs,
+        "tasks": tasks,
+        "tokenizer": tokenizer,
+        "domain_vocab": domain,
+    });
+    Ok(hex::encode(Sha256::digest(serde_json::to_vec(&doc)?)))
+}
+
+/// Write `bytes` to `path` so that readers see the old file or the new one,
+/// never half of one: a temporary file in the same directory, then rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp).at("create", &tmp)?;
+        f.write_all(bytes).at("write", &tmp)?;
+        f.sync_all().at("sync", &tmp)?;
+    }
+    std::fs::rename(&tmp, path).at("rename", &tmp)?;
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! Running one task: read its splits, pass every batch through the stages,
+//! write shards, and last of all the task's marker.
+//!
+//! A task writes only inside its own directory, `.kiln/tasks/NNNNN/`, which is
+//! wiped when the task starts. The marker `.kiln/tasks/NNNNN.json` is written
+//! atomically after every shard is complete, so a task either has a marker and
+//! all its shards, or counts as not done and is redone from scratch.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::{Task, write_atomic};
+use super::progress::Progress;
+use crate::error::{IoContext, Result};
+use crate::pipeline::Pipeline;
+use crate::rejects::RejectSink;
+use crate::schema::conform;
+use crate::sinks::{ShardInfo, TaskSink};
+use crate::sources::{self, ReadOptions};
+use crate::stages::{BatchContext, Stage};
+
+/// Counts of a task, or of a whole dataset when added up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Samples read: every record a reader produced or rejected.
+    pub samples_in: u64,
+    /// Samples in the output (documents, not windows).
+    pub samples_out: u64,
+    pub rejected: u64,
+    /// Samples the SQL query dropped on purpose.
+    pub filtered: u64,
+    /// Output rows (windows when chunked).
+    pub rows: u64,
+    pub tokens: u64,
+    /// Rejects by `stage/kind`.
+    pub rejected_by: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        self.samples_in += other.samples_in;
+        self.samples_out += other.samples_out;
+        self.rejected += other.rejected;
+        self.filtered += other.filtered;
+        self.rows += other.rows;
+        self.tokens += other.tokens;
+        for (k, v) in &other.rejected_by {
+            *self.rejected_by.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMarker {
+    pub task: usize,
+    pub plan: String,
+    pub shards: Vec<ShardInfo>,
+    /// Whether the task wrote `rejects.arrow` in its directory.
+    pub has_rejects: bool,
+    pub counts: Counts,
+}
+
+pub fn task_dir(out: &Path, task: usize) -> PathBuf {
+    out.join(".kiln").join("tasks").join(format!("{task:05}"))
+}
+
+pub fn marker_path(out: &Path, task: usize) -> PathBuf {
+    out.join(".kiln")
+        .join("tasks")
+        .join(format!("{task:05}.json"))
+}
+
+pub fn read_marker(out: &Path, task: usize) -> Result<Option<TaskMarker>> {
+    let path = marker_path(out, task);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::error::Error::io_path("read", &path, e)),
+    }
+}
+
+/// What every task of a run shares.
+pub struct TaskEnv<'a> {
+    pub out: &'a Path,
+    pub pipeline: &'a Pipeline,
+    pub plan_hash: &'a str,
+    pub stages: Vec<Arc<dyn Stage>>,
+    pub progress: &'a Progress,
+    /// Milliseconds to sleep after each batch (tests use it to kill a run
+    /// mid-task).
+    pub throttle_ms: u64,
+}
+
+pub fn run_task(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
+    let dir = task_dir(env.out, task.index);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).at("remove", &dir)?;
+    }
+    std::fs::create_dir_all(&dir).at("create", &dir)?;
+    let pipeline = env.pipeline;
+    let mut rejects = RejectSink::new(dir.join("rejects.arrow"));
+    let mut sink = TaskSink::new(
+        &dir,
+        pipeline.dataset_schema.clone(),
+        &pipeline.config.output,
+    );
+    let opts = ReadOptions {
+        schema: pipeline.record_schema.clone(),
+        limits: pipeline.config.limits.clone(),
+        batch_rows: pipeline.config.plan.batch_rows.max(1),
+    };
+    let mut counts = Counts::default();
+    for split in &task.splits {
+        let spec = &pipeline.inputs[split.input].spec;
+        let mut reader = sources::open(split, spec, &opts);
+        loop {
+            let before = rejects.total;
+            let batch = reader.next_batch(&mut rejects)?;
+            let read_rejects = rejects.total - before;
+            counts.samples_in += read_rejects;
+            env.progress
+                .samples
+                .fetch_add(read_rejects, Ordering::Relaxed);
+            let Some(mut batch) = batch else { break };
+            counts.samples_in += batch.num_rows() as u64;
+            env.progress
+                .samples
+                .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+            for stage in &env.stages {
+                let mut cx = BatchContext {
+                    seed: pipeline.config.seed,
+                    stage: stage.name(),
+                    rejects: &mut rejects,
+                    filtered: 0,
+                };
+                batch = stage.process(batch, &mut cx)?;
+                counts.filtered += cx.filtered;
+            }
+            let batch = conform(&batch, &pipeline.dataset_schema)?;
+            if let Some(len) = batch.column_by_name("length") {
+                use arrow::array::AsArray;
+                let len = len.as_primitive::<arrow::datatypes::UInt32Type>();
+                counts.tokens += len.values().iter().map(|&l| l as u64).sum::<u64>();
+            }
+            sink.write(batch)?;
+            if env.throttle_ms > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(env.throttle_ms));
+            }
+        }
+        env.progress
+            .bytes
+            .fetch_add(split_bytes(split, task), Ordering::Relaxed);
+    }
+    let shards = sink.finish()?;
+    counts.rows = shards.iter().map(|s| s.rows).sum();
+    counts.samples_out = shards.iter().map(|s| s.documents).sum();
+    counts.rejected = rejects.total;
+    counts.rejected_by = rejects.counts.clone();
+    let has_rejects = rejects.finish()?;
+    let marker = TaskMarker {
+        task: task.index,
+        plan: env.plan_hash.to_string(),
+        shards,
+        has_rejects,
+        counts,
+    };
+    write_atomic(
+        &marker_path(env.out, task.index),
+        &serde_json::to_vec_pretty(&marker)?,
+    )?;
+    env.progress.tasks.fetch_add(1, Ordering::Relaxed);
+    Ok(marker)
+}
+
+/// A split's share of its task's bytes, for progress.
+fn split_bytes(split: &sources::Split, task: &Task) -> u64 {
+    if task.splits.len() == 1 {
+        task.bytes
+    } else {
+        (split.end - split.start).min(task.bytes)
+    }
+}

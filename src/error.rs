@@ -1,0 +1,79 @@
+//! Errors that stop a run, named by who is at fault.
+//!
+//! A bad *record* is never an error: it becomes a reject (see
+//! [`crate::stages::Reject`]). These are for what a user must fix before the
+//! run can go on: the pipeline file, the output directory, the machine.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pipeline file or the command line is wrong. Raised before any data
+    /// is read; the message names the file, the key and the line.
+    #[error("{0}")]
+    Config(String),
+    /// The output directory cannot be used as asked (another run holds it,
+    /// it was built from a different plan, ...).
+    #[error("{0}")]
+    Output(String),
+    /// An I/O failure on something kiln must write or a file it must have.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something failed while processing data that is not the data's fault.
+    #[error("{0}")]
+    Execution(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn io_path(action: &str, path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::io(format!("{action} {}", path.display()), source)
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::Execution(format!("arrow: {e}"))
+    }
+}
+
+impl From<parquet::errors::ParquetError> for Error {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        Error::Execution(format!("parquet: {e}"))
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Error::Execution(format!("datafusion: {e}"))
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Execution(format!("json: {e}"))
+    }
+}
+
+/// Convenience for attaching a path to an I/O result.
+pub trait IoContext<T> {
+    fn at(self, action: &str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, action: &str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io_path(action, &path.into(), e))
+    }
+}

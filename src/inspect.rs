@@ -1,0 +1,189 @@
+//! `kiln inspect DATASET`: schema, shards, row counts, token-length
+//! statistics, rejects by reason, and a few rows decoded back to text.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::Path;
+
+use arrow::array::{AsArray, RecordBatch, RecordBatchReader};
+use arrow::datatypes::{SchemaRef, UInt32Type};
+
+use crate::config::OutputFormat;
+use crate::engine::Manifest;
+use crate::error::{Error, IoContext, Result};
+
+/// Batches of one shard, whatever its format.
+fn read_shard(
+    path: &Path,
+    format: OutputFormat,
+) -> Result<(SchemaRef, Box<dyn Iterator<Item = Result<RecordBatch>>>)> {
+    let f = File::open(path).at("open", path)?;
+    Ok(match format {
+        OutputFormat::Arrow => {
+            let r = arrow::ipc::reader::StreamReader::try_new(std::io::BufReader::new(f), None)?;
+            (r.schema(), Box::new(r.map(|b| b.map_err(Error::from))))
+        }
+        OutputFormat::Parquet => {
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)?
+                .build()?;
+            (r.schema(), Box::new(r.map(|b| b.map_err(Error::from))))
+        }
+    })
+}
+
+pub fn inspect(dir: &Path, samples: usize) -> Result<String> {
+    let manifest = Manifest::read(dir)?.ok_or_else(|| {
+        Error::Output(format!(
+            "{} has no manifest.json: not a finished kiln dataset",
+            dir.display()
+        ))
+    })?;
+    let mut out = String::new();
+    let t = &manifest.totals;
+    writeln!(
+        out,
+        "dataset   {} ({} kind, {:?} shards, kiln {})",
+        dir.display(),
+        manifest.kind,
+        manifest.format,
+        manifest.kiln
+    )
+    .ok();
+    writeln!(
+        out,
+        "samples   {} in, {} out, {} rejected, {} filtered; {} rows, {} tokens",
+        t.samples_in, t.samples_out, t.rejected, t.filtered, t.rows, t.tokens
+    )
+    .ok();
+    writeln!(
+        out,
+        "shards    {} files, {} bytes",
+        manifest.shards.len(),
+        manifest.bytes
+    )
+    .ok();
+    for s in &manifest.shards {
+        writeln!(
+            out,
+            "  {}  {:>9} rows  {:>12} bytes  sha256 {}",
+            s.file,
+            s.rows,
+            s.bytes,
+            &s.sha256[..16]
+        )
+        .ok();
+    }
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).ok();
+    let mut lengths: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut shown = Vec::new();
+    let mut schema_text = String::new();
+    for s in &manifest.shards {
+        let (schema, batches) = read_shard(&dir.join(&s.file), manifest.format)?;
+        if schema_text.is_empty() {
+            for f in schema.fields() {
+                writeln!(
+                    schema_text,
+                    "  {}: {}{}",
+                    f.name(),
+                    f.data_type(),
+                    if f.is_nullable() { "" } else { " not null" }
+                )
+                .ok();
+            }
+        }
+        for batch in batches {
+            let batch = batch?;
+            if let Some(len) = batch.column_by_name("length") {
+                for &l in len.as_primitive::<UInt32Type>().values() {
+                    *lengths.entry(l).or_default() += 1;
+                }
+            }
+            for row in 0..batch.num_rows() {
+                if shown.len() >= samples {
+                    break;
+                }
+                shown.push(describe_row(&batch, row, tokenizer.as_ref()));
+            }
+        }
+    }
+    writeln!(out, "schema\n{schema_text}").ok();
+    if !lengths.is_empty() {
+        let n: u64 = lengths.values().sum();
+        let sum: u64 = lengths.iter().map(|(l, c)| *l as u64 * c).sum();
+        let pct = |p: f64| {
+            let target = ((n as f64) * p).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (l, c) in &lengths {
+                seen += c;
+                if seen >= target {
+                    return *l;
+                }
+            }
+            0
+        };
+        writeln!(
+            out,
+            "tokens per row  min {}  mean {:.1}  p50 {}  p90 {}  p99 {}  max {}",
+            lengths.keys().next().unwrap_or(&0),
+            sum as f64 / n as f64,
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            lengths.keys().last().unwrap_or(&0)
+        )
+        .ok();
+    }
+    if !t.rejected_by.is_empty() {
+        writeln!(out, "rejected ({})", manifest.rejects_file).ok();
+        for (k, v) in &t.rejected_by {
+            writeln!(out, "  {k:<32} {v}").ok();
+        }
+    }
+    if !shown.is_empty() {
+        writeln!(out, "rows").ok();
+        for s in shown {
+            writeln!(out, "{s}").ok();
+        }
+    }
+    Ok(out)
+}
+
+fn describe_row(
+    batch: &RecordBatch,
+    row: usize,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> String {
+    let id = batch
+        .column_by_name("sample_id")
+        .and_then(|c| c.as_string_opt::<i32>().map(|c| c.value(row).to_string()))
+        .unwrap_or_default();
+    let window = batch
+        .column_by_name("window")
+        .map(|c| c.as_primitive::<UInt32Type>().value(row))
+        .unwrap_or(0);
+    let ids: Vec<u32> = batch
+        .column_by_name("input_ids")
+        .map(|c| {
+            let l = c.as_list::<i32>().value(row);
+            l.as_primitive::<UInt32Type>().values().to_vec()
+        })
+        .unwrap_or_default();
+    let text = match tokenizer {
+        Some(t) => t
+            .decode(&ids, false)
+            .unwrap_or_else(|e| format!("<cannot decode: {e}>")),
+        None => "<no tokenizer.json to decode with>".to_string(),
+    };
+    let mut text: String = text.chars().take(200).collect();
+    if text.len() >= 200 {
+        text.push_str("...");
+    }
+    let head: Vec<String> = ids.iter().take(12).map(|i| i.to_string()).collect();
+    format!(
+        "  {id} [window {window}] {} tokens: [{}{}]\n    {text:?}",
+        ids.len(),
+        head.join(", "),
+        if ids.len() > 12 { ", ..." } else { "" }
+    )
+}

@@ -1,0 +1,241 @@
+//! The `kiln` command line: parse, run, exit code. Exit codes: 0 done; 1 done
+//! but samples were rejected and `--strict` was given; 2 fatal (bad pipeline
+//! file or arguments, unusable output, I/O failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kiln::config::{OutputFormat, Overrides};
+use kiln::engine::{self, Outcome, RunOptions};
+use kiln::pipeline::Pipeline;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Build machine-learning datasets from raw files", long_about = None)]
+struct Cli {
+    /// More logging (-v info, -vv debug); KILN_LOG takes a tracing filter.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the dataset a pipeline file describes (or resume it).
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Replace the pipeline's single input with this path or glob.
+        #[arg(long)]
+        input: Option<String>,
+        /// Write the dataset here instead of the pipeline's output.path.
+        #[arg(long)]
+        output: Option<String>,
+        /// Seed of every random choice.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Worker threads (default: all cores). Does not change the output.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Shard format.
+        #[arg(long, value_enum)]
+        format: Option<OutputFormat>,
+        /// Exit with 1 if any sample was rejected.
+        #[arg(long)]
+        strict: bool,
+        /// Run only this slot of the plan's tasks (0-based; with --tasks).
+        #[arg(long, requires = "tasks")]
+        task: Option<usize>,
+        /// Number of slots the plan's tasks are dealt into (with --task).
+        #[arg(long, requires = "task")]
+        tasks: Option<usize>,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write the manifest of a dataset whose tasks were run separately.
+    Commit {
+        /// The dataset directory.
+        dir: PathBuf,
+    },
+    /// Parse and build a pipeline and check its schemas; reads no data.
+    Validate {
+        pipeline: PathBuf,
+        #[arg(long)]
+        input: Option<String>,
+        #[arg(long)]
+        output: Option<String>,
+    },
+    /// Describe a dataset: schema, shards, row counts, token lengths, samples.
+    Inspect {
+        dataset: PathBuf,
+        /// Rows to decode and show.
+        #[arg(long, default_value_t = 3)]
+        samples: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = std::env::var("KILN_LOG").unwrap_or_else(|_| format!("kiln={level}"));
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kiln: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> kiln::Result<u8> {
+    match command {
+        Command::Run {
+            pipeline,
+            input,
+            output,
+            seed,
+            threads,
+            format,
+            strict,
+            task,
+            tasks,
+            quiet,
+        } => {
+            let overrides = Overrides {
+                input,
+                output,
+                seed,
+                format,
+            };
+            let shard_of = match (task, tasks) {
+                (Some(i), Some(n)) if n > 0 && i < n => Some((i, n)),
+                (Some(i), Some(n)) => {
+                    return Err(kiln::Error::Config(format!(
+                        "--task {i} must be below --tasks {n}"
+                    )));
+                }
+                _ => None,
+            };
+            let pipeline = Pipeline::load(&pipeline, &overrides)?;
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let outcome = engine::run(
+                &pipeline,
+                &RunOptions {
+                    threads,
+                    shard_of,
+                    quiet,
+                },
+            )?;
+            let out = &pipeline.config.output.path;
+            let rejected = match outcome {
+                Outcome::UpToDate(m) => {
+                    eprintln!(
+                        "kiln: nothing to do: {out} is complete ({} rows in {} shards, {} rejected); plan unchanged",
+                        m.totals.rows,
+                        m.shards.len(),
+                        m.totals.rejected
+                    );
+                    m.totals.rejected
+                }
+                Outcome::Committed {
+                    manifest,
+                    ran_tasks,
+                    seconds,
+                    input_bytes,
+                } => {
+                    summary(out, &manifest, ran_tasks, seconds, input_bytes);
+                    manifest.totals.rejected
+                }
+                Outcome::Partial {
+                    ran_tasks,
+                    remaining,
+                    seconds,
+                } => {
+                    eprintln!(
+                        "kiln: ran {ran_tasks} tasks in {seconds:.1}s; {} tasks of the plan are still to run ({}); the last one to finish, or `kiln commit {out}`, writes the manifest",
+                        remaining.len(),
+                        engine::commit::list(&remaining)
+                    );
+                    0
+                }
+            };
+            Ok(if strict && rejected > 0 { 1 } else { 0 })
+        }
+        Command::Commit { dir } => {
+            let (m, wrote) = engine::commit_dir(&dir)?;
+            if wrote {
+                eprintln!(
+                    "kiln: committed {}: {} rows in {} shards",
+                    dir.display(),
+                    m.totals.rows,
+                    m.shards.len()
+                );
+            } else {
+                eprintln!(
+                    "kiln: nothing to do: {} is already committed",
+                    dir.display()
+                );
+            }
+            Ok(0)
+        }
+        Command::Validate {
+            pipeline,
+            input,
+            output,
+        } => {
+            let overrides = Overrides {
+                input,
+                output,
+                ..Default::default()
+            };
+            let p = Pipeline::load(&pipeline, &overrides)?;
+            let files: usize = p.inputs.iter().map(|i| i.files.len()).sum();
+            println!(
+                "{}: ok ({} inputs, {files} files)",
+                pipeline.display(),
+                p.inputs.len()
+            );
+            println!("output schema:");
+            for f in p.dataset_schema.fields() {
+                println!("  {}: {}", f.name(), f.data_type());
+            }
+            Ok(0)
+        }
+        Command::Inspect { dataset, samples } => {
+            print!("{}", kiln::inspect::inspect(&dataset, samples)?);
+            Ok(0)
+        }
+    }
+}
+
+fn summary(out: &str, m: &engine::Manifest, ran_tasks: usize, seconds: f64, input_bytes: u64) {
+    let t = &m.totals;
+    eprintln!(
+        "kiln: wrote {out}: {} samples in, {} out ({} rows, {} tokens), {} rejected, {} filtered",
+        t.samples_in, t.samples_out, t.rows, t.tokens, t.rejected, t.filtered
+    );
+    for (reason, n) in &t.rejected_by {
+        eprintln!("kiln:   rejected {reason}: {n}");
+    }
+    let secs = seconds.max(1e-6);
+    eprintln!(
+        "kiln: {} shards ({:?}), {} bytes; ran {ran_tasks} of {} tasks in {seconds:.2}s: {:.0} samples/s, {:.1} MB/s of input",
+        m.shards.len(),
+        m.format,
+        m.bytes,
+        m.tasks,
+        t.samples_in as f64 / secs,
+        input_bytes as f64 / secs / 1e6
+    );
+}

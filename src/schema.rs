@@ -1,0 +1,205 @@
+//! The Arrow schemas each dataset kind promises (`schemas/*.json`), and their
+//! HuggingFace `datasets` feature descriptions.
+//!
+//! The sink projects what the stages produce onto the kind's schema and
+//! refuses a batch that does not fit, so a dataset never drifts from its
+//! declared layout.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Deserialize)]
+pub struct KindSchema {
+    pub kind: String,
+    pub fields: Vec<KindField>,
+    /// Type of any column beyond `fields` (the inputs' extra columns).
+    pub extra_columns: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KindField {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub required: bool,
+}
+
+pub static TEXT: LazyLock<KindSchema> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("../schemas/text.json")).expect("schemas/text.json is valid")
+});
+
+fn parse_type(ty: &str) -> DataType {
+    match ty {
+        "string" => DataType::Utf8,
+        "uint32" => DataType::UInt32,
+        "uint64" => DataType::UInt64,
+        "int64" => DataType::Int64,
+        "float32" => DataType::Float32,
+        t if t.starts_with("list<") && t.ends_with('>') => DataType::List(Arc::new(Field::new(
+            "item",
+            parse_type(&t[5..t.len() - 1]),
+            true,
+        ))),
+        other => panic!("unknown type `{other}` in schemas/"),
+    }
+}
+
+impl KindSchema {
+    /// The output schema for what the stages produce: the kind's fields in
+    /// order (optional ones when present), then extra columns. `Err` names
+    /// what does not fit.
+    pub fn output_schema(&self, produced: &SchemaRef) -> std::result::Result<SchemaRef, String> {
+        let mut fields = Vec::new();
+        for f in &self.fields {
+            let want = parse_type(&f.ty);
+            match produced.field_with_name(&f.name) {
+                Ok(got) if got.data_type() == &want => {
+                    fields.push(Field::new(&f.name, want, !f.required))
+                }
+                Ok(got) => {
+                    return Err(format!(
+                        "column `{}` is {}, the {} schema says {}",
+                        f.name,
+                        got.data_type(),
+                        self.kind,
+                        f.ty
+                    ));
+                }
+                Err(_) if f.required => {
+                    return Err(format!(
+                        "the pipeline produces no `{}`, which the {} schema requires",
+                        f.name, self.kind
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        let extra = parse_type(&self.extra_columns);
+        let known =
+            |n: &str| self.fields.iter().any(|f| f.name == n) || matches!(n, "source" | "position");
+        for f in produced.fields().iter().filter(|f| !known(f.name())) {
+            if f.data_type() != &extra {
+                return Err(format!(
+                    "extra column `{}` is {}, expected {}",
+                    f.name(),
+                    f.data_type(),
+                    self.extra_columns
+                ));
+            }
+            fields.push(Field::new(f.name(), extra.clone(), true));
+        }
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+/// Project `batch` onto `schema` (by column name), checking types.
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let col = batch
+            .column_by_name(f.name())
+            .ok_or_else(|| Error::Execution(format!("sink: batch has no column `{}`", f.name())))?;
+        if col.data_type() != f.data_type() {
+            return Err(Error::Execution(format!(
+                "sink: column `{}` is {}, schema says {}",
+                f.name(),
+                col.data_type(),
+                f.data_type()
+            )));
+        }
+        columns.push(col.clone());
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// HuggingFace `datasets` feature description of an Arrow type.
+pub fn hf_feature(ty: &DataType) -> Value {
+    let dtype = |d: &str| json!({ "dtype": d, "_type": "Value" });
+    match ty {
+        DataType::Utf8 => dtype("string"),
+        DataType::LargeUtf8 => dtype("large_string"),
+        DataType::UInt8 => dtype("uint8"),
+        DataType::UInt16 => dtype("uint16"),
+        DataType::UInt32 => dtype("uint32"),
+        DataType::UInt64 => dtype("uint64"),
+        DataType::Int8 => dtype("int8"),
+        DataType::Int16 => dtype("int16"),
+        DataType::Int32 => dtype("int32"),
+        DataType::Int64 => dtype("int64"),
+        DataType::Float32 => dtype("float32"),
+        DataType::Float64 => dtype("float64"),
+        DataType::Boolean => dtype("bool"),
+        DataType::Binary => dtype("binary"),
+        DataType::List(item) => json!({ "feature": hf_feature(item.data_type()), "_type": "List" }),
+        DataType::FixedSizeList(item, n) => {
+            json!({ "feature": hf_feature(item.data_type()), "length": n, "_type": "List" })
+        }
+        other => panic!("no datasets feature for {other}"),
+    }
+}
+
+/// The `features` object of `dataset_info.json`, in column order.
+pub fn hf_features(schema: &Schema) -> Value {
+    let mut map = serde_json::Map::new();
+    for f in schema.fields() {
+        map.insert(f.name().clone(), hf_feature(f.data_type()));
+    }
+    Value::Object(map)
+}
+
+/// The schema as written into shards: with the `huggingface` metadata that
+/// `datasets` reads features from.
+pub fn with_hf_metadata(schema: &SchemaRef) -> SchemaRef {
+    let info = json!({ "info": { "features": hf_features(schema) } });
+    let mut metadata = schema.metadata().clone();
+    metadata.insert("huggingface".into(), info.to_string());
+    Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_schema_orders_fields_and_keeps_extras() {
+        let produced = Arc::new(Schema::new(vec![
+            Field::new("sample_id", DataType::Utf8, false),
+            Field::new("source", DataType::Utf8, false),
+            Field::new("lang", DataType::Utf8, true),
+            Field::new("length", DataType::UInt32, false),
+            Field::new(
+                "input_ids",
+                DataType::List(Arc::new(Field::new("item", DataType::UInt32, true))),
+                false,
+            ),
+            Field::new("window", DataType::UInt32, false),
+        ]));
+        let out = TEXT.output_schema(&produced).unwrap();
+        let names: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            ["sample_id", "window", "input_ids", "length", "lang"]
+        );
+        assert_eq!(
+            hf_features(&out)["input_ids"],
+            json!({"feature": {"dtype": "uint32", "_type": "Value"}, "_type": "List"})
+        );
+    }
+
+    #[test]
+    fn missing_required_column_is_named() {
+        let produced = Arc::new(Schema::new(vec![Field::new(
+            "sample_id",
+            DataType::Utf8,
+            false,
+        )]));
+        let e = TEXT.output_schema(&produced).unwrap_err();
+        assert!(e.contains("window"), "{e}");
+    }
+}

@@ -1,0 +1,202 @@
+//! Shard writers: a task's output rows become one or more shard files, each
+//! closed when it reaches the byte or row cap, written under a temporary name
+//! and renamed when complete, with its size and SHA-256 taken as it is
+//! written.
+
+mod arrow_shards;
+mod parquet;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{OutputConfig, OutputFormat, ParquetCompression};
+use crate::error::{IoContext, Result};
+
+/// A finished shard of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// File name inside the task's directory.
+    pub file: String,
+    pub rows: u64,
+    /// Documents whose first window is in this shard.
+    pub documents: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Counts bytes and hashes them on the way to the file.
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn finish(mut self) -> std::io::Result<(W, u64, String)> {
+        self.inner.flush()?;
+        Ok((self.inner, self.bytes, hex::encode(self.hasher.finalize())))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub type ShardFile = HashingWriter<BufWriter<File>>;
+
+/// One open shard in some format.
+trait FormatWriter: Send {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+    /// Bytes written so far, counting what the format still buffers.
+    fn bytes(&self) -> u64;
+    fn finish(self: Box<Self>) -> Result<ShardFile>;
+}
+
+fn open_format(
+    format: OutputFormat,
+    compression: ParquetCompression,
+    file: ShardFile,
+    schema: &SchemaRef,
+) -> Result<Box<dyn FormatWriter>> {
+    Ok(match format {
+        OutputFormat::Arrow => Box::new(arrow_shards::ArrowShard::new(file, schema)?),
+        OutputFormat::Parquet => Box::new(parquet::ParquetShard::new(
+            file,
+            &crate::schema::with_hf_metadata(schema),
+            compression,
+        )?),
+    })
+}
+
+struct OpenShard {
+    writer: Box<dyn FormatWriter>,
+    tmp: PathBuf,
+    file: String,
+    rows: u64,
+    documents: u64,
+}
+
+/// Writes a task's rows into capped shards in `dir`.
+pub struct TaskSink {
+    dir: PathBuf,
+    schema: SchemaRef,
+    format: OutputFormat,
+    compression: ParquetCompression,
+    max_bytes: u64,
+    max_rows: u64,
+    open: Option<OpenShard>,
+    pub shards: Vec<ShardInfo>,
+}
+
+impl TaskSink {
+    pub fn new(dir: &Path, schema: SchemaRef, output: &OutputConfig) -> Self {
+        TaskSink {
+            dir: dir.to_path_buf(),
+            schema,
+            format: output.format,
+            compression: output.parquet_compression,
+            max_bytes: output.max_shard_bytes.max(1),
+            max_rows: output.max_shard_rows.max(1),
+            open: None,
+            shards: Vec::new(),
+        }
+    }
+
+    /// Write rows (already in the dataset schema). `window` tells which rows
+    /// start a document.
+    pub fn write(&mut self, mut batch: RecordBatch) -> Result<()> {
+        while batch.num_rows() > 0 {
+            if self.open.is_none() {
+                let index = self.shards.len();
+                let file = format!("part-{index:05}.{}", self.format.extension());
+                let tmp = self.dir.join(format!("{file}.tmp"));
+                let f = File::create(&tmp).at("create", &tmp)?;
+                let hw = HashingWriter::new(BufWriter::with_capacity(1 << 20, f));
+                let writer = open_format(self.format, self.compression, hw, &self.schema)?;
+                self.open = Some(OpenShard {
+                    writer,
+                    tmp,
+                    file,
+                    rows: 0,
+                    documents: 0,
+                });
+            }
+            let shard = self.open.as_mut().expect("opened above");
+            let room = (self.max_rows - shard.rows) as usize;
+            let take = batch.num_rows().min(room);
+            let part = batch.slice(0, take);
+            batch = batch.slice(take, batch.num_rows() - take);
+            shard.documents += first_windows(&part);
+            shard.rows += take as u64;
+            shard.writer.write(&part)?;
+            if shard.rows >= self.max_rows || shard.writer.bytes() >= self.max_bytes {
+                self.close()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some(shard) = self.open.take() else {
+            return Ok(());
+        };
+        let (_, bytes, sha256) = shard.writer.finish()?.finish().at("write", &shard.tmp)?;
+        let dest = self.dir.join(&shard.file);
+        std::fs::rename(&shard.tmp, &dest).at("rename", &shard.tmp)?;
+        self.shards.push(ShardInfo {
+            file: shard.file,
+            rows: shard.rows,
+            documents: shard.documents,
+            bytes,
+            sha256,
+        });
+        Ok(())
+    }
+
+    /// Close the open shard and return the list.
+    pub fn finish(mut self) -> Result<Vec<ShardInfo>> {
+        self.close()?;
+        Ok(self.shards)
+    }
+}
+
+/// Rows that are the first window of their document.
+fn first_windows(batch: &RecordBatch) -> u64 {
+    use arrow::array::AsArray;
+    match batch.column_by_name("window") {
+        Some(w) => w
+            .as_primitive::<arrow::datatypes::UInt32Type>()
+            .values()
+            .iter()
+            .filter(|&&w| w == 0)
+            .count() as u64,
+        None => batch.num_rows() as u64,
+    }
+}

@@ -1,0 +1,206 @@
+//! Byte-level BPE tokenization with HuggingFace `tokenizers`: each document
+//! becomes `input_ids` (list of uint32) and `length`.
+//!
+//! The tokenizer is either loaded from a `tokenizer.json` or trained on the
+//! pipeline's own corpus (streamed into the trainer, never held whole). Terms
+//! of a domain vocabulary are added as tokens, so they are never split.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, ListArray, RecordBatch, UInt32Array};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::config::{TokenizeConfig, TrainConfig};
+use crate::error::{Error, Result};
+use crate::stages::{BatchContext, Stage};
+
+pub fn input_ids_field() -> Field {
+    Field::new(
+        "input_ids",
+        DataType::List(Arc::new(Field::new("item", DataType::UInt32, true))),
+        false,
+    )
+}
+
+pub struct TokenizeStage {
+    tokenizer: Arc<Tokenizer>,
+    text_column: String,
+    keep_text: bool,
+    add_special_tokens: bool,
+}
+
+impl TokenizeStage {
+    pub fn new(config: &TokenizeConfig, tokenizer: Arc<Tokenizer>) -> Self {
+        TokenizeStage {
+            tokenizer,
+            text_column: config.text_column.clone(),
+            keep_text: config.keep_text,
+            add_special_tokens: config.add_special_tokens,
+        }
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+}
+
+/// Load a `tokenizer.json`.
+pub fn load(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path)
+        .map_err(|e| Error::Config(format!("cannot load tokenizer {}: {e}", path.display())))
+}
+
+/// Read a domain vocabulary: one term per line, blank lines and `#` comments
+/// ignored.
+pub fn read_domain_vocab(path: &Path) -> std::io::Result<Vec<String>> {
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Add domain terms as whole tokens.
+pub fn add_domain_vocab(tokenizer: &mut Tokenizer, terms: &[String]) -> Result<()> {
+    let tokens = terms
+        .iter()
+        .map(|t| AddedToken::from(t.clone(), false).single_word(true));
+    tokenizer
+        .add_tokens(tokens)
+        .map_err(|e| Error::Execution(format!("cannot add the domain vocabulary: {e}")))?;
+    Ok(())
+}
+
+/// Train a byte-level BPE tokenizer on `texts`. The result depends only on
+/// the multiset of texts, not on their order or the thread count.
+pub fn train<I, S>(config: &TrainConfig, texts: I) -> Result<Tokenizer>
+where
+    I: Iterator<Item = S> + Send,
+    S: AsRef<str> + Send,
+{
+    let mut tokenizer = Tokenizer::new(BPE::default());
+    tokenizer.with_pre_tokenizer(Some(ByteLevel::default()));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    tokenizer.with_post_processor(Some(ByteLevel::default()));
+    let special = config
+        .special_tokens
+        .iter()
+        .map(|t| AddedToken::from(t.clone(), true))
+        .collect();
+    let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+        .vocab_size(config.vocab_size)
+        .min_frequency(config.min_frequency)
+        .special_tokens(special)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .show_progress(false)
+        .build()
+        .into();
+    tokenizer
+        .train(&mut trainer, texts)
+        .map_err(|e| Error::Execution(format!("tokenizer training failed: {e}")))?;
+    Ok(tokenizer)
+}
+
+impl Stage for TokenizeStage {
+    fn name(&self) -> &str {
+        "tokenize"
+    }
+
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        let text = input.field_with_name(&self.text_column).map_err(|_| {
+            Error::Config(format!(
+                "tokenize: the input has no column `{}`",
+                self.text_column
+            ))
+        })?;
+        if text.data_type() != &DataType::Utf8 {
+            return Err(Error::Config(format!(
+                "tokenize: column `{}` is {}, expected a string",
+                self.text_column,
+                text.data_type()
+            )));
+        }
+        let mut fields: Vec<Field> = input
+            .fields()
+            .iter()
+            .filter(|f| self.keep_text || f.name() != &self.text_column)
+            .filter(|f| !matches!(f.name().as_str(), "window" | "input_ids" | "length"))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("window", DataType::UInt32, false));
+        fields.push(input_ids_field());
+        fields.push(Field::new("length", DataType::UInt32, false));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
+        let text = batch
+            .column_by_name(&self.text_column)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| {
+                Error::Execution(format!("tokenize: no string column `{}`", self.text_column))
+            })?;
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        let mut values: Vec<u32> = Vec::new();
+        let mut offsets: Vec<i32> = Vec::with_capacity(batch.num_rows() + 1);
+        let mut lengths: Vec<u32> = Vec::with_capacity(batch.num_rows());
+        offsets.push(0);
+        for row in 0..batch.num_rows() {
+            if text.is_null(row) {
+                cx.reject(&batch, row, "null_text", "the text is null")?;
+                keep.push(false);
+                continue;
+            }
+            match self
+                .tokenizer
+                .encode_fast(text.value(row), self.add_special_tokens)
+            {
+                Ok(enc) => {
+                    let ids = enc.get_ids();
+                    values.extend_from_slice(ids);
+                    offsets.push(values.len() as i32);
+                    lengths.push(ids.len() as u32);
+                    keep.push(true);
+                }
+                Err(e) => {
+                    cx.reject(&batch, row, "encode_failed", e.to_string())?;
+                    keep.push(false);
+                }
+            }
+        }
+        let batch = if keep.iter().all(|&k| k) {
+            batch
+        } else {
+            arrow::compute::filter_record_batch(&batch, &keep.into())?
+        };
+        let schema = self.output_schema(&batch.schema())?;
+        let item = Arc::new(Field::new("item", DataType::UInt32, true));
+        let ids = ListArray::new(
+            item,
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(UInt32Array::from(values)),
+            None,
+        );
+        let n = batch.num_rows();
+        let mut columns: Vec<ArrayRef> = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .filter(|(f, _)| schema.field_with_name(f.name()).is_ok())
+            .filter(|(f, _)| !matches!(f.name().as_str(), "window" | "input_ids" | "length"))
+            .map(|(_, c)| c.clone())
+            .collect();
+        columns.push(Arc::new(UInt32Array::from(vec![0u32; n])));
+        columns.push(Arc::new(ids));
+        columns.push(Arc::new(UInt32Array::from(lengths)));
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
