@@ -306,12 +306,52 @@ impl ConfigSource {
             self.error_at(line, None, e.message())
         })?;
         serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            let path = e.path().to_string();
             let inner = e.into_inner();
-            let line = inner.span().map(|s| self.line_of_offset(s.start));
-            let key = (key != ".").then_some(key);
-            self.error_at(line, key.as_deref(), inner.message())
+            let span_line = inner.span().map(|s| self.line_of_offset(s.start));
+            let (key, message) = self
+                .stage_detail(&path)
+                .unwrap_or_else(|| (path.clone(), inner.message().to_string()));
+            let key = match unknown_field(&message) {
+                Some(field) if !key.ends_with(field) => format!("{key}.{field}"),
+                _ => key,
+            };
+            let key = key.trim_start_matches('.').to_string();
+            let line = self.line_of_key(&key).or(span_line);
+            self.error_at(line, (!key.is_empty()).then_some(key.as_str()), message)
         })
+    }
+
+    /// A stage's keys are checked through its `type` tag, which hides the
+    /// failing key; deserialize that stage's table alone to find it.
+    fn stage_detail(&self, path: &str) -> Option<(String, String)> {
+        let index: usize = path
+            .strip_prefix("stages[")?
+            .split(']')
+            .next()?
+            .parse()
+            .ok()?;
+        let doc: toml::Table = toml::from_str(&self.text).ok()?;
+        let mut table = doc
+            .get("stages")?
+            .as_array()?
+            .get(index)?
+            .as_table()?
+            .clone();
+        let kind = table.remove("type")?;
+        let value = toml::Value::Table(table);
+        let err = match kind.as_str()? {
+            "tokenize" => serde_path_to_error::deserialize::<_, TokenizeConfig>(value).err()?,
+            "chunk" => serde_path_to_error::deserialize::<_, ChunkConfig>(value).err()?,
+            _ => return None,
+        };
+        let inner_path = err.path().to_string();
+        let key = if inner_path == "." {
+            format!("stages[{index}]")
+        } else {
+            format!("stages[{index}].{inner_path}")
+        };
+        Some((key, err.into_inner().message().to_string()))
     }
 
     fn line_of_offset(&self, offset: usize) -> usize {
@@ -348,54 +388,72 @@ impl ConfigSource {
         Error::Config(out)
     }
 
-    /// Line of a dotted key. Understands `table.key`, `array[i].key` and
-    /// top-level keys; falls back to the table header, then to nothing.
+    /// Line of a dotted key such as `seed`, `output.path`, `stages[1].stride`
+    /// or `stages[0].train.vocab_size`; the line of the innermost table
+    /// header found when the key itself is not written, else `None`.
     pub fn line_of_key(&self, key: &str) -> Option<usize> {
-        let (section, leaf) = match key.rsplit_once('.') {
-            Some((s, l)) => (Some(s), l),
-            None => (None, key),
-        };
         let lines: Vec<&str> = self.text.lines().collect();
-        // Where the section starts and ends.
-        let (start, header_line) = match section {
-            None => (0, None),
-            Some(section) => {
-                let (name, index) = match section.split_once('[') {
-                    Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
-                    None => (section, None),
-                };
-                let header = match index {
-                    Some(_) => format!("[[{name}]]"),
-                    None => format!("[{name}]"),
-                };
-                let mut seen = 0;
-                let mut found = None;
-                for (i, l) in lines.iter().enumerate() {
-                    if l.trim() == header {
-                        if index.is_none_or(|ix| ix == seen) {
-                            found = Some(i);
-                            break;
-                        }
-                        seen += 1;
-                    }
+        let parts: Vec<&str> = key.split('.').collect();
+        let (leaf, sections) = parts.split_last()?;
+        let mut start = 0;
+        let mut header_line = None;
+        let mut table = String::new();
+        for section in sections {
+            let (name, index) = match section.split_once('[') {
+                Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (*section, None),
+            };
+            if !table.is_empty() {
+                table.push('.');
+            }
+            table.push_str(name);
+            let header = match index {
+                Some(_) => format!("[[{table}]]"),
+                None => format!("[{table}]"),
+            };
+            let want = index.unwrap_or(0);
+            let mut seen = 0;
+            let found = (start..lines.len()).find(|&i| {
+                if lines[i].trim() == header {
+                    seen += 1;
+                    seen > want
+                } else {
+                    false
                 }
-                let found = found?;
-                (found + 1, Some(found + 1))
-            }
-        };
-        for (i, l) in lines.iter().enumerate().skip(start) {
-            let t = l.trim_start();
-            if t.starts_with('[') && !t.starts_with(&format!("[{}", section.unwrap_or("~"))) {
-                break;
-            }
-            if let Some(rest) = t.strip_prefix(leaf)
-                && rest.trim_start().starts_with('=')
-            {
-                return Some(i + 1);
+            });
+            match found {
+                Some(i) => {
+                    start = i + 1;
+                    header_line = Some(i + 1);
+                }
+                // Written inline (`train = { ... }`): point at that key.
+                None => return find_key(&lines, start, name).or(header_line),
             }
         }
-        header_line
+        find_key(&lines, start, leaf).or(header_line)
     }
+}
+
+/// The line (1-based) of `key = ...` from `start` up to the next table header.
+fn find_key(lines: &[&str], start: usize, key: &str) -> Option<usize> {
+    let name = key.split('[').next().unwrap_or(key);
+    for (i, l) in lines.iter().enumerate().skip(start) {
+        let t = l.trim_start();
+        if t.starts_with('[') {
+            break;
+        }
+        if let Some(rest) = t.strip_prefix(name)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// `unknown field `x`, expected ...` -> `x`
+fn unknown_field(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `")?.split('`').next()
 }
 
 /// Values given on the command line that take precedence over the file.
@@ -507,5 +565,10 @@ path = "out"
         assert_eq!(s.line_of_key("output.path"), Some(17));
         assert_eq!(s.line_of_key("seed"), Some(2));
         assert_eq!(s.line_of_key("inputs[0].path"), Some(5));
+        let nested = source(
+            "[[stages]]\ntype = \"tokenize\"\n[stages.train]\nvocab_size = 5\n[[stages]]\n[stages.train]\nvocab_size = 6\n",
+        );
+        assert_eq!(nested.line_of_key("stages[0].train.vocab_size"), Some(4));
+        assert_eq!(nested.line_of_key("stages[1].train.vocab_size"), Some(7));
     }
 }

@@ -13,11 +13,14 @@ use crate::config::OutputFormat;
 use crate::engine::Manifest;
 use crate::error::{Error, IoContext, Result};
 
+/// The batches of a shard.
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch>>>;
+
 /// Batches of one shard, whatever its format.
 fn read_shard(
     path: &Path,
     format: OutputFormat,
-) -> Result<(SchemaRef, Box<dyn Iterator<Item = Result<RecordBatch>>>)> {
+) -> Result<(SchemaRef, Batches)> {
     let f = File::open(path).at("open", path)?;
     Ok(match format {
         OutputFormat::Arrow => {

@@ -96,6 +96,7 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
             let to = out.join(&name);
             if from.exists() {
                 std::fs::rename(&from, &to).at("rename", &from)?;
+                throttle();
             } else if !to.exists() {
                 return Err(Error::Output(format!(
                     "shard {} of task {} is missing from {}",
@@ -163,6 +164,16 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
         &serde_json::to_vec_pretty(&manifest)?,
     )?;
     Ok(manifest)
+}
+
+/// Tests slow a run down (`KILN_THROTTLE_MS`) to kill it at chosen points.
+pub fn throttle() {
+    if let Some(ms) = std::env::var("KILN_THROTTLE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 /// `1, 2, 5, ... (12 in all)`

@@ -196,10 +196,6 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
         plan_hash: &plan.hash,
         stages,
         progress: &progress,
-        throttle_ms: std::env::var("KILN_THROTTLE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
     };
     run_tasks(&env, &todo, threads, opts.quiet)?;
 

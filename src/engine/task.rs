@@ -90,9 +90,6 @@ pub struct TaskEnv<'a> {
     pub plan_hash: &'a str,
     pub stages: Vec<Arc<dyn Stage>>,
     pub progress: &'a Progress,
-    /// Milliseconds to sleep after each batch (tests use it to kill a run
-    /// mid-task).
-    pub throttle_ms: u64,
 }
 
 pub fn run_task(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
@@ -147,9 +144,7 @@ pub fn run_task(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
                 counts.tokens += len.values().iter().map(|&l| l as u64).sum::<u64>();
             }
             sink.write(batch)?;
-            if env.throttle_ms > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(env.throttle_ms));
-            }
+            super::commit::throttle();
         }
         env.progress
             .bytes

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what kiln's tests and benchmarks need beyond Rust: the Python
+# packages of the reference tests (HuggingFace datasets and tokenizers,
+# pyarrow, DuckDB, pytest), pinned in requirements.txt, into .venv/.
+# Idempotent; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
+    echo "setup: cargo-nextest not found; installing it from crates.io" >&2
+    cargo install --locked cargo-nextest
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    if ! python3 -m venv .venv 2>/dev/null; then
+        # Debian's python3 ships venv separately.
+        rm -rf .venv
+        if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+            apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+        else
+            echo "setup: python3 -m venv failed; install python3-venv" >&2
+            exit 2
+        fi
+        python3 -m venv .venv
+    fi
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+    echo "$want" > "$stamp"
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sets up and runs every check: formatting, clippy, the Rust test suite, and
+# the compatibility tests against the real Python `datasets`, `tokenizers`,
+# pyarrow and DuckDB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo nextest run --no-fail-fast
+cargo build --bin kiln
+KILN_BIN="$PWD/target/debug/kiln" .venv/bin/python -m pytest -q tests/python
