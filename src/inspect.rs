@@ -17,10 +17,7 @@ use crate::error::{Error, IoContext, Result};
 type Batches = Box<dyn Iterator<Item = Result<RecordBatch>>>;
 
 /// Batches of one shard, whatever its format.
-fn read_shard(
-    path: &Path,
-    format: OutputFormat,
-) -> Result<(SchemaRef, Batches)> {
+fn read_shard(path: &Path, format: OutputFormat) -> Result<(SchemaRef, Batches)> {
     let f = File::open(path).at("open", path)?;
     Ok(match format {
         OutputFormat::Arrow => {

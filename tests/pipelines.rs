@@ -385,3 +385,62 @@ fn shards_are_capped_by_rows_and_bytes() {
         );
     }
 }
+
+/// The rows of `pipelines/text_chunked.toml` (a fixed tokenizer, a domain
+/// vocabulary, windows of 32 with stride 8) pinned in a golden file.
+/// Regenerate with `KILN_BLESS=1 cargo nextest run golden` and review the diff.
+#[test]
+fn golden_rows_of_the_chunked_pipeline() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("chunked");
+    let o = kiln()
+        .current_dir(root)
+        .args([
+            "run",
+            "pipelines/text_chunked.toml",
+            "-q",
+            "--format",
+            "arrow",
+            "--output",
+            dest.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let mut dump = String::new();
+    for b in read_arrow_dataset(&dest) {
+        let id = b.column_by_name("sample_id").unwrap().as_string::<i32>();
+        let win = b
+            .column_by_name("window")
+            .unwrap()
+            .as_primitive::<UInt32Type>();
+        let ids = b.column_by_name("input_ids").unwrap().as_list::<i32>();
+        for r in 0..b.num_rows() {
+            let toks: Vec<String> = ids
+                .value(r)
+                .as_primitive::<UInt32Type>()
+                .values()
+                .iter()
+                .map(|t| t.to_string())
+                .collect();
+            dump.push_str(&format!(
+                "{}\t{}\t{}\n",
+                id.value(r),
+                win.value(r),
+                toks.join(" ")
+            ));
+        }
+    }
+    let golden = root.join("tests/golden/text_chunked.tsv");
+    if std::env::var_os("KILN_BLESS").is_some() {
+        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        std::fs::write(&golden, &dump).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).expect("golden file (KILN_BLESS=1 writes it)");
+    assert!(
+        want == dump,
+        "rows differ from {}; rerun with KILN_BLESS=1 and review the diff",
+        golden.display()
+    );
+}
