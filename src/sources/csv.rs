@@ -171,13 +171,12 @@ impl SourceReader for CsvReader {
                     continue;
                 }
             };
-            let extras: Vec<Option<&str>> = col_ix
+            // Extra columns are metadata: bad UTF-8 there is replaced, not rejected.
+            let extras: Vec<Option<std::borrow::Cow<str>>> = col_ix
                 .iter()
-                .map(|ix| {
-                    ix.and_then(|i| record.get(i))
-                        .map(|b| std::str::from_utf8(b).unwrap_or("\u{FFFD}"))
-                })
+                .map(|ix| ix.and_then(|i| record.get(i)).map(String::from_utf8_lossy))
                 .collect();
+            let extras: Vec<Option<&str>> = extras.iter().map(|e| e.as_deref()).collect();
             self.builder.push(pos, text, &extras);
             if self.builder.is_full(self.batch_rows) {
                 break;

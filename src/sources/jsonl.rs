@@ -7,17 +7,14 @@ use arrow::array::RecordBatch;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::lines::{Line, LineReader};
+use super::text::Lines;
 use super::{InputSpec, ReadOptions, RecordBuilder, SourceReader, Split};
 use crate::config::{InputFormat, Limits};
 use crate::error::Result;
 use crate::rejects::RejectSink;
 
 pub struct JsonlReader {
-    path: String,
-    range: (u64, u64),
-    lines: Option<LineReader>,
-    opened: bool,
+    lines: Lines,
     text_field: String,
     columns: Vec<String>,
     limits: Limits,
@@ -33,10 +30,7 @@ impl JsonlReader {
         builder: RecordBuilder,
     ) -> Self {
         JsonlReader {
-            path: split.path.clone(),
-            range: (split.start, split.end),
-            lines: None,
-            opened: false,
+            lines: Lines::new(split, InputFormat::Jsonl, opts.limits.max_line_bytes),
             text_field: spec.text_field.clone(),
             columns: spec.columns.clone(),
             limits: opts.limits.clone(),
@@ -46,85 +40,20 @@ impl JsonlReader {
     }
 }
 
-fn reject(path: &str, pos: u64, kind: &str, message: impl Into<String>) -> crate::rejects::Reject {
-    super::reject(InputFormat::Jsonl, path, pos, kind, message)
-}
-
 impl SourceReader for JsonlReader {
     fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
-        if !self.opened {
-            self.opened = true;
-            match super::text::open_lines(
-                &self.path,
-                self.range,
-                self.limits.max_line_bytes,
-                InputFormat::Jsonl,
-                rejects,
-            )? {
-                Some(l) => self.lines = Some(l),
-                None => return Ok(None),
-            }
-        }
-        let Some(lines) = self.lines.as_mut() else {
-            return Ok(None);
-        };
         let mut extras: Vec<Option<String>> = vec![None; self.columns.len()];
-        loop {
-            let next = match lines.next_line() {
-                Ok(n) => n,
-                Err(e) => {
-                    let pos = self.range.0;
-                    rejects.push(reject(
-                        &self.path,
-                        pos,
-                        "read_error",
-                        format!("reading stopped: {e}"),
-                    ))?;
-                    self.lines = None;
-                    break;
-                }
-            };
-            let Some((pos, line)) = next else {
-                self.lines = None;
-                break;
-            };
-            let bytes = match line {
-                Line::TooLong(n) => {
-                    rejects.push(reject(
-                        &self.path,
-                        pos,
-                        "line_too_long",
-                        format!(
-                            "line is {n} bytes, over limits.max_line_bytes = {}",
-                            self.limits.max_line_bytes
-                        ),
-                    ))?;
-                    continue;
-                }
-                Line::Data(d) => d,
-            };
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let text = match super::utf8(bytes) {
-                Ok(t) => t,
-                Err((kind, msg)) => {
-                    rejects.push(reject(&self.path, pos, kind, msg))?;
-                    continue;
-                }
-            };
-            match extract(text, &self.text_field, &self.columns, &mut extras) {
+        while let Some((pos, line)) = self.lines.next(rejects)? {
+            let doc = extract(line, &self.text_field, &self.columns, &mut extras)
+                .and_then(|doc| super::check_document(&doc, &self.limits).map(|_| doc));
+            match doc {
                 Ok(doc) => {
-                    if let Err((kind, msg)) = super::check_document(&doc, &self.limits) {
-                        rejects.push(reject(&self.path, pos, kind, msg))?;
-                        continue;
-                    }
                     let ex: Vec<Option<&str>> = extras.iter().map(|e| e.as_deref()).collect();
                     self.builder.push(pos, &doc, &ex);
                 }
                 Err((kind, msg)) => {
-                    rejects.push(reject(&self.path, pos, kind, msg))?;
-                    continue;
+                    let path = self.lines.path();
+                    rejects.push(super::reject(InputFormat::Jsonl, path, pos, kind, msg))?;
                 }
             }
             if self.builder.is_full(self.batch_rows) {

@@ -19,6 +19,8 @@ pub struct LineReader {
     end: u64,
     max: usize,
     buf: Vec<u8>,
+    /// Offset of the line in `buf`.
+    last: u64,
 }
 
 impl LineReader {
@@ -44,6 +46,7 @@ impl LineReader {
             end,
             max,
             buf: Vec::new(),
+            last: 0,
         })
     }
 
@@ -53,6 +56,7 @@ impl LineReader {
             return Ok(None);
         }
         let start = self.pos;
+        self.last = start;
         self.buf.clear();
         let mut len: u64 = 0;
         let mut too_long = false;
@@ -93,6 +97,13 @@ impl LineReader {
             self.buf.pop();
         }
         Ok(Some((start, Line::Data(&self.buf))))
+    }
+}
+
+impl LineReader {
+    /// The line the last call to [`LineReader::next_line`] returned as data.
+    pub fn last_line(&self) -> (u64, &[u8]) {
+        (self.last, &self.buf)
     }
 }
 

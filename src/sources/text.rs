@@ -49,11 +49,91 @@ pub fn open_lines(
     }
 }
 
-pub struct TextLinesReader {
+/// The non-blank lines of a split as text; every line that cannot be one
+/// (too long, bad UTF-8, a read error) is rejected on the way.
+pub struct Lines {
     path: String,
     range: (u64, u64),
-    lines: Option<LineReader>,
+    format: InputFormat,
+    max_line: usize,
+    reader: Option<LineReader>,
     opened: bool,
+}
+
+impl Lines {
+    pub fn new(split: &Split, format: InputFormat, max_line: usize) -> Self {
+        Lines {
+            path: split.path.clone(),
+            range: (split.start, split.end),
+            format,
+            max_line,
+            reader: None,
+            opened: false,
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The next good line and its offset; `None` at the end of the split.
+    pub fn next(&mut self, rejects: &mut RejectSink) -> Result<Option<(u64, &str)>> {
+        if !self.opened {
+            self.opened = true;
+            self.reader = open_lines(&self.path, self.range, self.max_line, self.format, rejects)?;
+        }
+        let reject =
+            |pos, kind: &str, msg: String| super::reject(self.format, &self.path, pos, kind, msg);
+        loop {
+            let Some(reader) = self.reader.as_mut() else {
+                return Ok(None);
+            };
+            let (pos, line) = match reader.next_line() {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    self.reader = None;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    rejects.push(reject(
+                        self.range.0,
+                        "read_error",
+                        format!("reading stopped: {e}"),
+                    ))?;
+                    self.reader = None;
+                    return Ok(None);
+                }
+            };
+            match line {
+                Line::TooLong(n) => rejects.push(reject(
+                    pos,
+                    "line_too_long",
+                    format!(
+                        "line is {n} bytes, over limits.max_line_bytes = {}",
+                        self.max_line
+                    ),
+                ))?,
+                Line::Data(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {}
+                Line::Data(bytes) => match super::utf8(bytes) {
+                    // Re-borrow: the line lives in the reader's buffer.
+                    Ok(_) => break,
+                    Err((kind, msg)) => rejects.push(reject(pos, kind, msg))?,
+                },
+            }
+        }
+        // The loop breaks only on a good line; fetch it again without
+        // reading (a borrow across loop iterations is not expressible).
+        let reader = self.reader.as_ref().expect("a line was just read");
+        let (pos, bytes) = reader.last_line();
+        Ok(Some((
+            pos,
+            std::str::from_utf8(bytes).expect("checked above"),
+        )))
+    }
+}
+
+pub struct TextLinesReader {
+    lines: Lines,
     limits: Limits,
     batch_rows: usize,
     builder: RecordBuilder,
@@ -62,10 +142,7 @@ pub struct TextLinesReader {
 impl TextLinesReader {
     pub fn new(split: &Split, opts: &ReadOptions, builder: RecordBuilder) -> Self {
         TextLinesReader {
-            path: split.path.clone(),
-            range: (split.start, split.end),
-            lines: None,
-            opened: false,
+            lines: Lines::new(split, InputFormat::Text, opts.limits.max_line_bytes),
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
             builder,
@@ -79,55 +156,10 @@ fn reject(path: &str, pos: u64, kind: &str, message: impl Into<String>) -> crate
 
 impl SourceReader for TextLinesReader {
     fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
-        if !self.opened {
-            self.opened = true;
-            self.lines = open_lines(
-                &self.path,
-                self.range,
-                self.limits.max_line_bytes,
-                InputFormat::Text,
-                rejects,
-            )?;
-        }
-        while let Some(lines) = self.lines.as_mut() {
-            let (pos, line) = match lines.next_line() {
-                Ok(Some(l)) => l,
-                Ok(None) => {
-                    self.lines = None;
-                    break;
-                }
-                Err(e) => {
-                    rejects.push(reject(
-                        &self.path,
-                        self.range.0,
-                        "read_error",
-                        format!("reading stopped: {e}"),
-                    ))?;
-                    self.lines = None;
-                    break;
-                }
-            };
-            match line {
-                Line::TooLong(n) => rejects.push(reject(
-                    &self.path,
-                    pos,
-                    "line_too_long",
-                    format!(
-                        "line is {n} bytes, over limits.max_line_bytes = {}",
-                        self.limits.max_line_bytes
-                    ),
-                ))?,
-                Line::Data(bytes) => {
-                    if bytes.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    match super::utf8(bytes)
-                        .and_then(|t| super::check_document(t, &self.limits).map(|_| t))
-                    {
-                        Ok(text) => self.builder.push(pos, text, &[]),
-                        Err((kind, msg)) => rejects.push(reject(&self.path, pos, kind, msg))?,
-                    }
-                }
+        while let Some((pos, text)) = self.lines.next(rejects)? {
+            match super::check_document(text, &self.limits) {
+                Ok(()) => self.builder.push(pos, text, &[]),
+                Err((kind, msg)) => rejects.push(reject(self.lines.path(), pos, kind, msg))?,
             }
             if self.builder.is_full(self.batch_rows) {
                 break;
