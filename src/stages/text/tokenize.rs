@@ -5,6 +5,8 @@
 //! pipeline's own corpus (streamed into the trainer, never held whole). Terms
 //! of a domain vocabulary are added as tokens, so they are never split.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,7 +16,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{
+    AddedToken, Model, ModelWrapper, OffsetReferential, OffsetType, PostProcessorWrapper,
+    PreTokenizer, Tokenizer,
+};
 
 use crate::config::{TokenizeConfig, TrainConfig};
 use crate::error::{Error, Result};
@@ -33,16 +38,88 @@ pub struct TokenizeStage {
     text_column: String,
     keep_text: bool,
     add_special_tokens: bool,
+    /// Ids can be computed word by word and cached (see [`WordCache`]).
+    word_cache: bool,
+    /// Tells this stage's cache entries from another's.
+    id: u64,
+}
+
+static NEXT_STAGE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Words (pre-tokenized splits) seen by this thread and their ids. Natural
+/// text repeats a small set of words, so most words skip the model. Cleared
+/// when full, so memory stays bounded.
+struct WordCache {
+    owner: u64,
+    ids: HashMap<String, Box<[u32]>>,
+}
+
+const WORD_CACHE_ENTRIES: usize = 1 << 20;
+
+thread_local! {
+    static WORD_CACHE: RefCell<WordCache> = RefCell::new(WordCache { owner: 0, ids: HashMap::new() });
 }
 
 impl TokenizeStage {
     pub fn new(config: &TokenizeConfig, tokenizer: Arc<Tokenizer>) -> Self {
+        // Post-processing, truncation and padding act on the whole encoding,
+        // and BPE dropout is random: then only the full `encode` is right.
+        let deterministic =
+            !matches!(tokenizer.get_model(), ModelWrapper::BPE(bpe) if bpe.dropout.is_some());
+        let no_post = !config.add_special_tokens
+            || matches!(
+                tokenizer.get_post_processor(),
+                None | Some(PostProcessorWrapper::ByteLevel(_))
+            );
+        let word_cache = deterministic
+            && no_post
+            && tokenizer.get_truncation().is_none()
+            && tokenizer.get_padding().is_none();
         TokenizeStage {
             tokenizer,
             text_column: config.text_column.clone(),
             keep_text: config.keep_text,
             add_special_tokens: config.add_special_tokens,
+            word_cache,
+            id: NEXT_STAGE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// Append the ids of `text` to `out`: exactly what `encode` gives.
+    fn encode_into(&self, text: &str, out: &mut Vec<u32>) -> tokenizers::Result<()> {
+        let t = &*self.tokenizer;
+        if !self.word_cache {
+            let enc = t.encode_fast(text, self.add_special_tokens)?;
+            out.extend_from_slice(enc.get_ids());
+            return Ok(());
+        }
+        let mut pre = t
+            .get_added_vocabulary()
+            .extract_and_normalize(t.get_normalizer(), text);
+        if let Some(pt) = t.get_pre_tokenizer() {
+            pt.pre_tokenize(&mut pre)?;
+        }
+        let owner = self.id;
+        WORD_CACHE.with_borrow_mut(|cache| {
+            if cache.owner != owner || cache.ids.len() >= WORD_CACHE_ENTRIES {
+                cache.ids.clear();
+                cache.owner = owner;
+            }
+            for (word, _, tokens) in pre.get_splits(OffsetReferential::Original, OffsetType::None) {
+                if let Some(tokens) = tokens {
+                    // An added token, already matched.
+                    out.extend(tokens.iter().map(|t| t.id));
+                } else if let Some(ids) = cache.ids.get(word) {
+                    out.extend_from_slice(ids);
+                } else {
+                    let ids: Box<[u32]> =
+                        t.get_model().tokenize(word)?.iter().map(|t| t.id).collect();
+                    out.extend_from_slice(&ids);
+                    cache.ids.insert(word.to_string(), ids);
+                }
+            }
+            Ok(())
+        })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -158,18 +235,15 @@ impl Stage for TokenizeStage {
                 keep.push(false);
                 continue;
             }
-            match self
-                .tokenizer
-                .encode_fast(text.value(row), self.add_special_tokens)
-            {
-                Ok(enc) => {
-                    let ids = enc.get_ids();
-                    values.extend_from_slice(ids);
+            let start = values.len();
+            match self.encode_into(text.value(row), &mut values) {
+                Ok(()) => {
                     offsets.push(values.len() as i32);
-                    lengths.push(ids.len() as u32);
+                    lengths.push((values.len() - start) as u32);
                     keep.push(true);
                 }
                 Err(e) => {
+                    values.truncate(start);
                     cx.reject(&batch, row, "encode_failed", e.to_string())?;
                     keep.push(false);
                 }
@@ -202,5 +276,77 @@ impl Stage for TokenizeStage {
         columns.push(Arc::new(ids));
         columns.push(Arc::new(UInt32Array::from(lengths)));
         Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rejects::RejectSink;
+    use crate::sources::{RecordBuilder, record_schema};
+
+    fn config(add_special_tokens: bool) -> TokenizeConfig {
+        TokenizeConfig {
+            tokenizer: None,
+            train: None,
+            domain_vocab: None,
+            text_column: "text".into(),
+            keep_text: false,
+            add_special_tokens,
+        }
+    }
+
+    /// The word cache must give exactly what `encode` gives, added tokens,
+    /// odd whitespace and unicode included.
+    #[test]
+    fn word_cache_ids_equal_encode() {
+        let corpus = [
+            "the kiln fires clay",
+            "clay pots and arrows",
+            "tokens stream through shards",
+        ];
+        let train = TrainConfig {
+            vocab_size: 300,
+            min_frequency: 1,
+            special_tokens: vec!["<s>".into()],
+        };
+        let mut tok = super::train(&train, corpus.iter()).unwrap();
+        add_domain_vocab(&mut tok, &["kiln-fired".into()]).unwrap();
+        let tok = Arc::new(tok);
+        let texts = [
+            "the kiln fires clay",
+            "  leading and  double  spaces\tand tabs\n",
+            "kiln-fired pots, a kiln-fired-ish one, <s> special",
+            "unicode: café, naïve, 東京, emoji 🔥🔥",
+            "",
+            "the kiln fires clay",
+        ];
+        for add in [false, true] {
+            let stage = TokenizeStage::new(&config(add), tok.clone());
+            assert!(stage.word_cache);
+            let mut b = RecordBuilder::new(record_schema(&[]), &[], "t");
+            for (i, t) in texts.iter().enumerate() {
+                b.push(i as u64, t, &[]);
+            }
+            let batch = b.finish().unwrap().unwrap();
+            let mut rejects = RejectSink::discard();
+            let mut cx = BatchContext {
+                seed: 0,
+                stage: "tokenize",
+                rejects: &mut rejects,
+                filtered: 0,
+            };
+            let out = stage.process(batch, &mut cx).unwrap();
+            let ids = out.column_by_name("input_ids").unwrap().as_list::<i32>();
+            for (i, t) in texts.iter().enumerate() {
+                let want = tok.encode(*t, add).unwrap().get_ids().to_vec();
+                let got: Vec<u32> = ids
+                    .value(i)
+                    .as_primitive::<arrow::datatypes::UInt32Type>()
+                    .values()
+                    .to_vec();
+                assert_eq!(got, want, "{t:?}");
+            }
+        }
     }
 }
