@@ -9,6 +9,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aho_corasick::AhoCorasick;
 
 use arrow::array::{Array, ArrayRef, AsArray, ListArray, RecordBatch, UInt32Array};
 use arrow::buffer::OffsetBuffer;
@@ -18,11 +21,12 @@ use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{
     AddedToken, Model, ModelWrapper, OffsetReferential, OffsetType, PostProcessorWrapper,
-    PreTokenizer, Tokenizer,
+    PreTokenizer, PreTokenizerWrapper, Tokenizer,
 };
 
 use crate::config::{TokenizeConfig, TrainConfig};
 use crate::error::{Error, Result};
+use crate::stages::text::bytelevel;
 use crate::stages::{BatchContext, Stage};
 
 pub fn input_ids_field() -> Field {
@@ -38,32 +42,50 @@ pub struct TokenizeStage {
     text_column: String,
     keep_text: bool,
     add_special_tokens: bool,
-    /// Ids can be computed word by word and cached (see [`WordCache`]).
-    word_cache: bool,
+    mode: Mode,
     /// Tells this stage's cache entries from another's.
     id: u64,
 }
 
-static NEXT_STAGE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+/// How ids are computed. All three give exactly `encode`'s ids.
+enum Mode {
+    /// `encode` itself: post-processing, truncation or padding act on the
+    /// whole encoding, or BPE dropout makes ids random.
+    Encode,
+    /// Pre-tokenize with the tokenizer, then ids word by word through the
+    /// [`WordCache`].
+    Words,
+    /// A byte-level BPE with GPT-2's regex and no normalizer: split with
+    /// [`bytelevel`], skipping `PreTokenizedString` altogether. Texts that
+    /// contain an added token's content take the `Words` path.
+    ByteLevel {
+        add_prefix_space: bool,
+        added: Option<AhoCorasick>,
+    },
+}
 
-/// Words (pre-tokenized splits) seen by this thread and their ids. Natural
+static NEXT_STAGE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Words seen by this thread and their ids, keyed by the raw split
+/// (`ByteLevel` mode) or the pre-tokenized split (`Words` mode). Natural
 /// text repeats a small set of words, so most words skip the model. Cleared
 /// when full, so memory stays bounded.
+#[derive(Default)]
 struct WordCache {
     owner: u64,
-    ids: HashMap<String, Box<[u32]>>,
+    raw: HashMap<String, Box<[u32]>>,
+    pre_tokenized: HashMap<String, Box<[u32]>>,
+    mapped: String,
 }
 
 const WORD_CACHE_ENTRIES: usize = 1 << 20;
 
 thread_local! {
-    static WORD_CACHE: RefCell<WordCache> = RefCell::new(WordCache { owner: 0, ids: HashMap::new() });
+    static WORD_CACHE: RefCell<WordCache> = RefCell::new(WordCache::default());
 }
 
 impl TokenizeStage {
     pub fn new(config: &TokenizeConfig, tokenizer: Arc<Tokenizer>) -> Self {
-        // Post-processing, truncation and padding act on the whole encoding,
-        // and BPE dropout is random: then only the full `encode` is right.
         let deterministic =
             !matches!(tokenizer.get_model(), ModelWrapper::BPE(bpe) if bpe.dropout.is_some());
         let no_post = !config.add_special_tokens
@@ -71,59 +93,137 @@ impl TokenizeStage {
                 tokenizer.get_post_processor(),
                 None | Some(PostProcessorWrapper::ByteLevel(_))
             );
-        let word_cache = deterministic
+        let per_word = deterministic
             && no_post
             && tokenizer.get_truncation().is_none()
             && tokenizer.get_padding().is_none();
+        let mode = match tokenizer.get_pre_tokenizer() {
+            _ if !per_word => Mode::Encode,
+            Some(PreTokenizerWrapper::ByteLevel(bl))
+                if bl.use_regex && tokenizer.get_normalizer().is_none() =>
+            {
+                let contents: Vec<String> = tokenizer
+                    .get_added_tokens_decoder()
+                    .values()
+                    .map(|t| t.content.clone())
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                Mode::ByteLevel {
+                    add_prefix_space: bl.add_prefix_space,
+                    added: (!contents.is_empty()).then(|| {
+                        AhoCorasick::new(&contents).expect("added tokens make an automaton")
+                    }),
+                }
+            }
+            _ => Mode::Words,
+        };
         TokenizeStage {
             tokenizer,
             text_column: config.text_column.clone(),
             keep_text: config.keep_text,
             add_special_tokens: config.add_special_tokens,
-            word_cache,
-            id: NEXT_STAGE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            mode,
+            id: NEXT_STAGE_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// Append the ids of `text` to `out`: exactly what `encode` gives.
     fn encode_into(&self, text: &str, out: &mut Vec<u32>) -> tokenizers::Result<()> {
         let t = &*self.tokenizer;
-        if !self.word_cache {
-            let enc = t.encode_fast(text, self.add_special_tokens)?;
-            out.extend_from_slice(enc.get_ids());
+        let bytelevel = match &self.mode {
+            Mode::Encode => {
+                let enc = t.encode_fast(text, self.add_special_tokens)?;
+                out.extend_from_slice(enc.get_ids());
+                return Ok(());
+            }
+            Mode::ByteLevel {
+                add_prefix_space,
+                added,
+            } => added
+                .as_ref()
+                .is_none_or(|a| !a.is_match(text))
+                .then_some(*add_prefix_space),
+            Mode::Words => None,
+        };
+        WORD_CACHE.with_borrow_mut(|cache| {
+            if cache.owner != self.id
+                || cache.raw.len() + cache.pre_tokenized.len() >= WORD_CACHE_ENTRIES
+            {
+                cache.raw.clear();
+                cache.pre_tokenized.clear();
+                cache.owner = self.id;
+            }
+            match bytelevel {
+                Some(add_prefix_space) => self.bytelevel_ids(text, add_prefix_space, cache, out),
+                None => self.word_ids(text, cache, out),
+            }
+        })
+    }
+
+    fn bytelevel_ids(
+        &self,
+        text: &str,
+        add_prefix_space: bool,
+        cache: &mut WordCache,
+        out: &mut Vec<u32>,
+    ) -> tokenizers::Result<()> {
+        if text.is_empty() {
+            // `tokenizers` has no split to prefix in an empty text.
             return Ok(());
         }
+        let prefixed;
+        let text = if add_prefix_space && !text.starts_with(' ') {
+            prefixed = format!(" {text}");
+            &prefixed
+        } else {
+            text
+        };
+        let model = self.tokenizer.get_model();
+        let mut result = Ok(());
+        bytelevel::split(text, |word| {
+            if let Some(ids) = cache.raw.get(word) {
+                out.extend_from_slice(ids);
+                return;
+            }
+            bytelevel::map_bytes(word, &mut cache.mapped);
+            match model.tokenize(&cache.mapped) {
+                Ok(tokens) => {
+                    let ids: Box<[u32]> = tokens.iter().map(|t| t.id).collect();
+                    out.extend_from_slice(&ids);
+                    cache.raw.insert(word.to_string(), ids);
+                }
+                Err(e) => result = Err(e),
+            }
+        });
+        result
+    }
+
+    fn word_ids(
+        &self,
+        text: &str,
+        cache: &mut WordCache,
+        out: &mut Vec<u32>,
+    ) -> tokenizers::Result<()> {
+        let t = &*self.tokenizer;
         let mut pre = t
             .get_added_vocabulary()
             .extract_and_normalize(t.get_normalizer(), text);
         if let Some(pt) = t.get_pre_tokenizer() {
             pt.pre_tokenize(&mut pre)?;
         }
-        let owner = self.id;
-        WORD_CACHE.with_borrow_mut(|cache| {
-            if cache.owner != owner || cache.ids.len() >= WORD_CACHE_ENTRIES {
-                cache.ids.clear();
-                cache.owner = owner;
+        for (word, _, tokens) in pre.get_splits(OffsetReferential::Original, OffsetType::None) {
+            if let Some(tokens) = tokens {
+                // An added token, already matched.
+                out.extend(tokens.iter().map(|t| t.id));
+            } else if let Some(ids) = cache.pre_tokenized.get(word) {
+                out.extend_from_slice(ids);
+            } else {
+                let ids: Box<[u32]> = t.get_model().tokenize(word)?.iter().map(|t| t.id).collect();
+                out.extend_from_slice(&ids);
+                cache.pre_tokenized.insert(word.to_string(), ids);
             }
-            for (word, _, tokens) in pre.get_splits(OffsetReferential::Original, OffsetType::None) {
-                if let Some(tokens) = tokens {
-                    // An added token, already matched.
-                    out.extend(tokens.iter().map(|t| t.id));
-                } else if let Some(ids) = cache.ids.get(word) {
-                    out.extend_from_slice(ids);
-                } else {
-                    let ids: Box<[u32]> =
-                        t.get_model().tokenize(word)?.iter().map(|t| t.id).collect();
-                    out.extend_from_slice(&ids);
-                    cache.ids.insert(word.to_string(), ids);
-                }
-            }
-            Ok(())
-        })
-    }
-
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+        }
+        Ok(())
     }
 }
 
@@ -312,40 +412,63 @@ mod tests {
         };
         let mut tok = super::train(&train, corpus.iter()).unwrap();
         add_domain_vocab(&mut tok, &["kiln-fired".into()]).unwrap();
-        let tok = Arc::new(tok);
         let texts = [
             "the kiln fires clay",
             "  leading and  double  spaces\tand tabs\n",
             "kiln-fired pots, a kiln-fired-ish one, <s> special",
             "unicode: café, naïve, 東京, emoji 🔥🔥",
             "",
-            "the kiln fires clay",
+            "The Kiln FIRES clay",
         ];
-        for add in [false, true] {
-            let stage = TokenizeStage::new(&config(add), tok.clone());
-            assert!(stage.word_cache);
-            let mut b = RecordBuilder::new(record_schema(&[]), &[], "t");
-            for (i, t) in texts.iter().enumerate() {
-                b.push(i as u64, t, &[]);
-            }
-            let batch = b.finish().unwrap().unwrap();
-            let mut rejects = RejectSink::discard();
-            let mut cx = BatchContext {
-                seed: 0,
-                stage: "tokenize",
-                rejects: &mut rejects,
-                filtered: 0,
-            };
-            let out = stage.process(batch, &mut cx).unwrap();
-            let ids = out.column_by_name("input_ids").unwrap().as_list::<i32>();
-            for (i, t) in texts.iter().enumerate() {
-                let want = tok.encode(*t, add).unwrap().get_ids().to_vec();
-                let got: Vec<u32> = ids
-                    .value(i)
-                    .as_primitive::<arrow::datatypes::UInt32Type>()
-                    .values()
-                    .to_vec();
-                assert_eq!(got, want, "{t:?}");
+        let mut lowercased = tok.clone();
+        lowercased.with_normalizer(Some(tokenizers::normalizers::Lowercase)).unwrap();
+        let mut truncated = tok.clone();
+        truncated
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: 5,
+                ..Default::default()
+            }))
+            .unwrap();
+        for (tok, mode) in [
+            (tok, "bytelevel"),
+            (lowercased, "words"),
+            (truncated, "encode"),
+        ] {
+            let tok = Arc::new(tok);
+            for add in [false, true] {
+                let stage = TokenizeStage::new(&config(add), tok.clone());
+                let got_mode = match stage.mode {
+                    Mode::ByteLevel { .. } => "bytelevel",
+                    Mode::Words => "words",
+                    Mode::Encode => "encode",
+                };
+                assert_eq!(got_mode, mode);
+                let mut b = RecordBuilder::new(record_schema(&[]), &[], "t");
+                for (i, t) in texts.iter().enumerate() {
+                    b.push(i as u64, t, &[]);
+                }
+                let batch = b.finish().unwrap().unwrap();
+                let mut rejects = RejectSink::discard();
+                let mut cx = BatchContext {
+                    seed: 0,
+                    stage: "tokenize",
+                    rejects: &mut rejects,
+                    filtered: 0,
+                };
+                // Twice, so the second pass runs from the cache.
+                for _ in 0..2 {
+                    let out = stage.process(batch.clone(), &mut cx).unwrap();
+                    let ids = out.column_by_name("input_ids").unwrap().as_list::<i32>();
+                    for (i, t) in texts.iter().enumerate() {
+                        let want = tok.encode(*t, add).unwrap().get_ids().to_vec();
+                        let got: Vec<u32> = ids
+                            .value(i)
+                            .as_primitive::<arrow::datatypes::UInt32Type>()
+                            .values()
+                            .to_vec();
+                        assert_eq!(got, want, "{mode} {t:?}");
+                    }
+                }
             }
         }
     }
