@@ -8,6 +8,7 @@ Same arguments, same bytes.
 """
 
 import argparse
+import itertools
 import json
 import random
 
@@ -29,6 +30,7 @@ def main():
     args = ap.parse_args()
     vocab = vocabulary(random.Random(12345), 40000)
     weights = [1.0 / (r + 1) ** 1.1 for r in range(len(vocab))]
+    cum = list(itertools.accumulate(weights))
     rng = random.Random(args.seed)
     target = int(args.mb * 1e6)
     written = 0
@@ -36,7 +38,7 @@ def main():
     with open(args.out, "w") as f:
         while written < target:
             n = rng.randint(20, 600)
-            words = rng.choices(vocab, weights, k=n)
+            words = rng.choices(vocab, cum_weights=cum, k=n)
             sentences = []
             for s in range(0, n, 12):
                 part = words[s : s + 12]
