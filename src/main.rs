@@ -213,10 +213,19 @@ fn run(command: Command) -> kiln::Result<u8> {
             Ok(0)
         }
         Command::Inspect { dataset, samples } => {
-            print!("{}", kiln::inspect::inspect(&dataset, samples)?);
+            out(&kiln::inspect::inspect(&dataset, samples)?);
             Ok(0)
         }
     }
+}
+
+/// Print to stdout; a closed pipe (`kiln inspect DIR | head`) is a quiet end.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush());
 }
 
 fn summary(out: &str, m: &engine::Manifest, ran_tasks: usize, seconds: f64, input_bytes: u64) {

@@ -421,7 +421,9 @@ mod tests {
             "The Kiln FIRES clay",
         ];
         let mut lowercased = tok.clone();
-        lowercased.with_normalizer(Some(tokenizers::normalizers::Lowercase)).unwrap();
+        lowercased
+            .with_normalizer(Some(tokenizers::normalizers::Lowercase))
+            .unwrap();
         let mut truncated = tok.clone();
         truncated
             .with_truncation(Some(tokenizers::TruncationParams {
