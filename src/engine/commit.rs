@@ -79,6 +79,7 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
             list(&missing)
         )));
     }
+    sweep_temporaries(out)?;
     let total: usize = markers.iter().map(|m| m.shards.len()).sum();
     let ext = format.extension();
     let mut shards = Vec::with_capacity(total);
@@ -164,6 +165,20 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
         &serde_json::to_vec_pretty(&manifest)?,
     )?;
     Ok(manifest)
+}
+
+/// Remove what killed writers left half-written in the dataset directory
+/// (`tokenizer.json.tmp.PID`, `manifest.json.tmp.PID`, ...). Called under the
+/// commit lock with every task done, when nobody else writes there.
+fn sweep_temporaries(out: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(out).at("list", out)? {
+        let entry = entry.at("list", out)?;
+        let name = entry.file_name();
+        if name.to_string_lossy().contains(".tmp") && entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(entry.path()).at("remove", entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Tests slow a run down (`KILN_THROTTLE_MS`) to kill it at chosen points.
