@@ -85,7 +85,10 @@ impl Pipeline {
             if input.delimiter.len() != 1 {
                 return Err(source.error(&key("delimiter"), "the delimiter must be a single byte"));
             }
-            for c in &input.columns {
+            for (j, c) in input.columns.iter().enumerate() {
+                if input.columns[..j].contains(c) {
+                    return Err(source.error(&key("columns"), format!("`{c}` is listed twice")));
+                }
                 if matches!(c.as_str(), "sample_id" | "source" | "position" | "text")
                     || *c == input.text_field
                 {
@@ -142,8 +145,16 @@ impl Pipeline {
                             let bytes = std::fs::read(path).map_err(|e| {
                                 source.error(&key("tokenizer"), format!("cannot read {path}: {e}"))
                             })?;
-                            tokenize::load(Path::new(path))
+                            let tok = tokenize::load(Path::new(path))
                                 .map_err(|e| source.error(&key("tokenizer"), e))?;
+                            if let tokenizers::ModelWrapper::BPE(bpe) = tok.get_model()
+                                && bpe.dropout.is_some()
+                            {
+                                return Err(source.error(
+                                    &key("tokenizer"),
+                                    format!("{path} sets BPE dropout, which makes ids random; kiln's output must be a function of the input and the seed: remove \"dropout\" from it"),
+                                ));
+                            }
                             TokenizerSource::File {
                                 path: PathBuf::from(path),
                                 sha256: sha256_hex(&bytes),

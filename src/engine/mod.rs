@@ -101,7 +101,8 @@ impl OutputLock {
         Ok(OutputLock { _files: vec![f] })
     }
 
-    /// One slot of a `--task I --tasks N` job: other slots may run beside it.
+    /// One slot of a `--task I --tasks N` job: other slots may run beside
+    /// it; each task is locked by whoever runs it.
     pub fn slot(out: &Path, i: usize, n: usize) -> Result<OutputLock> {
         let f = open_lock(&kiln_dir(out).join("lock"))?;
         if f.try_lock_shared().is_err() {
@@ -110,14 +111,7 @@ impl OutputLock {
                 out.display()
             )));
         }
-        let g = open_lock(&kiln_dir(out).join(format!("lock-{i}-of-{n}")))?;
-        if g.try_lock().is_err() {
-            return Err(Error::Output(format!(
-                "task {i} of {n} is already running on {}; refusing to run it twice",
-                out.display()
-            )));
-        }
-        Ok(OutputLock { _files: vec![f, g] })
+        Ok(OutputLock { _files: vec![f] })
     }
 }
 
@@ -259,7 +253,8 @@ fn run_tasks(env: &TaskEnv, todo: &[&Task], threads: usize, quiet: bool) -> Resu
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(task) = todo.get(i) else { break };
                         match task::run_task(env, task) {
-                            Ok(TaskMarker { task, counts, .. }) => {
+                            Ok(None) => {}
+                            Ok(Some(TaskMarker { task, counts, .. })) => {
                                 tracing::debug!(
                                     task,
                                     rows = counts.rows,

@@ -92,7 +92,33 @@ pub struct TaskEnv<'a> {
     pub progress: &'a Progress,
 }
 
-pub fn run_task(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
+/// Run `task` unless another process is running it or has done it: then
+/// `Ok(None)`. The task's lock is held until its marker is written.
+pub fn run_task(env: &TaskEnv, task: &Task) -> Result<Option<TaskMarker>> {
+    let lock_path = env
+        .out
+        .join(".kiln")
+        .join("tasks")
+        .join(format!("{:05}.lock", task.index));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .at("open", &lock_path)?;
+    if lock.try_lock().is_err() {
+        tracing::info!(task = task.index, "another process is running this task");
+        return Ok(None);
+    }
+    if matches!(read_marker(env.out, task.index)?, Some(m) if m.plan == env.plan_hash) {
+        return Ok(None);
+    }
+    let marker = run_locked(env, task)?;
+    drop(lock);
+    Ok(Some(marker))
+}
+
+fn run_locked(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
     let dir = task_dir(env.out, task.index);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).at("remove", &dir)?;

@@ -1,6 +1,9 @@
 //! CSV with a header row; the document in a named column.
 
 use std::fs::File;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arrow::array::RecordBatch;
 
@@ -18,12 +21,39 @@ pub struct CsvReader {
     limits: Limits,
     batch_rows: usize,
     builder: RecordBuilder,
+    /// Offset of the record being read, for the [`RecordGuard`].
+    record_start: Arc<AtomicU64>,
+    /// Set when the guard stopped a record.
+    tripped: Arc<AtomicBool>,
+}
+
+/// Bounds how far the CSV parser may read past the start of the current
+/// record, so that a record without an end (an open quote, a file without
+/// newlines) is rejected instead of read into memory whole.
+struct RecordGuard {
+    file: File,
+    read: u64,
+    record_start: Arc<AtomicU64>,
+    limit: u64,
+    tripped: Arc<AtomicBool>,
+}
+
+impl Read for RecordGuard {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.read - self.record_start.load(Ordering::Relaxed) > self.limit {
+            self.tripped.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("record over the line limit"));
+        }
+        let n = self.file.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 enum State {
     Unopened,
     Reading {
-        reader: Box<csv::Reader<File>>,
+        reader: Box<csv::Reader<RecordGuard>>,
         text_ix: usize,
         col_ix: Vec<Option<usize>>,
     },
@@ -50,6 +80,8 @@ impl CsvReader {
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
             builder,
+            record_start: Arc::new(AtomicU64::new(0)),
+            tripped: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -70,10 +102,18 @@ impl CsvReader {
             rejects.push(reject(&self.path, 0, "empty_file", "the file is empty"))?;
             return Ok(State::Done);
         }
+        let guard = RecordGuard {
+            file,
+            read: 0,
+            record_start: self.record_start.clone(),
+            // The parser reads ahead by its buffer; leave room for it.
+            limit: self.limits.max_line_bytes as u64 + (64 << 10),
+            tripped: self.tripped.clone(),
+        };
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(self.delimiter)
             .flexible(true)
-            .from_reader(file);
+            .from_reader(guard);
         let headers = match reader.byte_headers() {
             Ok(h) => h.clone(),
             Err(e) => {
@@ -121,15 +161,29 @@ impl SourceReader for CsvReader {
         } = &mut self.state
         {
             let pos = reader.position().byte();
+            self.record_start.store(pos, Ordering::Relaxed);
             match reader.read_byte_record(&mut record) {
                 Ok(false) => {
                     self.state = State::Done;
                     break;
                 }
                 Ok(true) => {}
+                Err(e) if self.tripped.load(Ordering::Relaxed) => {
+                    // Without the record's end there is no next record to
+                    // resume at: the rest of the file is one reject.
+                    let msg = format!(
+                        "a record runs past limits.max_line_bytes = {} (an unclosed quote?); the rest of the file is rejected: {e}",
+                        self.limits.max_line_bytes
+                    );
+                    rejects.push(reject(&self.path, pos, "line_too_long", msg))?;
+                    self.state = State::Done;
+                    break;
+                }
                 Err(e) => {
-                    rejects.push(reject(&self.path, pos, "invalid_csv", format!("{e}")))?;
-                    if e.is_io_error() {
+                    let io = e.is_io_error();
+                    let kind = if io { "read_error" } else { "invalid_csv" };
+                    rejects.push(reject(&self.path, pos, kind, format!("{e}")))?;
+                    if io {
                         self.state = State::Done;
                         break;
                     }

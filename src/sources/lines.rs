@@ -101,6 +101,11 @@ impl LineReader {
 }
 
 impl LineReader {
+    /// Offset of the next unread byte.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
     /// The line the last call to [`LineReader::next_line`] returned as data.
     pub fn last_line(&self) -> (u64, &[u8]) {
         (self.last, &self.buf)

@@ -164,8 +164,8 @@ pub struct RecordBuilder {
     text_bytes: usize,
 }
 
-/// Text bytes after which a batch is cut even if it has few rows, so that
-/// batches of huge documents stay small.
+/// Bytes (text and extra columns) after which a batch is cut even if it has
+/// few rows, so that batches of huge documents stay small.
 const BATCH_TEXT_BYTES: usize = 8 << 20;
 
 impl RecordBuilder {
@@ -203,6 +203,7 @@ impl RecordBuilder {
         let mut filled = vec![false; self.extras.len()];
         for (value, &slot) in extras.iter().zip(&self.extra_slots) {
             self.extras[slot].append_option(*value);
+            self.text_bytes += value.map_or(0, str::len);
             filled[slot] = true;
         }
         for (slot, done) in filled.iter().enumerate() {

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use parquet::arrow::ProjectionMask;
@@ -109,11 +109,30 @@ impl ParquetReader {
                 .map(String::as_str)
                 .filter(|c| schema.field_with_name(c).is_ok()),
         );
+        // Rows per batch: fewer when the text column's rows are large on
+        // average, so a batch of long documents stays around 8 MiB.
+        let leaf = builder
+            .parquet_schema()
+            .columns()
+            .iter()
+            .position(|c| c.name() == self.text_field);
+        let row_bytes = leaf.map_or(0, |leaf| {
+            groups
+                .iter()
+                .map(|&g| {
+                    let rg = builder.metadata().row_group(g);
+                    rg.column(leaf).uncompressed_size().max(0) as u64 / rg.num_rows().max(1) as u64
+                })
+                .max()
+                .unwrap_or(0)
+        });
+        let batch_rows =
+            ((8u64 << 20) / row_bytes.max(1)).clamp(1, self.batch_rows as u64) as usize;
         let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().copied());
         builder
             .with_row_groups(groups)
             .with_projection(mask)
-            .with_batch_size(self.batch_rows)
+            .with_batch_size(batch_rows)
             .build()
             .map_err(|e| {
                 (
@@ -141,49 +160,79 @@ impl SourceReader for ParquetReader {
             match self.open() {
                 Ok(r) => self.reader = Some(r),
                 Err((kind, msg)) => {
-                    // Without a footer the row count is unknown: one reject
-                    // stands for the file.
                     self.reject_rest(kind, &msg, rejects)?;
                     return Ok(None);
                 }
             }
         }
-        let Some(reader) = self.reader.as_mut() else {
-            return Ok(None);
-        };
-        let batch = match reader.next() {
-            None => {
-                self.reader = None;
+        // Until a batch keeps at least one row.
+        loop {
+            let Some(reader) = self.reader.as_mut() else {
                 return Ok(None);
+            };
+            let batch = match reader.next() {
+                None => {
+                    self.reader = None;
+                    return Ok(None);
+                }
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    self.reader = None;
+                    self.reject_rest(
+                        "invalid_parquet",
+                        &format!("cannot decode the rows: {e}"),
+                        rejects,
+                    )?;
+                    return Ok(None);
+                }
+            };
+            self.take_rows(&batch, rejects)?;
+            self.next_row += batch.num_rows() as u64;
+            if let Some(b) = self.builder.finish()? {
+                return Ok(Some(b));
             }
-            Some(Ok(b)) => b,
-            Some(Err(e)) => {
-                self.reader = None;
-                self.reject_rest(
-                    "invalid_parquet",
-                    &format!("cannot decode the rows: {e}"),
-                    rejects,
-                )?;
-                return Ok(None);
-            }
-        };
-        let as_strings = |name: &str| -> Option<arrow::array::ArrayRef> {
+        }
+    }
+}
+
+impl ParquetReader {
+    /// Move the good rows of a decoded batch into the builder.
+    fn take_rows(&mut self, batch: &RecordBatch, rejects: &mut RejectSink) -> Result<()> {
+        // Large strings never overflow 32-bit offsets, whatever the batch holds.
+        let as_strings = |name: &str| -> Option<std::result::Result<ArrayRef, String>> {
             let col = batch.column_by_name(name)?;
-            cast(col, &DataType::Utf8).ok()
+            Some(cast(col, &DataType::LargeUtf8).map_err(|e| e.to_string()))
         };
-        let text = as_strings(&self.text_field).expect("the text column was checked when opened");
-        let text = text.as_string::<i32>();
-        let extras: Vec<Option<arrow::array::ArrayRef>> =
-            self.columns.iter().map(|c| as_strings(c)).collect();
+        let text = match as_strings(&self.text_field) {
+            Some(Ok(t)) => t,
+            other => {
+                let e = match other {
+                    Some(Err(e)) => e,
+                    _ => "the column is missing".to_string(),
+                };
+                for row in 0..batch.num_rows() as u64 {
+                    let msg = format!("column `{}` cannot be read as text: {e}", self.text_field);
+                    rejects.push(reject(
+                        &self.split.path,
+                        self.next_row + row,
+                        "wrong_type",
+                        msg,
+                    ))?;
+                }
+                return Ok(());
+            }
+        };
+        let text = text.as_string::<i64>();
+        let extras: Vec<Option<ArrayRef>> = self
+            .columns
+            .iter()
+            .map(|c| as_strings(c).and_then(|r| r.ok()))
+            .collect();
         for row in 0..batch.num_rows() {
             let pos = self.next_row + row as u64;
             if text.is_null(row) {
-                rejects.push(reject(
-                    &self.split.path,
-                    pos,
-                    "missing_field",
-                    format!("`{}` is null", self.text_field),
-                ))?;
+                let msg = format!("`{}` is null", self.text_field);
+                rejects.push(reject(&self.split.path, pos, "missing_field", msg))?;
                 continue;
             }
             let t = text.value(row);
@@ -195,18 +244,13 @@ impl SourceReader for ParquetReader {
                 .iter()
                 .map(|a| {
                     a.as_ref().and_then(|a| {
-                        let s = a.as_string::<i32>();
+                        let s = a.as_string::<i64>();
                         (!s.is_null(row)).then(|| s.value(row))
                     })
                 })
                 .collect();
             self.builder.push(pos, t, &ex);
         }
-        self.next_row += batch.num_rows() as u64;
-        match self.builder.finish()? {
-            Some(b) => Ok(Some(b)),
-            // A batch where every row was rejected: go on to the next.
-            None => self.next_batch(rejects),
-        }
+        Ok(())
     }
 }

@@ -95,11 +95,9 @@ impl Lines {
                     return Ok(None);
                 }
                 Err(e) => {
-                    rejects.push(reject(
-                        self.range.0,
-                        "read_error",
-                        format!("reading stopped: {e}"),
-                    ))?;
+                    // The rest of the split cannot be read: one reject stands for it.
+                    let msg = format!("reading stopped here, the rest of the split is lost: {e}");
+                    rejects.push(reject(reader.position(), "read_error", msg))?;
                     self.reader = None;
                     return Ok(None);
                 }

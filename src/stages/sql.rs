@@ -11,8 +11,9 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::datasource::MemTable;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::error::Result;
@@ -78,6 +79,26 @@ impl SqlStage {
 }
 
 fn check_row_wise(plan: &LogicalPlan) -> std::result::Result<(), String> {
+    for expr in plan.expressions() {
+        if expr.is_volatile() {
+            return Err(format!(
+                "`{expr}` is random (volatile); kiln's output must be a function of the input and the seed"
+            ));
+        }
+        let subquery = expr
+            .exists(|e| {
+                Ok(matches!(
+                    e,
+                    Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+                ))
+            })
+            .unwrap_or(true);
+        if subquery {
+            return Err(
+                "subqueries are not row-wise; use a filter on the row's own columns".into(),
+            );
+        }
+    }
     match plan {
         LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
             plan.inputs().into_iter().try_for_each(check_row_wise)
@@ -101,6 +122,33 @@ impl Stage for SqlStage {
 
     fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
         let rows_in = batch.num_rows();
+        let mut rejected = 0;
+        let out = match self.run(batch.clone()) {
+            Ok(out) => out,
+            Err(_) => {
+                // One record made the query fail (a cast, a division by
+                // zero): find it row by row, reject it, keep the others.
+                let mut parts = Vec::new();
+                for row in 0..rows_in {
+                    match self.run(batch.slice(row, 1)) {
+                        Ok(b) => parts.push(b),
+                        Err(e) => {
+                            rejected += 1;
+                            cx.reject(&batch, row, "query_failed", e.to_string())?;
+                        }
+                    }
+                }
+                arrow::compute::concat_batches(&self.output, &parts)?
+            }
+        };
+        cx.filtered += (rows_in - rejected - out.num_rows()) as u64;
+        Ok(out)
+    }
+}
+
+impl SqlStage {
+    /// The query over one batch, in the planned schema.
+    fn run(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let ctx = context();
         ctx.register_batch("input", batch)?;
         let batches = run(async { ctx.sql(&self.query).await?.collect().await })?;
@@ -114,9 +162,7 @@ impl Stage for SqlStage {
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             out.push(RecordBatch::try_new(self.output.clone(), columns)?);
         }
-        let batch = arrow::compute::concat_batches(&self.output, &out)?;
-        cx.filtered += (rows_in - batch.num_rows()) as u64;
-        Ok(batch)
+        Ok(arrow::compute::concat_batches(&self.output, &out)?)
     }
 }
 
@@ -155,5 +201,36 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("nope"), "{e}");
+        let e = SqlStage::new("SELECT * FROM input WHERE random() < 0.5", &schema, &[])
+            .err()
+            .unwrap();
+        assert!(e.contains("random"), "{e}");
+        let q = "SELECT * FROM input WHERE length(text) > (SELECT avg(length(text)) FROM input)";
+        let e = SqlStage::new(q, &schema, &[]).err().unwrap();
+        assert!(e.contains("subquer"), "{e}");
+    }
+
+    #[test]
+    fn a_record_that_breaks_the_query_is_rejected_alone() {
+        use crate::rejects::RejectSink;
+        use crate::sources::RecordBuilder;
+        let schema = record_schema(&["score".to_string()]);
+        let q = "SELECT * FROM input WHERE 10 / CAST(score AS INT) > 0";
+        let s = SqlStage::new(q, &schema, &["sample_id"]).unwrap();
+        let mut b = RecordBuilder::new(schema.clone(), &["score".to_string()], "f");
+        for (i, v) in ["1", "0", "-3", "2"].iter().enumerate() {
+            b.push(i as u64, "t", &[Some(v)]);
+        }
+        let mut rejects = RejectSink::discard();
+        let mut cx = BatchContext {
+            seed: 0,
+            stage: "sql",
+            rejects: &mut rejects,
+            filtered: 0,
+        };
+        let out = s.process(b.finish().unwrap().unwrap(), &mut cx).unwrap();
+        assert_eq!(out.num_rows(), 2);
+        assert_eq!(cx.filtered, 1);
+        assert_eq!(rejects.total, 1);
     }
 }

@@ -92,6 +92,12 @@ impl Stage for ChunkStage {
             let doc = &values[s..e];
             for (w, start) in self.window_starts(doc.len()).enumerate() {
                 let end = (start + self.max_tokens).min(doc.len());
+                if new_values.len() + (end - start) > i32::MAX as usize {
+                    return Err(Error::Execution(format!(
+                        "chunk: one batch would hold over 2^31 token ids (max_tokens {}, stride {}); lower plan.batch_rows or the stride",
+                        self.max_tokens, self.stride
+                    )));
+                }
                 new_values.extend_from_slice(&doc[start..end]);
                 offsets.push(new_values.len() as i32);
                 lengths.push((end - start) as u32);
