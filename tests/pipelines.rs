@@ -451,10 +451,17 @@ fn csv_record_without_an_end_is_rejected_not_read_whole() {
     let mut csv = b"id,text\n1,a good row\n2,\"an unclosed quote ".to_vec();
     csv.extend(std::iter::repeat_n(b'x', 400_000));
     s.write("in/t.csv", &csv);
-    let p = text_pipeline("in/t.csv", "out", "", "").replace("[output]", "[limits]\nmax_line_bytes = 1000\n\n[output]");
+    let p = text_pipeline("in/t.csv", "out", "", "")
+        .replace("[output]", "[limits]\nmax_line_bytes = 1000\n\n[output]");
     s.write("p.toml", p);
     assert_ok(&s.kiln(&["run", "p.toml", "-q"]));
-    let got: Vec<(String, String)> = rejects(&s.path("out")).into_iter().map(|(id, _, kind)| (id, kind)).collect();
-    assert_eq!(got, [("in/t.csv:21".to_string(), "line_too_long".to_string())]);
+    let got: Vec<(String, String)> = rejects(&s.path("out"))
+        .into_iter()
+        .map(|(id, _, kind)| (id, kind))
+        .collect();
+    assert_eq!(
+        got,
+        [("in/t.csv:21".to_string(), "line_too_long".to_string())]
+    );
     assert_eq!(totals(&s.path("out")), (2, 1, 1, 0));
 }
