@@ -116,6 +116,28 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
             });
         }
     }
+    if shards.is_empty() {
+        // Every sample was rejected or filtered: one shard with no rows, so
+        // that `load_from_disk` and friends open an empty dataset.
+        let name = format!("data-00000-of-00001.{ext}");
+        let from = out
+            .join(".kiln")
+            .join("empty")
+            .join(format!("part-00000.{ext}"));
+        let to = out.join(&name);
+        if from.exists() {
+            std::fs::rename(&from, &to).at("rename", &from)?;
+        }
+        let bytes = std::fs::read(&to).at("read", &to)?;
+        shards.push(ManifestShard {
+            file: name,
+            task: 0,
+            rows: 0,
+            documents: 0,
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        });
+    }
     let rejects_file = "rejects.arrow".to_string();
     let tmp = out.join("rejects.arrow.tmp");
     rejects::merge(&reject_files, &tmp)?;

@@ -169,6 +169,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
     }
     let threads = opts.threads.max(1);
     let tokenizer = prepare_tokenizer(pipeline, &plan, &out, threads)?;
+    prepare_empty_shard(pipeline, &out)?;
     let stages = pipeline.stages(tokenizer);
 
     let todo: Vec<&Task> = plan
@@ -287,6 +288,26 @@ fn run_tasks(env: &TaskEnv, todo: &[&Task], threads: usize, quiet: bool) -> Resu
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The shard a dataset gets if no row survives (see [`commit::commit`]).
+fn prepare_empty_shard(pipeline: &Pipeline, out: &Path) -> Result<()> {
+    let dir = kiln_dir(out).join("empty");
+    let file = dir.join(format!(
+        "part-00000.{}",
+        pipeline.config.output.format.extension()
+    ));
+    let lock = open_lock(&kiln_dir(out).join("prepare.lock"))?;
+    lock.lock().at("lock", kiln_dir(out).join("prepare.lock"))?;
+    if !file.exists() {
+        std::fs::create_dir_all(&dir).at("create", &dir)?;
+        crate::sinks::TaskSink::write_empty(
+            &dir,
+            pipeline.dataset_schema.clone(),
+            &pipeline.config.output,
+        )?;
+    }
+    Ok(())
 }
 
 /// Load the tokenizer, or train it on the corpus (once: the result is saved

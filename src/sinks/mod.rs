@@ -134,19 +134,7 @@ impl TaskSink {
     pub fn write(&mut self, mut batch: RecordBatch) -> Result<()> {
         while batch.num_rows() > 0 {
             if self.open.is_none() {
-                let index = self.shards.len();
-                let file = format!("part-{index:05}.{}", self.format.extension());
-                let tmp = self.dir.join(format!("{file}.tmp"));
-                let f = File::create(&tmp).at("create", &tmp)?;
-                let hw = HashingWriter::new(BufWriter::with_capacity(1 << 20, f));
-                let writer = open_format(self.format, self.compression, hw, &self.schema)?;
-                self.open = Some(OpenShard {
-                    writer,
-                    tmp,
-                    file,
-                    rows: 0,
-                    documents: 0,
-                });
+                self.open_shard()?;
             }
             let shard = self.open.as_mut().expect("opened above");
             let room = (self.max_rows - shard.rows) as usize;
@@ -161,6 +149,35 @@ impl TaskSink {
             }
         }
         Ok(())
+    }
+
+    fn open_shard(&mut self) -> Result<()> {
+        let index = self.shards.len();
+        let file = format!("part-{index:05}.{}", self.format.extension());
+        let tmp = self.dir.join(format!("{file}.tmp"));
+        let f = File::create(&tmp).at("create", &tmp)?;
+        let hw = HashingWriter::new(BufWriter::with_capacity(1 << 20, f));
+        let writer = open_format(self.format, self.compression, hw, &self.schema)?;
+        self.open = Some(OpenShard {
+            writer,
+            tmp,
+            file,
+            rows: 0,
+            documents: 0,
+        });
+        Ok(())
+    }
+
+    /// A shard with the schema and no rows, for a dataset whose every sample
+    /// was rejected: readers still find a file to open. (`datasets` itself
+    /// writes no file for an empty dataset, and then cannot load it.)
+    pub fn write_empty(dir: &Path, schema: SchemaRef, output: &OutputConfig) -> Result<ShardInfo> {
+        let mut sink = TaskSink::new(dir, schema.clone(), output);
+        sink.open_shard()?;
+        // One batch of no rows: readers that concatenate batches need one.
+        let open = sink.open.as_mut().expect("opened above");
+        open.writer.write(&RecordBatch::new_empty(schema))?;
+        Ok(sink.finish()?.remove(0))
     }
 
     fn close(&mut self) -> Result<()> {

@@ -127,3 +127,23 @@ def test_rejects_table_is_readable(tmp_path):
     assert rejects.column_names == ["sample_id", "source", "position", "stage", "kind", "message"]
     assert sorted(rejects.column("kind").to_pylist()) == ["invalid_json", "invalid_utf8"]
     assert Dataset.from_file(str(tmp_path / "out" / "rejects.arrow")).num_rows == 2
+
+
+def test_a_dataset_whose_every_sample_was_rejected_still_loads(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_bytes(b'{"body": "no text"}\n[1]\n')
+    p = tmp_path / "p.toml"
+    p.write_text(
+        PIPELINE.format(root=ROOT, out=tmp_path / "out")
+        .replace(f"{ROOT}/fixtures/text/*.jsonl", str(tmp_path / "in" / "*.jsonl"))
+        .replace("[stages.train]", f'tokenizer = "{ROOT}/fixtures/text/tokenizer.json"\n#')
+        .replace("vocab_size = 1000", "")
+        .replace("min_frequency = 2", "")
+        .replace('special_tokens = ["<|endoftext|>"]', "")
+    )
+    r = kiln("run", str(p), "-q")
+    assert r.returncode == 0, r.stderr
+    ds = load_from_disk(str(tmp_path / "out"))
+    assert ds.num_rows == 0
+    assert ds.features["input_ids"] == List(Value("uint32"))
+    assert manifest(tmp_path / "out")["totals"]["rejected"] == 2
