@@ -10,4 +10,4 @@ cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo nextest run --no-fail-fast
 cargo build --bin kiln
-KILN_BIN="$PWD/target/debug/kiln" .venv/bin/python -m pytest -q tests/python
+KILN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/kiln" .venv/bin/python -m pytest -q tests/python
