@@ -129,7 +129,23 @@ fn prepare_output(out: &Path, plan: &Plan) -> Result<Option<Manifest>> {
         )));
     }
     let plan_path = kiln_dir(out).join("plan.json");
-    match Plan::read(&plan_path)? {
+    let mut existing = Plan::read(&plan_path)?;
+    if existing.is_none() {
+        let stray = std::fs::read_dir(out)
+            .at("list", out)?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name() != ".kiln");
+        // Another slot of the same job may have planned meanwhile and
+        // started writing: then the files are its own.
+        existing = Plan::read(&plan_path)?;
+        if stray && existing.is_none() {
+            return Err(Error::Output(format!(
+                "{} is not empty and is not a kiln dataset; refusing to write into it",
+                out.display()
+            )));
+        }
+    }
+    match existing {
         Some(old) if old.hash != plan.hash => {
             return Err(Error::Output(format!(
                 "{} holds a partial build of a different plan (pipeline, inputs or seed changed since); remove it or choose another --output",
@@ -137,19 +153,7 @@ fn prepare_output(out: &Path, plan: &Plan) -> Result<Option<Manifest>> {
             )));
         }
         Some(_) => {}
-        None => {
-            let stray = std::fs::read_dir(out)
-                .at("list", out)?
-                .filter_map(|e| e.ok())
-                .any(|e| e.file_name() != ".kiln");
-            if stray {
-                return Err(Error::Output(format!(
-                    "{} is not empty and is not a kiln dataset; refusing to write into it",
-                    out.display()
-                )));
-            }
-            plan.write(&plan_path)?;
-        }
+        None => plan.write(&plan_path)?,
     }
     Ok(None)
 }
