@@ -15,7 +15,7 @@ use crate::config::{
 };
 use crate::error::Result;
 use crate::schema;
-use crate::sources::{self, InputSpec};
+use crate::sources::{self, InputSpec, ReadOptions};
 use crate::stages::Stage;
 use crate::stages::sql::SqlStage;
 use crate::stages::text::chunk::ChunkStage;
@@ -231,6 +231,15 @@ impl Pipeline {
             }
         }
         out
+    }
+
+    /// What the readers need besides a split.
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            schema: self.record_schema.clone(),
+            limits: self.config.limits.clone(),
+            batch_rows: self.config.plan.batch_rows.max(1),
+        }
     }
 
     /// The text column the tokenizer reads.

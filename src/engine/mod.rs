@@ -33,7 +33,7 @@ use tokenizers::Tokenizer;
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::{Pipeline, TokenizerSource};
 use crate::rejects::RejectSink;
-use crate::sources::{self, ReadOptions};
+use crate::sources;
 use crate::stages::{BatchContext, Stage};
 pub use commit::Manifest;
 use plan::{Plan, Task};
@@ -374,11 +374,7 @@ fn corpus(
     tx: std::sync::mpsc::SyncSender<Vec<String>>,
 ) -> Result<()> {
     let next = AtomicUsize::new(0);
-    let opts = ReadOptions {
-        schema: pipeline.record_schema.clone(),
-        limits: pipeline.config.limits.clone(),
-        batch_rows: pipeline.config.plan.batch_rows.max(1),
-    };
+    let opts = pipeline.read_options();
     let column = pipeline.text_column();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)

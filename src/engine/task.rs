@@ -20,7 +20,7 @@ use crate::pipeline::Pipeline;
 use crate::rejects::RejectSink;
 use crate::schema::conform;
 use crate::sinks::{ShardInfo, TaskSink};
-use crate::sources::{self, ReadOptions};
+use crate::sources;
 use crate::stages::{BatchContext, Stage};
 
 /// Counts of a task, or of a whole dataset when added up.
@@ -100,12 +100,7 @@ pub fn run_task(env: &TaskEnv, task: &Task) -> Result<Option<TaskMarker>> {
         .join(".kiln")
         .join("tasks")
         .join(format!("{:05}.lock", task.index));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .at("open", &lock_path)?;
+    let lock = super::open_lock(&lock_path)?;
     if lock.try_lock().is_err() {
         tracing::info!(task = task.index, "another process is running this task");
         return Ok(None);
@@ -131,11 +126,7 @@ fn run_locked(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
         pipeline.dataset_schema.clone(),
         &pipeline.config.output,
     );
-    let opts = ReadOptions {
-        schema: pipeline.record_schema.clone(),
-        limits: pipeline.config.limits.clone(),
-        batch_rows: pipeline.config.plan.batch_rows.max(1),
-    };
+    let opts = pipeline.read_options();
     let mut counts = Counts::default();
     for split in &task.splits {
         let spec = &pipeline.inputs[split.input].spec;
