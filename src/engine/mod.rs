@@ -172,7 +172,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
         return Ok(Outcome::UpToDate(m));
     }
     let threads = opts.threads.max(1);
-    let tokenizer = prepare_tokenizer(pipeline, &plan, &out, threads)?;
+    let tokenizer = prepare_tokenizer(pipeline, &plan, &out, threads, opts.quiet)?;
     prepare_empty_shard(pipeline, &out)?;
     let stages = pipeline.stages(tokenizer);
 
@@ -321,6 +321,7 @@ fn prepare_tokenizer(
     plan: &Plan,
     out: &Path,
     threads: usize,
+    quiet: bool,
 ) -> Result<Option<Arc<Tokenizer>>> {
     let Some((_, from)) = &pipeline.tokenize else {
         return Ok(None);
@@ -335,7 +336,13 @@ fn prepare_tokenizer(
             if dest.exists() {
                 return Ok(Some(Arc::new(crate::stages::text::tokenize::load(&dest)?)));
             }
-            tracing::info!(vocab_size = train.vocab_size, "training the tokenizer");
+            if !quiet {
+                eprintln!(
+                    "kiln: training a byte-level BPE tokenizer (vocab {}) on {} of input",
+                    train.vocab_size,
+                    indicatif::HumanBytes(plan.total_bytes())
+                );
+            }
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
