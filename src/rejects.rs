@@ -67,11 +67,17 @@ impl RejectSink {
     }
 
     pub fn push(&mut self, reject: Reject) -> Result<()> {
+        self.push_counted(reject, 1)
+    }
+
+    /// One row standing for `samples` rejected samples (a range of rows too
+    /// long to list one by one); counted as `samples`.
+    pub fn push_counted(&mut self, reject: Reject, samples: u64) -> Result<()> {
         *self
             .counts
             .entry(format!("{}/{}", reject.stage, reject.kind))
-            .or_default() += 1;
-        self.total += 1;
+            .or_default() += samples;
+        self.total += samples;
         if self.path.as_os_str().is_empty() {
             return Ok(());
         }

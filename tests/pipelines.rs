@@ -465,3 +465,34 @@ fn csv_record_without_an_end_is_rejected_not_read_whole() {
     );
     assert_eq!(totals(&s.path("out")), (2, 1, 1, 0));
 }
+
+/// Dictionary-encoded Parquet looks small on disk but decodes large: the
+/// reader still cuts batches by bytes and keeps every row.
+#[test]
+fn parquet_rows_that_decode_large_are_batched_by_bytes() {
+    use std::sync::Arc;
+    let s = Scratch::new();
+    let doc = "kiln ".repeat(60_000);
+    let texts: Vec<&str> = (0..40).map(|_| doc.as_str()).collect();
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("text", arrow::datatypes::DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(arrow::array::StringArray::from(texts))],
+    )
+    .unwrap();
+    let f = std::fs::File::create(s.path("t.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    s.write("p.toml", text_pipeline("t.parquet", "out", "", ""));
+    assert_ok(&s.kiln(&["run", "p.toml", "-q"]));
+    assert_eq!(totals(&s.path("out")), (40, 40, 0, 0));
+    let batches = read_arrow_dataset(&s.path("out"));
+    assert!(
+        batches.len() >= 2,
+        "cut into several batches: {}",
+        batches.len()
+    );
+}

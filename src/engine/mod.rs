@@ -129,16 +129,16 @@ fn prepare_output(out: &Path, plan: &Plan) -> Result<Option<Manifest>> {
         )));
     }
     let plan_path = kiln_dir(out).join("plan.json");
-    let mut existing = Plan::read(&plan_path)?;
+    // Slots of a job starting together compare and write the plan one at a time.
+    let lock = open_lock(&kiln_dir(out).join("prepare.lock"))?;
+    lock.lock().at("lock", kiln_dir(out).join("prepare.lock"))?;
+    let existing = Plan::read(&plan_path)?;
     if existing.is_none() {
         let stray = std::fs::read_dir(out)
             .at("list", out)?
             .filter_map(|e| e.ok())
             .any(|e| e.file_name() != ".kiln");
-        // Another slot of the same job may have planned meanwhile and
-        // started writing: then the files are its own.
-        existing = Plan::read(&plan_path)?;
-        if stray && existing.is_none() {
+        if stray {
             return Err(Error::Output(format!(
                 "{} is not empty and is not a kiln dataset; refusing to write into it",
                 out.display()
@@ -364,7 +364,9 @@ fn prepare_tokenizer(
     if let Some((terms, _)) = &pipeline.domain_vocab {
         crate::stages::text::tokenize::add_domain_vocab(&mut tokenizer, terms)?;
     }
-    let tmp = out.join(format!("tokenizer.json.tmp.{}", std::process::id()));
+    // Written beside the plan, so that the dataset directory only ever
+    // holds complete files (commit sweeps temporaries there).
+    let tmp = kiln_dir(out).join(format!("tokenizer.json.tmp.{}", std::process::id()));
     tokenizer
         .save(&tmp, false)
         .map_err(|e| Error::Execution(format!("cannot save the tokenizer: {e}")))?;

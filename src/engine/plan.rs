@@ -80,12 +80,13 @@ impl Plan {
                 if input.spec.format == InputFormat::Parquet {
                     match sources::row_groups(path) {
                         Ok(groups) if !groups.is_empty() => {
-                            let total: u64 = groups.iter().sum::<u64>().max(1);
-                            let mut first_row = 0;
-                            for (g, rows) in groups.iter().enumerate() {
-                                let est = size * rows / total;
+                            let total: u128 =
+                                groups.iter().map(|&r| r as u128).sum::<u128>().max(1);
+                            let mut first_row: u64 = 0;
+                            for (g, &rows) in groups.iter().enumerate() {
+                                let est = (size as u128 * rows as u128 / total) as u64;
                                 pieces.push((split(g as u64, g as u64 + 1, first_row), est));
-                                first_row += rows;
+                                first_row = first_row.saturating_add(rows);
                             }
                         }
                         // Not Parquet, or no rows: one piece the reader handles.

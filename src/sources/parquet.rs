@@ -19,19 +19,27 @@ use crate::rejects::RejectSink;
 pub fn row_groups(path: &str) -> std::result::Result<Vec<u64>, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
-    Ok(builder
+    builder
         .metadata()
         .row_groups()
         .iter()
-        .map(|rg| rg.num_rows() as u64)
-        .collect())
+        .map(|rg| {
+            u64::try_from(rg.num_rows())
+                .map_err(|_| format!("a row group claims {} rows", rg.num_rows()))
+        })
+        .collect()
 }
+
+/// Above this many rows, a failed range is one reject that counts them all.
+const LIST_REJECTED_ROWS: u64 = 10_000;
 
 pub struct ParquetReader {
     split: Split,
     text_field: String,
     columns: Vec<String>,
     reader: Option<ParquetRecordBatchReader>,
+    /// A decoded batch not yet taken whole.
+    pending: Option<Pending>,
     opened: bool,
     /// Row number (in the file) of the next row to read.
     next_row: u64,
@@ -58,6 +66,7 @@ impl ParquetReader {
             text_field: spec.text_field.clone(),
             columns: spec.columns.clone(),
             reader: None,
+            pending: None,
             opened: false,
             next_row: split.first_row,
             end_row: split.first_row,
@@ -77,11 +86,20 @@ impl ParquetReader {
             )
         })?;
         let groups: Vec<usize> = (self.split.start as usize..self.split.end as usize).collect();
-        self.end_row = self.split.first_row
-            + groups
+        if self.split.end as usize > builder.metadata().num_row_groups()
+            || groups
                 .iter()
-                .map(|&g| builder.metadata().row_group(g).num_rows() as u64)
-                .sum::<u64>();
+                .any(|&g| builder.metadata().row_group(g).num_rows() < 0)
+        {
+            return Err((
+                "invalid_parquet",
+                "the row groups differ from the planned ones (the file changed?)".into(),
+            ));
+        }
+        self.end_row = groups
+            .iter()
+            .map(|&g| builder.metadata().row_group(g).num_rows() as u64)
+            .fold(self.split.first_row, u64::saturating_add);
         let schema = builder.schema().clone();
         let field = schema.field_with_name(&self.text_field).map_err(|_| {
             (
@@ -142,11 +160,17 @@ impl ParquetReader {
             })
     }
 
-    /// Reject every row from `next_row` to the end of the split.
+    /// Reject every row from `next_row` to the end of the split: one reject
+    /// per row, or one standing for them all when there are very many.
     fn reject_rest(&mut self, kind: &str, message: &str, rejects: &mut RejectSink) -> Result<()> {
         let (start, end) = (self.next_row, self.end_row.max(self.next_row + 1));
-        for row in start..end {
-            rejects.push(reject(&self.split.path, row, kind, message))?;
+        if end - start > LIST_REJECTED_ROWS {
+            let msg = format!("{message} (rows {start} to {} of the file)", end - 1);
+            rejects.push_counted(reject(&self.split.path, start, kind, msg), end - start)?;
+        } else {
+            for row in start..end {
+                rejects.push(reject(&self.split.path, row, kind, message))?;
+            }
         }
         self.next_row = end;
         Ok(())
@@ -165,70 +189,91 @@ impl SourceReader for ParquetReader {
                 }
             }
         }
-        // Until a batch keeps at least one row.
+        // Until the builder is full or the split is read.
         loop {
-            let Some(reader) = self.reader.as_mut() else {
-                return Ok(None);
-            };
-            let batch = match reader.next() {
-                None => {
-                    self.reader = None;
-                    return Ok(None);
+            if self.pending.is_none() {
+                let Some(reader) = self.reader.as_mut() else {
+                    break;
+                };
+                match reader.next() {
+                    None => {
+                        self.reader = None;
+                        break;
+                    }
+                    Some(Ok(b)) => self.pending = Some(self.decode(&b)),
+                    Some(Err(e)) => {
+                        self.reader = None;
+                        let msg = format!("cannot decode the rows: {e}");
+                        self.reject_rest("invalid_parquet", &msg, rejects)?;
+                        break;
+                    }
                 }
-                Some(Ok(b)) => b,
-                Some(Err(e)) => {
-                    self.reader = None;
-                    self.reject_rest(
-                        "invalid_parquet",
-                        &format!("cannot decode the rows: {e}"),
-                        rejects,
-                    )?;
-                    return Ok(None);
-                }
-            };
-            self.take_rows(&batch, rejects)?;
-            self.next_row += batch.num_rows() as u64;
-            if let Some(b) = self.builder.finish()? {
-                return Ok(Some(b));
+            }
+            let mut pending = self.pending.take().expect("decoded above");
+            self.take_rows(&mut pending, rejects)?;
+            if pending.next < pending.rows {
+                self.pending = Some(pending);
+            } else {
+                self.next_row += pending.rows as u64;
+            }
+            if self.builder.is_full(self.batch_rows) {
+                break;
             }
         }
+        self.builder.finish()
     }
 }
 
+/// A decoded batch, its columns as large strings, and how far it was taken.
+struct Pending {
+    rows: usize,
+    /// The text column, or why it cannot be read as text.
+    text: std::result::Result<ArrayRef, String>,
+    extras: Vec<Option<ArrayRef>>,
+    next: usize,
+}
+
 impl ParquetReader {
-    /// Move the good rows of a decoded batch into the builder.
-    fn take_rows(&mut self, batch: &RecordBatch, rejects: &mut RejectSink) -> Result<()> {
+    fn decode(&self, batch: &RecordBatch) -> Pending {
         // Large strings never overflow 32-bit offsets, whatever the batch holds.
         let as_strings = |name: &str| -> Option<std::result::Result<ArrayRef, String>> {
             let col = batch.column_by_name(name)?;
             Some(cast(col, &DataType::LargeUtf8).map_err(|e| e.to_string()))
         };
-        let text = match as_strings(&self.text_field) {
-            Some(Ok(t)) => t,
-            other => {
-                let e = match other {
-                    Some(Err(e)) => e,
-                    _ => "the column is missing".to_string(),
-                };
-                for row in 0..batch.num_rows() as u64 {
+        Pending {
+            rows: batch.num_rows(),
+            text: as_strings(&self.text_field)
+                .unwrap_or_else(|| Err("the column is missing".into())),
+            extras: self
+                .columns
+                .iter()
+                .map(|c| as_strings(c).and_then(|r| r.ok()))
+                .collect(),
+            next: 0,
+        }
+    }
+
+    /// Move good rows of a decoded batch into the builder until it is full.
+    fn take_rows(&mut self, p: &mut Pending, rejects: &mut RejectSink) -> Result<()> {
+        let text = match &p.text {
+            Ok(t) => t.as_string::<i64>(),
+            Err(e) => {
+                for row in p.next..p.rows {
                     let msg = format!("column `{}` cannot be read as text: {e}", self.text_field);
                     rejects.push(reject(
                         &self.split.path,
-                        self.next_row + row,
+                        self.next_row + row as u64,
                         "wrong_type",
                         msg,
                     ))?;
                 }
+                p.next = p.rows;
                 return Ok(());
             }
         };
-        let text = text.as_string::<i64>();
-        let extras: Vec<Option<ArrayRef>> = self
-            .columns
-            .iter()
-            .map(|c| as_strings(c).and_then(|r| r.ok()))
-            .collect();
-        for row in 0..batch.num_rows() {
+        while p.next < p.rows && !self.builder.is_full(self.batch_rows) {
+            let row = p.next;
+            p.next += 1;
             let pos = self.next_row + row as u64;
             if text.is_null(row) {
                 let msg = format!("`{}` is null", self.text_field);
@@ -240,7 +285,8 @@ impl ParquetReader {
                 rejects.push(reject(&self.split.path, pos, kind, msg))?;
                 continue;
             }
-            let ex: Vec<Option<&str>> = extras
+            let ex: Vec<Option<&str>> = p
+                .extras
                 .iter()
                 .map(|a| {
                     a.as_ref().and_then(|a| {

@@ -73,12 +73,35 @@ static NEXT_STAGE_ID: AtomicU64 = AtomicU64::new(1);
 #[derive(Default)]
 struct WordCache {
     owner: u64,
+    /// Approximate bytes held, keys and ids.
+    bytes: usize,
     raw: HashMap<String, Box<[u32]>>,
     pre_tokenized: HashMap<String, Box<[u32]>>,
     mapped: String,
 }
 
-const WORD_CACHE_ENTRIES: usize = 1 << 20;
+/// The cache is cleared when it holds this many bytes.
+const WORD_CACHE_BYTES: usize = 64 << 20;
+/// Longer splits (a whole document when there is no pre-tokenizer, a long
+/// run of letters) rarely repeat: they are not cached.
+const MAX_CACHED_WORD: usize = 256;
+
+impl WordCache {
+    /// Remember the ids of a split: `raw` for `ByteLevel` mode's keys,
+    /// else pre-tokenized ones.
+    fn insert(&mut self, raw: bool, word: &str, ids: Box<[u32]>) {
+        if word.len() > MAX_CACHED_WORD {
+            return;
+        }
+        self.bytes += word.len() + ids.len() * 4 + 64;
+        let map = if raw {
+            &mut self.raw
+        } else {
+            &mut self.pre_tokenized
+        };
+        map.insert(word.to_string(), ids);
+    }
+}
 
 thread_local! {
     static WORD_CACHE: RefCell<WordCache> = RefCell::new(WordCache::default());
@@ -146,11 +169,10 @@ impl TokenizeStage {
             Mode::Words => None,
         };
         WORD_CACHE.with_borrow_mut(|cache| {
-            if cache.owner != self.id
-                || cache.raw.len() + cache.pre_tokenized.len() >= WORD_CACHE_ENTRIES
-            {
+            if cache.owner != self.id || cache.bytes >= WORD_CACHE_BYTES {
                 cache.raw.clear();
                 cache.pre_tokenized.clear();
+                cache.bytes = 0;
                 cache.owner = self.id;
             }
             match bytelevel {
@@ -190,7 +212,7 @@ impl TokenizeStage {
                 Ok(tokens) => {
                     let ids: Box<[u32]> = tokens.iter().map(|t| t.id).collect();
                     out.extend_from_slice(&ids);
-                    cache.raw.insert(word.to_string(), ids);
+                    cache.insert(true, word, ids);
                 }
                 Err(e) => result = Err(e),
             }
@@ -220,7 +242,7 @@ impl TokenizeStage {
             } else {
                 let ids: Box<[u32]> = t.get_model().tokenize(word)?.iter().map(|t| t.id).collect();
                 out.extend_from_slice(&ids);
-                cache.pre_tokenized.insert(word.to_string(), ids);
+                cache.insert(false, word, ids);
             }
         }
         Ok(())
