@@ -97,7 +97,7 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
             let to = out.join(&name);
             if from.exists() {
                 std::fs::rename(&from, &to).at("rename", &from)?;
-                throttle();
+                super::throttle();
             } else if !to.exists() {
                 return Err(Error::Output(format!(
                     "shard {} of task {} is missing from {}",
@@ -201,16 +201,6 @@ fn sweep_temporaries(out: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Tests slow a run down (`KILN_THROTTLE_MS`) to kill it at chosen points.
-pub fn throttle() {
-    if let Some(ms) = std::env::var("KILN_THROTTLE_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
 }
 
 /// `1, 2, 5, ... (12 in all)`

@@ -88,6 +88,29 @@ fn open_lock(path: &Path) -> Result<File> {
         .at("open", path)
 }
 
+/// Wait for the named lock in `.kiln/`; held until the file is dropped.
+fn wait_lock(out: &Path, name: &str) -> Result<File> {
+    let path = kiln_dir(out).join(name);
+    let f = open_lock(&path)?;
+    f.lock().at("lock", &path)?;
+    Ok(f)
+}
+
+/// Sleep after each batch and each commit rename when `KILN_THROTTLE_MS` is
+/// set: tests slow a run down to kill it at chosen points. Read once.
+pub fn throttle() {
+    static DELAY: std::sync::LazyLock<Option<std::time::Duration>> =
+        std::sync::LazyLock::new(|| {
+            std::env::var("KILN_THROTTLE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis)
+        });
+    if let Some(d) = *DELAY {
+        std::thread::sleep(d);
+    }
+}
+
 impl OutputLock {
     /// A whole run or a commit: nobody else may write.
     pub fn exclusive(out: &Path) -> Result<OutputLock> {
@@ -130,8 +153,7 @@ fn prepare_output(out: &Path, plan: &Plan) -> Result<Option<Manifest>> {
     }
     let plan_path = kiln_dir(out).join("plan.json");
     // Slots of a job starting together compare and write the plan one at a time.
-    let lock = open_lock(&kiln_dir(out).join("prepare.lock"))?;
-    lock.lock().at("lock", kiln_dir(out).join("prepare.lock"))?;
+    let _held = wait_lock(out, "prepare.lock")?;
     let existing = Plan::read(&plan_path)?;
     if existing.is_none() {
         let stray = std::fs::read_dir(out)
@@ -218,8 +240,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
 /// Commit under the commit lock, so that two processes finishing their last
 /// tasks at once commit once.
 fn commit_locked(out: &Path, plan: &Plan) -> Result<Manifest> {
-    let f = open_lock(&kiln_dir(out).join("commit.lock"))?;
-    f.lock().at("lock", kiln_dir(out).join("commit.lock"))?;
+    let _held = wait_lock(out, "commit.lock")?;
     if let Some(m) = Manifest::read(out)?
         && m.plan == plan.hash
     {
@@ -301,8 +322,7 @@ fn prepare_empty_shard(pipeline: &Pipeline, out: &Path) -> Result<()> {
         "part-00000.{}",
         pipeline.config.output.format.extension()
     ));
-    let lock = open_lock(&kiln_dir(out).join("prepare.lock"))?;
-    lock.lock().at("lock", kiln_dir(out).join("prepare.lock"))?;
+    let _held = wait_lock(out, "prepare.lock")?;
     if !file.exists() {
         std::fs::create_dir_all(&dir).at("create", &dir)?;
         crate::sinks::TaskSink::write_empty(
@@ -328,8 +348,7 @@ fn prepare_tokenizer(
     };
     let dest = out.join("tokenizer.json");
     // Held until the tokenizer is saved, so that it is trained once.
-    let lock = open_lock(&kiln_dir(out).join("train.lock"))?;
-    lock.lock().at("lock", kiln_dir(out).join("train.lock"))?;
+    let _held = wait_lock(out, "train.lock")?;
     let mut tokenizer = match from {
         TokenizerSource::File { path, .. } => crate::stages::text::tokenize::load(path)?,
         TokenizerSource::Train(train) => {

@@ -161,7 +161,7 @@ fn run_locked(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
                 counts.tokens += len.values().iter().map(|&l| l as u64).sum::<u64>();
             }
             sink.write(batch)?;
-            super::commit::throttle();
+            super::throttle();
         }
         env.progress
             .bytes
