@@ -40,6 +40,10 @@ pub enum InputFormat {
     Text,
     Csv,
     Parquet,
+    /// Image files: a folder (walked recursively) or a glob.
+    Images,
+    /// WebDataset-style tar shards: `key.jpg` with `key.txt`/`key.json`/`key.cls`.
+    Tar,
 }
 
 impl InputFormat {
@@ -52,6 +56,8 @@ impl InputFormat {
             "txt" | "text" => Some(Self::Text),
             "csv" | "tsv" => Some(Self::Csv),
             "parquet" | "pq" => Some(Self::Parquet),
+            "tar" => Some(Self::Tar),
+            e if crate::sources::image::is_image_extension(e) => Some(Self::Images),
             _ => None,
         }
     }
@@ -88,6 +94,39 @@ pub struct InputConfig {
     /// CSV: the field delimiter (a single byte).
     #[serde(default = "default_delimiter")]
     pub delimiter: String,
+    /// Tables: the column naming an image file, which is read and joined to
+    /// its row. Relative paths are resolved against `image_root`.
+    #[serde(default)]
+    pub image_column: Option<String>,
+    /// Tables with `image_column`: the folder image paths are relative to;
+    /// by default the table's own folder.
+    #[serde(default)]
+    pub image_root: Option<String>,
+    /// Tables with `image_column`: the column holding the caption.
+    #[serde(default)]
+    pub caption_column: Option<String>,
+    /// Tables with `image_column`: the column holding the label (a class
+    /// name from `classes`, or an integer id).
+    #[serde(default)]
+    pub label_column: Option<String>,
+    /// Images: where the label comes from. `folder` (the default) takes the
+    /// parent folder's name, as torchvision's ImageFolder does.
+    #[serde(default)]
+    pub labels: LabelSource,
+    /// Class names, in id order. Image folders find them from the folder
+    /// names when this is not given.
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelSource {
+    /// The name of the folder the image is in.
+    #[default]
+    Folder,
+    /// No label.
+    None,
 }
 
 fn default_text_field() -> String {
@@ -105,6 +144,12 @@ fn default_delimiter() -> String {
 pub enum StageConfig {
     Tokenize(TokenizeConfig),
     Chunk(ChunkConfig),
+    DecodeImage(DecodeImageConfig),
+    ResizeImage(ResizeImageConfig),
+    ImageFeatures(ImageFeaturesConfig),
+    Mix(MixConfig),
+    EncodeImage(EncodeImageConfig),
+    ToTensor(ToTensorConfig),
 }
 
 impl StageConfig {
@@ -112,8 +157,195 @@ impl StageConfig {
         match self {
             StageConfig::Tokenize(_) => "tokenize",
             StageConfig::Chunk(_) => "chunk",
+            StageConfig::DecodeImage(_) => "decode_image",
+            StageConfig::ResizeImage(_) => "resize_image",
+            StageConfig::ImageFeatures(_) => "image_features",
+            StageConfig::Mix(_) => "mix",
+            StageConfig::EncodeImage(_) => "encode_image",
+            StageConfig::ToTensor(_) => "to_tensor",
         }
     }
+}
+
+/// Decode the image bytes: EXIF orientation applied, converted to RGB.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeImageConfig {}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeFilter {
+    Bilinear,
+    #[default]
+    Bicubic,
+    Lanczos,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CropMode {
+    #[default]
+    Center,
+    Random,
+}
+
+/// Resize so that the shorter side is `size`, then optionally crop a
+/// `crop` x `crop` square, as torchvision's `Resize` + `CenterCrop` /
+/// `RandomCrop` do.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeImageConfig {
+    pub size: u32,
+    #[serde(default)]
+    pub crop: Option<u32>,
+    #[serde(default)]
+    pub crop_mode: CropMode,
+    #[serde(default)]
+    pub filter: ResizeFilter,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// CUDA when its provider really loads, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Features from an ONNX image model (EfficientNet-Lite0 by default).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageFeaturesConfig {
+    /// `efficientnet-lite0`, or the path of an `.onnx` file.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// The model's image input; by default its first input.
+    #[serde(default)]
+    pub input_name: Option<String>,
+    /// The output stored as `image_features`; by default `features`, else
+    /// the model's first output.
+    #[serde(default)]
+    pub features_output: Option<String>,
+    /// Per-channel mean and std in pixel units (0-255): the model sees
+    /// `(pixel - mean) / std`. Default: EfficientNet-Lite0's 127 and 128.
+    #[serde(default)]
+    pub mean: Option<[f32; 3]>,
+    #[serde(default)]
+    pub std: Option<[f32; 3]>,
+    /// Also store the output named here as `logits`.
+    #[serde(default)]
+    pub logits_output: Option<String>,
+    /// Also store the `top_k` classes of `logits_output` and their
+    /// softmax probabilities.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// Images per inference call.
+    #[serde(default = "default_inference_batch")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub device: Device,
+}
+
+fn default_model() -> String {
+    "efficientnet-lite0".into()
+}
+
+fn default_inference_batch() -> usize {
+    32
+}
+
+/// CutMix and MixUp as offline augmentation, with timm's parameters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixConfig {
+    /// Augmented copies per sample, written after the sample itself.
+    #[serde(default = "default_copies")]
+    pub copies: u32,
+    #[serde(default = "default_mixup_alpha")]
+    pub mixup_alpha: f64,
+    #[serde(default)]
+    pub cutmix_alpha: f64,
+    /// Box size as fractions of the image (`[min, max]`); overrides `cutmix_alpha`.
+    #[serde(default)]
+    pub cutmix_minmax: Option<[f64; 2]>,
+    /// Probability that a copy is mixed at all.
+    #[serde(default = "default_one")]
+    pub prob: f64,
+    /// Probability of CutMix instead of MixUp when both are on.
+    #[serde(default = "default_switch_prob")]
+    pub switch_prob: f64,
+    /// Recompute lambda from the clipped CutMix box.
+    #[serde(default = "default_true")]
+    pub correct_lam: bool,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Also store the mixed, smoothed one-hot target `label_mixed`.
+    #[serde(default)]
+    pub one_hot: bool,
+    /// Classes of the one-hot target; by default the number of class names.
+    #[serde(default)]
+    pub num_classes: Option<usize>,
+}
+
+fn default_copies() -> u32 {
+    1
+}
+fn default_mixup_alpha() -> f64 {
+    1.0
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_switch_prob() -> f64 {
+    0.5
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageCodec {
+    #[default]
+    Png,
+    Jpeg,
+}
+
+/// Store the pixels as encoded image bytes in the `image` column, the layout
+/// HuggingFace `datasets` reads as its `Image` feature.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeImageConfig {
+    #[serde(default)]
+    pub format: ImageCodec,
+    /// JPEG quality, 1-100.
+    #[serde(default = "default_quality")]
+    pub quality: u8,
+}
+
+fn default_quality() -> u8 {
+    90
+}
+
+/// Store the pixels as a float tensor `pixel_values` (CHW), normalised as
+/// `(pixel - mean) / std` with mean and std in pixel units (0-255).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToTensorConfig {
+    #[serde(default = "default_tensor_mean")]
+    pub mean: [f32; 3],
+    #[serde(default = "default_tensor_std")]
+    pub std: [f32; 3],
+}
+
+fn default_tensor_mean() -> [f32; 3] {
+    [123.675, 116.28, 103.53]
+}
+
+fn default_tensor_std() -> [f32; 3] {
+    [58.395, 57.12, 57.375]
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -232,6 +464,13 @@ pub struct Limits {
     /// Longest document (a text field or a whole file).
     #[serde(default = "default_max_document_bytes")]
     pub max_document_bytes: usize,
+    /// Largest media file (an image, a tar member) read.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// Largest image, in pixels, as its header claims: bigger ones are
+    /// rejected before they are decoded (decompression bombs).
+    #[serde(default = "default_max_image_pixels")]
+    pub max_image_pixels: u64,
 }
 
 impl Default for Limits {
@@ -239,8 +478,18 @@ impl Default for Limits {
         Limits {
             max_line_bytes: default_max_line_bytes(),
             max_document_bytes: default_max_document_bytes(),
+            max_file_bytes: default_max_file_bytes(),
+            max_image_pixels: default_max_image_pixels(),
         }
     }
+}
+
+fn default_max_file_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_max_image_pixels() -> u64 {
+    64_000_000
 }
 
 fn default_max_line_bytes() -> usize {
@@ -343,6 +592,20 @@ impl ConfigSource {
         let err = match kind.as_str()? {
             "tokenize" => serde_path_to_error::deserialize::<_, TokenizeConfig>(value).err()?,
             "chunk" => serde_path_to_error::deserialize::<_, ChunkConfig>(value).err()?,
+            "decode_image" => {
+                serde_path_to_error::deserialize::<_, DecodeImageConfig>(value).err()?
+            }
+            "resize_image" => {
+                serde_path_to_error::deserialize::<_, ResizeImageConfig>(value).err()?
+            }
+            "image_features" => {
+                serde_path_to_error::deserialize::<_, ImageFeaturesConfig>(value).err()?
+            }
+            "mix" => serde_path_to_error::deserialize::<_, MixConfig>(value).err()?,
+            "encode_image" => {
+                serde_path_to_error::deserialize::<_, EncodeImageConfig>(value).err()?
+            }
+            "to_tensor" => serde_path_to_error::deserialize::<_, ToTensorConfig>(value).err()?,
             _ => return None,
         };
         let inner_path = err.path().to_string();

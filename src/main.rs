@@ -138,6 +138,11 @@ fn run(command: Command) -> kiln::Result<u8> {
                 },
             )?;
             let out = &pipeline.config.output.path;
+            if !matches!(outcome, Outcome::UpToDate(_)) && !quiet {
+                for line in pipeline.reports() {
+                    eprintln!("kiln: {line}");
+                }
+            }
             let rejected = match outcome {
                 Outcome::UpToDate(m) => {
                     eprintln!(

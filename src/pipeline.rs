@@ -11,12 +11,18 @@ use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use crate::config::{
-    ConfigSource, InputFormat, Overrides, PipelineConfig, StageConfig, TokenizeConfig, TrainConfig,
+    ConfigSource, InputFormat, LabelSource, Overrides, PipelineConfig, StageConfig, TokenizeConfig,
+    TrainConfig,
 };
 use crate::error::Result;
-use crate::schema;
+use crate::schema::{self, KindSchema};
+use crate::sources::image::{ImageSpec, folder_classes, image_record_schema, walk_images};
 use crate::sources::{self, InputSpec, ReadOptions};
 use crate::stages::Stage;
+use crate::stages::image::decode::{DecodeStage, ResizeStage, check_resize};
+use crate::stages::image::encode::{EncodeStage, TensorStage};
+use crate::stages::image::features::FeaturesStage;
+use crate::stages::image::mix::MixStage;
 use crate::stages::sql::SqlStage;
 use crate::stages::text::chunk::ChunkStage;
 use crate::stages::text::tokenize::{self, TokenizeStage};
@@ -37,8 +43,20 @@ pub enum TokenizerSource {
     Train(TrainConfig),
 }
 
+/// A stage as built: ready to run, or waiting for the tokenizer (which may
+/// have to be trained first).
+enum BuiltStage {
+    Ready(Arc<dyn Stage>),
+    Tokenize(TokenizeConfig),
+}
+
 pub struct Pipeline {
     pub source: ConfigSource,
+    /// The dataset kind: what `schemas/` promises about the output.
+    pub kind: &'static KindSchema,
+    /// Class names of the `label` column, in id order (image datasets).
+    pub classes: Vec<String>,
+    built: Vec<BuiltStage>,
     pub config: PipelineConfig,
     pub inputs: Vec<ResolvedInput>,
     /// What the readers produce.
@@ -71,27 +89,67 @@ impl Pipeline {
         }
         let mut inputs = Vec::new();
         let mut columns: Vec<String> = Vec::new();
+        let (mut any_image, mut any_text) = (false, false);
+        let (mut has_label, mut has_caption) = (false, false);
+        let mut classes: Option<(Vec<String>, usize)> = None;
         for (i, input) in config.inputs.iter().enumerate() {
             let key = |k: &str| format!("inputs[{i}].{k}");
-            let format = match input.format.or_else(|| InputFormat::from_path(&input.path)) {
+            let format = match input
+                .format
+                .or_else(|| match Path::new(&input.path).is_dir() {
+                    true => Some(InputFormat::Images),
+                    false => InputFormat::from_path(&input.path),
+                }) {
                 Some(f) => f,
                 None => {
                     return Err(source.error(
                         &key("format"),
-                        format!("cannot tell the format of `{}`; set format = \"jsonl\" | \"text\" | \"csv\" | \"parquet\"", input.path),
+                        format!("cannot tell the format of `{}`; set format = \"jsonl\" | \"text\" | \"csv\" | \"parquet\" | \"images\" | \"tar\"", input.path),
                     ));
                 }
             };
             if input.delimiter.len() != 1 {
                 return Err(source.error(&key("delimiter"), "the delimiter must be a single byte"));
             }
+            let is_table = matches!(
+                format,
+                InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet
+            );
+            if input.image_column.is_some() && !is_table {
+                return Err(source.error(
+                    &key("image_column"),
+                    "image_column is for tables (jsonl, csv, parquet)",
+                ));
+            }
+            for (k, set) in [
+                ("caption_column", input.caption_column.is_some()),
+                ("label_column", input.label_column.is_some()),
+                ("image_root", input.image_root.is_some()),
+            ] {
+                if set && input.image_column.is_none() {
+                    return Err(source.error(&key(k), format!("{k} needs image_column")));
+                }
+            }
+            let image = matches!(format, InputFormat::Images | InputFormat::Tar)
+                || input.image_column.is_some();
+            any_image |= image;
+            any_text |= !image;
             for (j, c) in input.columns.iter().enumerate() {
                 if input.columns[..j].contains(c) {
                     return Err(source.error(&key("columns"), format!("`{c}` is listed twice")));
                 }
-                if matches!(c.as_str(), "sample_id" | "source" | "position" | "text")
-                    || *c == input.text_field
-                {
+                let own = if image {
+                    matches!(
+                        c.as_str(),
+                        "sample_id" | "source" | "position" | "path" | "label" | "text"
+                    ) || Some(c) == input.image_column.as_ref()
+                        || Some(c) == input.caption_column.as_ref()
+                        || Some(c) == input.label_column.as_ref()
+                } else {
+                    matches!(c.as_str(), "sample_id" | "source" | "position" | "text")
+                        || *c == input.text_field
+                };
+                if own {
                     return Err(source.error(
                         &key("columns"),
                         format!("`{c}` is a column kiln fills itself"),
@@ -101,13 +159,93 @@ impl Pipeline {
                     columns.push(c.clone());
                 }
             }
-            let files = expand(&input.path).map_err(|m| source.error(&key("path"), m))?;
-            inputs.push(ResolvedInput {
-                spec: InputSpec::from_config(input, format),
-                files,
-            });
+            let files = if format == InputFormat::Images && Path::new(&input.path).is_dir() {
+                match walk_images(Path::new(&input.path)) {
+                    Ok(f) if f.is_empty() => {
+                        return Err(source.error(
+                            &key("path"),
+                            format!("no image files under `{}`", input.path),
+                        ));
+                    }
+                    Ok(f) => f,
+                    Err(e) => {
+                        return Err(source
+                            .error(&key("path"), format!("cannot list `{}`: {e}", input.path)));
+                    }
+                }
+            } else {
+                expand(&input.path).map_err(|m| source.error(&key("path"), m))?
+            };
+            let mut spec = InputSpec::from_config(input, format);
+            if image {
+                let labels = if format == InputFormat::Images {
+                    input.labels
+                } else {
+                    LabelSource::None
+                };
+                let names = match (&input.classes, labels) {
+                    (Some(c), _) => c.clone(),
+                    (None, LabelSource::Folder) => folder_classes(&files),
+                    (None, LabelSource::None) => Vec::new(),
+                };
+                if !names.is_empty() {
+                    match &classes {
+                        Some((known, j)) if *known != names => {
+                            return Err(source.error(
+                                &key("classes"),
+                                format!("the classes {names:?} differ from those of inputs[{j}], {known:?}: one dataset has one list of class names"),
+                            ));
+                        }
+                        Some(_) => {}
+                        None => classes = Some((names, i)),
+                    }
+                }
+                has_label |= labels == LabelSource::Folder
+                    || format == InputFormat::Tar
+                    || input.label_column.is_some();
+                has_caption |= format == InputFormat::Tar || input.caption_column.is_some();
+                let root = match &input.image_root {
+                    Some(r) => PathBuf::from(r),
+                    None => Path::new(files.first().map(String::as_str).unwrap_or("."))
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default(),
+                };
+                spec.image = Some(ImageSpec {
+                    labels,
+                    image_column: input.image_column.clone(),
+                    image_root: root,
+                    caption_column: input.caption_column.clone(),
+                    label_column: input.label_column.clone(),
+                    classes: Arc::new(Vec::new()),
+                });
+            }
+            inputs.push(ResolvedInput { spec, files });
         }
-        let record_schema = sources::record_schema(&columns);
+        if any_image && any_text {
+            return Err(source.error(
+                "inputs",
+                "a pipeline reads either text inputs or image inputs (images, tar shards, tables with image_column), not both",
+            ));
+        }
+        let classes = classes.map(|(c, _)| c).unwrap_or_default();
+        let shared = Arc::new(classes.clone());
+        for input in &mut inputs {
+            if let Some(img) = &mut input.spec.image {
+                img.classes = shared.clone();
+            }
+        }
+        let kind: &'static KindSchema = if any_image {
+            &schema::IMAGE
+        } else {
+            &schema::TEXT
+        };
+        let record_schema = if any_image {
+            let s = image_record_schema(&columns, has_label, has_caption);
+            with_class_names(&s, &classes)
+        } else {
+            sources::record_schema(&columns)
+        };
 
         let mut schema = record_schema.clone();
         let sql = match &config.sql {
@@ -122,9 +260,16 @@ impl Pipeline {
 
         let mut tokenize = None;
         let mut domain_vocab = None;
+        let mut built_stages: Vec<BuiltStage> = Vec::new();
+        let mut fused_resize = false;
         for (i, stage) in config.stages.iter().enumerate() {
             let key = |k: &str| format!("stages[{i}].{k}");
-            let built: Box<dyn Stage> = match stage {
+            if std::mem::take(&mut fused_resize) {
+                // Run by the decode stage before it.
+                continue;
+            }
+            let keyed = |(k, m): (String, String)| source.error(&key(&k), m);
+            let built: Arc<dyn Stage> = match stage {
                 StageConfig::Tokenize(t) => {
                     if tokenize.is_some() {
                         return Err(
@@ -180,27 +325,62 @@ impl Pipeline {
                         domain_vocab = Some((terms, sha256_hex(&bytes)));
                     }
                     tokenize = Some((t.clone(), from));
-                    Box::new(TokenizeStage::new(
+                    let placeholder = TokenizeStage::new(
                         t,
                         Arc::new(Tokenizer::new(tokenizers::models::bpe::BPE::default())),
-                    ))
+                    );
+                    schema = placeholder
+                        .output_schema(&schema)
+                        .map_err(|e| source.error(&key("type"), e))?;
+                    built_stages.push(BuiltStage::Tokenize(t.clone()));
+                    continue;
                 }
                 StageConfig::Chunk(c) => {
-                    Box::new(ChunkStage::new(c).map_err(|m| source.error(&key("max_tokens"), m))?)
+                    Arc::new(ChunkStage::new(c).map_err(|m| source.error(&key("max_tokens"), m))?)
                 }
+                StageConfig::DecodeImage(_) => {
+                    let resize = match config.stages.get(i + 1) {
+                        Some(StageConfig::ResizeImage(r)) => {
+                            check_resize(r)
+                                .map_err(|m| source.error(&format!("stages[{}].size", i + 1), m))?;
+                            fused_resize = true;
+                            Some(r.clone())
+                        }
+                        _ => None,
+                    };
+                    Arc::new(DecodeStage::new(config.limits.max_image_pixels, resize))
+                }
+                StageConfig::ResizeImage(r) => {
+                    check_resize(r).map_err(|m| source.error(&key("size"), m))?;
+                    Arc::new(ResizeStage::new(r.clone()))
+                }
+                StageConfig::ImageFeatures(f) => {
+                    Arc::new(FeaturesStage::build(f, &schema).map_err(keyed)?)
+                }
+                StageConfig::Mix(m) => Arc::new(MixStage::build(m, &schema).map_err(keyed)?),
+                StageConfig::EncodeImage(e) => {
+                    Arc::new(EncodeStage::new(e).map_err(|m| source.error(&key("quality"), m))?)
+                }
+                StageConfig::ToTensor(t) => Arc::new(
+                    TensorStage::build(t, &schema).map_err(|e| source.error(&key("type"), e))?,
+                ),
             };
             schema = built
                 .output_schema(&schema)
                 .map_err(|e| source.error(&key("type"), e))?;
+            built_stages.push(BuiltStage::Ready(built));
         }
-        let dataset_schema = schema::TEXT.output_schema(&schema).map_err(|m| {
+        let dataset_schema = kind.output_schema(&schema).map_err(|m| {
             source.error(
                 "stages",
-                format!("the output does not fit schemas/text.json: {m}"),
+                format!("the output does not fit schemas/{}.json: {m}", kind.kind),
             )
         })?;
         Ok(Pipeline {
             source,
+            kind,
+            classes,
+            built: built_stages,
             config,
             inputs,
             record_schema,
@@ -217,20 +397,29 @@ impl Pipeline {
         if let Some(sql) = &self.sql {
             out.push(sql.clone());
         }
-        for stage in &self.config.stages {
+        for stage in &self.built {
             match stage {
-                StageConfig::Tokenize(t) => {
+                BuiltStage::Tokenize(t) => {
                     let tok = tokenizer
                         .clone()
                         .expect("a pipeline with a tokenize stage is run with its tokenizer");
                     out.push(Arc::new(TokenizeStage::new(t, tok)));
                 }
-                StageConfig::Chunk(c) => {
-                    out.push(Arc::new(ChunkStage::new(c).expect("checked at build")))
-                }
+                BuiltStage::Ready(s) => out.push(s.clone()),
             }
         }
         out
+    }
+
+    /// Lines for the run summary from the stages (which model ran where).
+    pub fn reports(&self) -> Vec<String> {
+        self.built
+            .iter()
+            .filter_map(|s| match s {
+                BuiltStage::Ready(s) => s.report(),
+                BuiltStage::Tokenize(_) => None,
+            })
+            .collect()
     }
 
     /// What the readers need besides a split.
@@ -249,6 +438,27 @@ impl Pipeline {
             .map(|(t, _)| t.text_column.as_str())
             .unwrap_or("text")
     }
+}
+
+/// The schema with the class names on its `label` field.
+fn with_class_names(schema: &SchemaRef, classes: &[String]) -> SchemaRef {
+    if classes.is_empty() {
+        return schema.clone();
+    }
+    let names = serde_json::to_string(classes).expect("strings serialize");
+    let fields: Vec<arrow::datatypes::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let f = f.as_ref().clone();
+            if f.name() == "label" {
+                f.with_metadata([(schema::CLASS_NAMES.to_string(), names.clone())].into())
+            } else {
+                f
+            }
+        })
+        .collect();
+    Arc::new(arrow::datatypes::Schema::new(fields))
 }
 
 /// Files a path or glob names, sorted; an error message when none.

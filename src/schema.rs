@@ -34,6 +34,14 @@ pub static TEXT: LazyLock<KindSchema> = LazyLock::new(|| {
     serde_json::from_str(include_str!("../schemas/text.json")).expect("schemas/text.json is valid")
 });
 
+pub static IMAGE: LazyLock<KindSchema> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("../schemas/image.json"))
+        .expect("schemas/image.json is valid")
+});
+
+/// Field metadata key holding a class label's names (a JSON list).
+pub const CLASS_NAMES: &str = "kiln.class_names";
+
 fn parse_type(ty: &str) -> DataType {
     match ty {
         "string" => DataType::Utf8,
@@ -50,6 +58,40 @@ fn parse_type(ty: &str) -> DataType {
     }
 }
 
+/// The Arrow type of an HF `Image` feature.
+pub fn image_struct_type() -> DataType {
+    DataType::Struct(
+        vec![
+            Field::new("bytes", DataType::Binary, true),
+            Field::new("path", DataType::Utf8, true),
+        ]
+        .into(),
+    )
+}
+
+/// Whether `ty` is what the schema type `spec` promises. Besides the plain
+/// types: `fixed_list<T>` is a fixed-size list of any length,
+/// `tensor<T>` fixed-size lists nested to any depth, `image` the struct of
+/// datasets' Image feature.
+fn type_matches(spec: &str, ty: &DataType) -> bool {
+    let inner = |prefix: &str| spec.strip_prefix(prefix).and_then(|t| t.strip_suffix('>'));
+    if let Some(item) = inner("fixed_list<") {
+        return matches!(ty, DataType::FixedSizeList(f, _) if type_matches(item, f.data_type()));
+    }
+    if let Some(item) = inner("tensor<") {
+        return match ty {
+            DataType::FixedSizeList(f, _) => {
+                type_matches(item, f.data_type()) || type_matches(spec, f.data_type())
+            }
+            _ => false,
+        };
+    }
+    if spec == "image" {
+        return ty == &image_struct_type();
+    }
+    ty == &parse_type(spec)
+}
+
 impl KindSchema {
     /// The output schema for what the stages produce: the kind's fields in
     /// order (optional ones when present), then extra columns. `Err` names
@@ -57,11 +99,11 @@ impl KindSchema {
     pub fn output_schema(&self, produced: &SchemaRef) -> std::result::Result<SchemaRef, String> {
         let mut fields = Vec::new();
         for f in &self.fields {
-            let want = parse_type(&f.ty);
             match produced.field_with_name(&f.name) {
-                Ok(got) if got.data_type() == &want => {
-                    fields.push(Field::new(&f.name, want, !f.required))
-                }
+                Ok(got) if type_matches(&f.ty, got.data_type()) => fields.push(
+                    Field::new(&f.name, got.data_type().clone(), !f.required)
+                        .with_metadata(got.metadata().clone()),
+                ),
                 Ok(got) => {
                     return Err(format!(
                         "column `{}` is {}, the {} schema says {}",
@@ -81,8 +123,13 @@ impl KindSchema {
             }
         }
         let extra = parse_type(&self.extra_columns);
-        let known =
-            |n: &str| self.fields.iter().any(|f| f.name == n) || matches!(n, "source" | "position");
+        // `_`-prefixed columns are the stages' working columns (encoded bytes,
+        // pixels), never stored.
+        let known = |n: &str| {
+            self.fields.iter().any(|f| f.name == n)
+                || matches!(n, "source" | "position")
+                || n.starts_with('_')
+        };
         for f in produced.fields().iter().filter(|f| !known(f.name())) {
             if f.data_type() != &extra {
                 return Err(format!(
@@ -118,6 +165,19 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
+/// HuggingFace `datasets` feature description of a column: `ClassLabel`
+/// when the field carries class names, `Image` for the image struct.
+pub fn hf_field_feature(field: &Field) -> Value {
+    if let Some(names) = field.metadata().get(CLASS_NAMES) {
+        let names: Value = serde_json::from_str(names).unwrap_or(Value::Array(vec![]));
+        return json!({ "names": names, "_type": "ClassLabel" });
+    }
+    if field.data_type() == &image_struct_type() {
+        return json!({ "_type": "Image" });
+    }
+    hf_feature(field.data_type())
+}
+
 /// HuggingFace `datasets` feature description of an Arrow type.
 pub fn hf_feature(ty: &DataType) -> Value {
     let dtype = |d: &str| json!({ "dtype": d, "_type": "Value" });
@@ -148,7 +208,7 @@ pub fn hf_feature(ty: &DataType) -> Value {
 pub fn hf_features(schema: &Schema) -> Value {
     let mut map = serde_json::Map::new();
     for f in schema.fields() {
-        map.insert(f.name().clone(), hf_feature(f.data_type()));
+        map.insert(f.name().clone(), hf_field_feature(f));
     }
     Value::Object(map)
 }

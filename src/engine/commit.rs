@@ -172,7 +172,7 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
     }
     let manifest = Manifest {
         kiln: env!("CARGO_PKG_VERSION").to_string(),
-        kind: "text".into(),
+        kind: plan.kind.clone(),
         format,
         plan: plan.hash.clone(),
         seed: plan.seed,

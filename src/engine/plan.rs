@@ -43,6 +43,13 @@ pub struct Plan {
     pub format: OutputFormat,
     /// HuggingFace features of the dataset schema.
     pub features: serde_json::Value,
+    /// The dataset kind (`text`, `image`): which `schemas/` file it follows.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+}
+
+fn default_kind() -> String {
+    "text".into()
 }
 
 impl Plan {
@@ -126,6 +133,7 @@ impl Plan {
             tasks,
             format: pipeline.config.output.format,
             features: crate::schema::hf_features(&pipeline.dataset_schema),
+            kind: pipeline.kind.kind.clone(),
         })
     }
 

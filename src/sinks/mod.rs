@@ -204,16 +204,22 @@ impl TaskSink {
     }
 }
 
-/// Rows that are the first window of their document.
+/// Rows that stand for a sample of the input: the first window of a
+/// document, and a sample itself rather than one of its augmented copies.
 fn first_windows(batch: &RecordBatch) -> u64 {
     use arrow::array::AsArray;
-    match batch.column_by_name("window") {
-        Some(w) => w
-            .as_primitive::<arrow::datatypes::UInt32Type>()
-            .values()
-            .iter()
-            .filter(|&&w| w == 0)
-            .count() as u64,
-        None => batch.num_rows() as u64,
+    let zeros = |name: &str| {
+        batch.column_by_name(name).map(|c| {
+            c.as_primitive::<arrow::datatypes::UInt32Type>()
+                .values()
+                .iter()
+                .map(|&v| v == 0)
+                .collect::<Vec<bool>>()
+        })
+    };
+    match (zeros("window"), zeros("augment")) {
+        (None, None) => batch.num_rows() as u64,
+        (Some(a), None) | (None, Some(a)) => a.iter().filter(|&&z| z).count() as u64,
+        (Some(a), Some(b)) => a.iter().zip(&b).filter(|(x, y)| **x && **y).count() as u64,
     }
 }

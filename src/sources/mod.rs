@@ -11,6 +11,7 @@
 //! a whole file, or a range of Parquet row groups.
 
 mod csv;
+pub mod image;
 mod jsonl;
 mod lines;
 mod parquet;
@@ -51,6 +52,8 @@ pub struct InputSpec {
     pub text_field: String,
     pub columns: Vec<String>,
     pub delimiter: u8,
+    /// Image inputs: where labels and captions come from.
+    pub image: Option<image::ImageSpec>,
 }
 
 impl InputSpec {
@@ -69,7 +72,13 @@ impl InputSpec {
             text_field: cfg.text_field.clone(),
             columns: cfg.columns.clone(),
             delimiter: cfg.delimiter.as_bytes().first().copied().unwrap_or(b','),
+            image: None,
         }
+    }
+
+    /// Whether this input yields image records.
+    pub fn is_image(&self) -> bool {
+        self.image.is_some()
     }
 }
 
@@ -101,6 +110,36 @@ pub struct ReadOptions {
 }
 
 pub fn open(split: &Split, spec: &InputSpec, opts: &ReadOptions) -> Box<dyn SourceReader> {
+    if let Some(img) = &spec.image {
+        match spec.format {
+            InputFormat::Images => return Box::new(image::ImageFileReader::new(split, img, opts)),
+            InputFormat::Tar => return Box::new(image::TarReader::new(split, img, opts)),
+            _ => {
+                // The table's own reader, with the image column as its text.
+                let mut columns = spec.columns.clone();
+                for c in [&img.caption_column, &img.label_column]
+                    .into_iter()
+                    .flatten()
+                {
+                    if !columns.contains(c) {
+                        columns.push(c.clone());
+                    }
+                }
+                let inner_spec = InputSpec {
+                    text_field: img.image_column.clone().unwrap_or_default(),
+                    columns: columns.clone(),
+                    image: None,
+                    ..spec.clone()
+                };
+                let inner_opts = ReadOptions {
+                    schema: record_schema(&columns),
+                    ..opts.clone()
+                };
+                let inner = open(split, &inner_spec, &inner_opts);
+                return Box::new(image::TableImageReader::new(inner, img, opts));
+            }
+        }
+    }
     let builder = RecordBuilder::new(opts.schema.clone(), &spec.columns, &split.path);
     match (spec.format, spec.document) {
         (InputFormat::Jsonl, _) => Box::new(jsonl::JsonlReader::new(split, spec, opts, builder)),
@@ -114,6 +153,9 @@ pub fn open(split: &Split, spec: &InputSpec, opts: &ReadOptions) -> Box<dyn Sour
         (InputFormat::Parquet, _) => {
             Box::new(parquet::ParquetReader::new(split, spec, opts, builder))
         }
+        (InputFormat::Images | InputFormat::Tar, _) => {
+            unreachable!("image inputs carry an ImageSpec")
+        }
     }
 }
 
@@ -124,6 +166,8 @@ pub fn stage_name(format: InputFormat) -> &'static str {
         InputFormat::Text => "read_text",
         InputFormat::Csv => "read_csv",
         InputFormat::Parquet => "read_parquet",
+        InputFormat::Images => "read_image",
+        InputFormat::Tar => "read_tar",
     }
 }
 

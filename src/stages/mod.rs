@@ -11,7 +11,9 @@
 //! | `sql` | top-level `sql` | DataFusion filter/projection over the table `input` |
 //! | `tokenize` | `[[stages]] type = "tokenize"` | byte-level BPE, `text` to `input_ids` + `length` |
 //! | `chunk` | `[[stages]] type = "chunk"` | sliding windows of `input_ids`, one row per window |
+//! | image stages | `decode_image`, `resize_image`, `image_features`, `mix`, `encode_image`, `to_tensor` | see [`image`] |
 
+pub mod image;
 pub mod sql;
 pub mod text;
 
@@ -28,6 +30,10 @@ pub trait Stage: Send + Sync {
     /// Checked when the pipeline is built, before any data is read.
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef>;
     fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch>;
+    /// A line for the run summary (which model ran on which device...).
+    fn report(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What a stage gets besides the batch: the run seed, the reject sink, and

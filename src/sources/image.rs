@@ -1,0 +1,799 @@
+//! Image readers: image files (a folder or a glob, labelled by their parent
+//! folder as torchvision's ImageFolder does), WebDataset-style tar shards,
+//! and metadata tables (JSONL/CSV/Parquet) joined with the files they name.
+//!
+//! They all produce the *image record schema*: `sample_id`, `source`,
+//! `position`, `path`, `_image` (the encoded bytes, not decoded here),
+//! optionally `label` (a class id) and `text` (a caption), then the input's
+//! extra columns as strings. A file that cannot be read, is over
+//! `limits.max_file_bytes`, or has an unknown label is a reject; batches are
+//! cut by bytes so that a batch of large files stays small.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, Int64Builder, RecordBatch, StringBuilder,
+    UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use super::{ReadOptions, SourceReader, Split};
+use crate::config::{LabelSource, Limits};
+use crate::error::Result;
+use crate::rejects::{Reject, RejectSink};
+
+/// Extensions of the image formats kiln decodes.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+
+pub fn is_image_extension(ext: &str) -> bool {
+    IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
+}
+
+fn has_image_extension(path: &str) -> bool {
+    Path::new(path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(is_image_extension)
+}
+
+/// Where an image record's label and caption come from, and the class names.
+#[derive(Debug, Clone)]
+pub struct ImageSpec {
+    pub labels: LabelSource,
+    /// Tables: the column naming the image file.
+    pub image_column: Option<String>,
+    /// Tables: the folder relative image paths start from.
+    pub image_root: PathBuf,
+    pub caption_column: Option<String>,
+    pub label_column: Option<String>,
+    /// The dataset's class names, in id order.
+    pub classes: Arc<Vec<String>>,
+}
+
+impl ImageSpec {
+    fn class_id(&self, name: &str) -> std::result::Result<i64, String> {
+        if let Some(i) = self.classes.iter().position(|c| c == name) {
+            return Ok(i as i64);
+        }
+        match name.trim().parse::<i64>() {
+            Ok(id)
+                if id >= 0 && (self.classes.is_empty() || (id as usize) < self.classes.len()) =>
+            {
+                Ok(id)
+            }
+            Ok(id) => Err(format!(
+                "label {id} is not a class id (there are {} classes)",
+                self.classes.len()
+            )),
+            Err(_) if self.classes.is_empty() => Err(format!(
+                "label `{name}` is not an integer class id, and the input lists no `classes` to look it up in"
+            )),
+            Err(_) => Err(format!("label `{name}` is not one of the input's classes")),
+        }
+    }
+}
+
+/// The image record schema. `label` and `text` are there when some input
+/// provides them.
+pub fn image_record_schema(columns: &[String], label: bool, text: bool) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("sample_id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("position", DataType::UInt64, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("_image", DataType::Binary, false),
+    ];
+    if label {
+        fields.push(Field::new("label", DataType::Int64, true));
+    }
+    if text {
+        fields.push(Field::new("text", DataType::Utf8, true));
+    }
+    fields.extend(columns.iter().map(|c| Field::new(c, DataType::Utf8, true)));
+    Arc::new(Schema::new(fields))
+}
+
+/// The class name an image file gets from its folder.
+pub fn folder_label(path: &str) -> Option<String> {
+    Path::new(path)
+        .parent()?
+        .file_name()?
+        .to_str()
+        .map(str::to_string)
+}
+
+/// Image files under a folder, recursively, sorted.
+pub fn walk_images(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else if let Some(s) = path.to_str()
+                && has_image_extension(s)
+            {
+                out.push(s.to_string());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Read a whole file, refusing one over `max` bytes before reading it.
+pub fn read_limited(path: &Path, max: u64) -> std::result::Result<Vec<u8>, (&'static str, String)> {
+    let f = File::open(path).map_err(|e| ("unreadable_file", format!("cannot open: {e}")))?;
+    let size = f
+        .metadata()
+        .map_err(|e| ("unreadable_file", format!("cannot stat: {e}")))?
+        .len();
+    if size > max {
+        return Err(file_too_large(size, max));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    // A file that grows while read is cut at the limit and refused.
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ("unreadable_file", format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err(file_too_large(bytes.len() as u64, max));
+    }
+    Ok(bytes)
+}
+
+fn file_too_large(size: u64, max: u64) -> (&'static str, String) {
+    (
+        "file_too_large",
+        format!("file is {size} bytes, over limits.max_file_bytes = {max}"),
+    )
+}
+
+/// Builds batches in the image record schema.
+struct ImageRecordBuilder {
+    schema: SchemaRef,
+    sample_id: StringBuilder,
+    source: StringBuilder,
+    position: UInt64Builder,
+    path: StringBuilder,
+    image: BinaryBuilder,
+    label: Option<Int64Builder>,
+    text: Option<StringBuilder>,
+    /// Extra columns by name, in schema order.
+    extras: Vec<(String, StringBuilder)>,
+    rows: usize,
+    bytes: usize,
+}
+
+/// Encoded bytes after which a batch is cut.
+const BATCH_BYTES: usize = 8 << 20;
+
+struct Record<'a> {
+    sample_id: String,
+    source: &'a str,
+    position: u64,
+    path: &'a str,
+    image: &'a [u8],
+    label: Option<i64>,
+    text: Option<&'a str>,
+    extras: &'a [(&'a str, Option<&'a str>)],
+}
+
+impl ImageRecordBuilder {
+    fn new(schema: SchemaRef) -> Self {
+        let label = schema
+            .column_with_name("label")
+            .map(|_| Int64Builder::new());
+        let text = schema
+            .column_with_name("text")
+            .map(|_| StringBuilder::new());
+        let extras = schema
+            .fields()
+            .iter()
+            .skip(5)
+            .filter(|f| !matches!(f.name().as_str(), "label" | "text"))
+            .map(|f| (f.name().clone(), StringBuilder::new()))
+            .collect();
+        ImageRecordBuilder {
+            schema,
+            sample_id: StringBuilder::new(),
+            source: StringBuilder::new(),
+            position: UInt64Builder::new(),
+            path: StringBuilder::new(),
+            image: BinaryBuilder::new(),
+            label,
+            text,
+            extras,
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, r: Record) {
+        self.sample_id.append_value(&r.sample_id);
+        self.source.append_value(r.source);
+        self.position.append_value(r.position);
+        self.path.append_value(r.path);
+        self.image.append_value(r.image);
+        if let Some(b) = &mut self.label {
+            b.append_option(r.label);
+        }
+        if let Some(b) = &mut self.text {
+            b.append_option(r.text);
+        }
+        for (name, b) in &mut self.extras {
+            let v = r
+                .extras
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| *v);
+            b.append_option(v);
+        }
+        self.rows += 1;
+        self.bytes += r.image.len();
+    }
+
+    fn is_full(&self, batch_rows: usize) -> bool {
+        self.rows >= batch_rows || self.bytes >= BATCH_BYTES
+    }
+
+    fn finish(&mut self) -> Result<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.sample_id.finish()),
+            Arc::new(self.source.finish()),
+            Arc::new(self.position.finish()),
+            Arc::new(self.path.finish()),
+            Arc::new(self.image.finish()),
+        ];
+        if let Some(b) = &mut self.label {
+            columns.push(Arc::new(b.finish()));
+        }
+        if let Some(b) = &mut self.text {
+            columns.push(Arc::new(b.finish()));
+        }
+        for (_, b) in &mut self.extras {
+            columns.push(Arc::new(b.finish()));
+        }
+        self.rows = 0;
+        self.bytes = 0;
+        Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
+    }
+}
+
+fn reject(
+    stage: &str,
+    sample_id: String,
+    path: &str,
+    position: u64,
+    kind: &str,
+    message: impl Into<String>,
+) -> Reject {
+    Reject {
+        sample_id,
+        source: Some(path.to_string()),
+        position: Some(position),
+        stage: stage.to_string(),
+        kind: kind.to_string(),
+        message: message.into(),
+    }
+}
+
+/// One image file (a split of an `images` input).
+pub struct ImageFileReader {
+    split: Split,
+    spec: ImageSpec,
+    limits: Limits,
+    builder: ImageRecordBuilder,
+    done: bool,
+}
+
+impl ImageFileReader {
+    pub fn new(split: &Split, spec: &ImageSpec, opts: &ReadOptions) -> Self {
+        ImageFileReader {
+            split: split.clone(),
+            spec: spec.clone(),
+            limits: opts.limits.clone(),
+            builder: ImageRecordBuilder::new(opts.schema.clone()),
+            done: false,
+        }
+    }
+}
+
+impl SourceReader for ImageFileReader {
+    fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
+        if std::mem::replace(&mut self.done, true) {
+            return Ok(None);
+        }
+        let path = self.split.path.clone();
+        let id = super::sample_id(&path, 0);
+        let fail = |kind: &str, msg: String| reject("read_image", id.clone(), &path, 0, kind, msg);
+        let label = match self.spec.labels {
+            LabelSource::None => None,
+            LabelSource::Folder => {
+                let name = folder_label(&path).unwrap_or_default();
+                match self.spec.class_id(&name) {
+                    Ok(l) => Some(l),
+                    Err(m) => {
+                        rejects.push(fail("unknown_label", m))?;
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        match read_limited(Path::new(&path), self.limits.max_file_bytes) {
+            Ok(bytes) => self.builder.push(Record {
+                sample_id: id.clone(),
+                source: &path,
+                position: 0,
+                path: &path,
+                image: &bytes,
+                label,
+                text: None,
+                extras: &[],
+            }),
+            Err((kind, msg)) => rejects.push(fail(kind, msg))?,
+        }
+        self.builder.finish()
+    }
+}
+
+/// A WebDataset-style tar shard: consecutive members sharing a key (the
+/// member name up to the first dot of its file name) are one sample. The
+/// image is the member with an image extension; `.txt` is the caption,
+/// `.cls` the class id, `.json` an object whose fields fill the input's
+/// extra columns.
+pub struct TarReader {
+    path: String,
+    spec: ImageSpec,
+    limits: Limits,
+    batch_rows: usize,
+    builder: ImageRecordBuilder,
+    /// Offset of the next member header.
+    offset: u64,
+    /// The sample being gathered: its key, offset and members.
+    pending: Option<TarSample>,
+    done: bool,
+}
+
+/// A member's bytes, or why they were not read: `(kind, message)`.
+type MemberBytes = std::result::Result<Vec<u8>, (&'static str, String)>;
+
+#[derive(Default)]
+struct TarSample {
+    key: String,
+    position: u64,
+    /// `(extension, bytes or why they were not read)`.
+    members: Vec<(String, MemberBytes)>,
+}
+
+fn tar_key(name: &str) -> (String, String) {
+    let (dir, file) = match name.rfind('/') {
+        Some(i) => (&name[..=i], &name[i + 1..]),
+        None => ("", name),
+    };
+    match file.find('.') {
+        Some(i) => (
+            format!("{dir}{}", &file[..i]),
+            file[i + 1..].to_ascii_lowercase(),
+        ),
+        None => (name.to_string(), String::new()),
+    }
+}
+
+impl TarReader {
+    pub fn new(split: &Split, spec: &ImageSpec, opts: &ReadOptions) -> Self {
+        TarReader {
+            path: split.path.clone(),
+            spec: spec.clone(),
+            limits: opts.limits.clone(),
+            batch_rows: opts.batch_rows,
+            builder: ImageRecordBuilder::new(opts.schema.clone()),
+            offset: 0,
+            pending: None,
+            done: false,
+        }
+    }
+
+    fn sample_id(&self, key: &str) -> String {
+        format!("{}:{key}", self.path)
+    }
+
+    /// Turn a gathered sample into a record or a reject.
+    fn emit(&mut self, s: TarSample, rejects: &mut RejectSink) -> Result<()> {
+        let id = self.sample_id(&s.key);
+        let fail = |kind: &str, msg: String| {
+            reject("read_tar", id.clone(), &self.path, s.position, kind, msg)
+        };
+        let mut image: Option<(&str, &[u8])> = None;
+        let mut text = None;
+        let mut label = None;
+        let mut json: Option<serde_json::Map<String, serde_json::Value>> = None;
+        for (ext, data) in &s.members {
+            let data = match data {
+                Ok(d) => d,
+                Err((kind, msg)) => {
+                    return rejects.push(fail(kind, format!("member .{ext}: {msg}")));
+                }
+            };
+            match ext.as_str() {
+                e if is_image_extension(e) && image.is_none() => image = Some((e, data)),
+                "txt" => match std::str::from_utf8(data) {
+                    Ok(t) => text = Some(t.trim_end_matches(['\n', '\r'])),
+                    Err(_) => {
+                        return rejects
+                            .push(fail("invalid_utf8", "member .txt is not UTF-8".into()));
+                    }
+                },
+                "cls" => {
+                    let t = String::from_utf8_lossy(data);
+                    match self.spec.class_id(t.trim()) {
+                        Ok(l) => label = Some(l),
+                        Err(m) => {
+                            return rejects
+                                .push(fail("unknown_label", format!("member .cls: {m}")));
+                        }
+                    }
+                }
+                "json" => match serde_json::from_slice(data) {
+                    Ok(serde_json::Value::Object(m)) => json = Some(m),
+                    _ => {
+                        return rejects.push(fail(
+                            "invalid_json",
+                            "member .json is not a JSON object".into(),
+                        ));
+                    }
+                },
+                _ => {}
+            }
+        }
+        let Some((ext, bytes)) = image else {
+            return rejects.push(fail(
+                "no_image",
+                format!(
+                    "key `{}` has no image member ({})",
+                    s.key,
+                    IMAGE_EXTENSIONS.join(", ")
+                ),
+            ));
+        };
+        let extra_values: Vec<(String, Option<String>)> = self
+            .builder
+            .extras
+            .iter()
+            .map(|(name, _)| {
+                let v = json.as_ref().and_then(|m| m.get(name)).map(|v| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+                (name.clone(), v)
+            })
+            .collect();
+        let extras: Vec<(&str, Option<&str>)> = extra_values
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_deref()))
+            .collect();
+        let member = format!("{}/{}.{ext}", self.path, s.key);
+        self.builder.push(Record {
+            sample_id: id.clone(),
+            source: &self.path,
+            position: s.position,
+            path: &member,
+            image: bytes,
+            label,
+            text,
+            extras: &extras,
+        });
+        Ok(())
+    }
+}
+
+impl SourceReader for TarReader {
+    fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
+        use std::io::{Seek, SeekFrom};
+        if self.done {
+            return Ok(None);
+        }
+        let mut file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.done = true;
+                rejects.push(reject(
+                    "read_tar",
+                    format!("{}:*", self.path),
+                    &self.path,
+                    0,
+                    "unreadable_file",
+                    format!("cannot open: {e}"),
+                ))?;
+                return Ok(None);
+            }
+        };
+        // Each batch reopens the shard at the header where the last stopped.
+        let base = self.offset;
+        let max = self.limits.max_file_bytes;
+        let mut finished: Vec<TarSample> = Vec::new();
+        let mut failure = None;
+        let mut exhausted = true;
+        match file.seek(SeekFrom::Start(base)) {
+            Err(e) => failure = Some(e.to_string()),
+            Ok(_) => {
+                let mut archive =
+                    tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
+                match archive.entries() {
+                    Err(e) => failure = Some(e.to_string()),
+                    Ok(entries) => {
+                        let mut gathered_bytes = 0usize;
+                        for entry in entries {
+                            let mut entry = match entry {
+                                Ok(e) => e,
+                                Err(e) => {
+                                    failure = Some(e.to_string());
+                                    break;
+                                }
+                            };
+                            let size = entry.size();
+                            let next = base + entry.raw_file_position() + size.div_ceil(512) * 512;
+                            if !entry.header().entry_type().is_file() {
+                                self.offset = next;
+                                continue;
+                            }
+                            let name = match entry.path() {
+                                Ok(p) => p.to_string_lossy().into_owned(),
+                                Err(e) => {
+                                    failure = Some(format!("bad member name: {e}"));
+                                    break;
+                                }
+                            };
+                            let (key, ext) = tar_key(&name);
+                            let position = base + entry.raw_header_position();
+                            let data = if size > max {
+                                Err(file_too_large(size, max))
+                            } else {
+                                let mut buf = Vec::with_capacity(size as usize);
+                                if let Err(e) = entry.read_to_end(&mut buf) {
+                                    failure = Some(format!("cannot read member {name}: {e}"));
+                                    break;
+                                }
+                                Ok(buf)
+                            };
+                            self.offset = next;
+                            gathered_bytes += data.as_ref().map_or(0, Vec::len);
+                            match &mut self.pending {
+                                Some(p) if p.key == key => p.members.push((ext, data)),
+                                _ => {
+                                    let sample = TarSample {
+                                        key,
+                                        position,
+                                        members: vec![(ext, data)],
+                                    };
+                                    if let Some(done) = self.pending.replace(sample) {
+                                        finished.push(done);
+                                    }
+                                }
+                            }
+                            if finished.len() >= self.batch_rows || gathered_bytes >= BATCH_BYTES {
+                                exhausted = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if exhausted || failure.is_some() {
+            self.done = true;
+            if let Some(last) = self.pending.take() {
+                finished.push(last);
+            }
+        }
+        for s in finished {
+            self.emit(s, rejects)?;
+        }
+        if self.done {
+            return finish_with(self, failure, rejects);
+        }
+        self.builder.finish()
+    }
+}
+
+/// The last batch of a tar, and one reject for the unreadable rest of it.
+fn finish_with(
+    r: &mut TarReader,
+    failure: Option<String>,
+    rejects: &mut RejectSink,
+) -> Result<Option<RecordBatch>> {
+    if let Some(msg) = failure {
+        rejects.push(reject(
+            "read_tar",
+            format!("{}:*", r.path),
+            &r.path,
+            0,
+            "bad_tar",
+            format!("the archive is damaged; its remaining members are not read: {msg}"),
+        ))?;
+    }
+    r.builder.finish()
+}
+
+/// A metadata table joined with the image files its `image_column` names:
+/// the table is read by the table's own reader (which rejects bad rows),
+/// then each row's file is read.
+pub struct TableImageReader {
+    inner: Box<dyn SourceReader>,
+    spec: ImageSpec,
+    limits: Limits,
+    batch_rows: usize,
+    builder: ImageRecordBuilder,
+    /// A table batch not yet fully read, and the next row of it.
+    pending: Option<(RecordBatch, usize)>,
+}
+
+impl TableImageReader {
+    pub fn new(inner: Box<dyn SourceReader>, spec: &ImageSpec, opts: &ReadOptions) -> Self {
+        TableImageReader {
+            inner,
+            spec: spec.clone(),
+            limits: opts.limits.clone(),
+            batch_rows: opts.batch_rows,
+            builder: ImageRecordBuilder::new(opts.schema.clone()),
+            pending: None,
+        }
+    }
+
+    fn push_row(
+        &mut self,
+        batch: &RecordBatch,
+        row: usize,
+        rejects: &mut RejectSink,
+    ) -> Result<()> {
+        let string = |name: &str| {
+            batch.column_by_name(name).and_then(|c| {
+                let c = c.as_string::<i32>();
+                (!c.is_null(row)).then(|| c.value(row))
+            })
+        };
+        let id = string("sample_id").unwrap_or_default().to_string();
+        let source = string("source").unwrap_or_default();
+        let position = batch
+            .column_by_name("position")
+            .map(|c| c.as_primitive::<arrow::datatypes::UInt64Type>().value(row))
+            .unwrap_or_default();
+        let stage = "read_image";
+        let file = string("text").unwrap_or_default();
+        let full = if Path::new(file).is_absolute() {
+            PathBuf::from(file)
+        } else {
+            self.spec.image_root.join(file)
+        };
+        let full_str = full.to_string_lossy().into_owned();
+        let label = match self.spec.label_column.as_deref().and_then(string) {
+            None => None,
+            Some(name) => match self.spec.class_id(name) {
+                Ok(l) => Some(l),
+                Err(m) => {
+                    return rejects.push(reject(stage, id, source, position, "unknown_label", m));
+                }
+            },
+        };
+        let text = self.spec.caption_column.as_deref().and_then(string);
+        let bytes = match read_limited(&full, self.limits.max_file_bytes) {
+            Ok(b) => b,
+            Err((kind, msg)) => {
+                return rejects.push(reject(
+                    stage,
+                    id,
+                    source,
+                    position,
+                    kind,
+                    format!("{full_str}: {msg}"),
+                ));
+            }
+        };
+        let extras: Vec<(&str, Option<&str>)> = self
+            .builder
+            .extras
+            .iter()
+            .map(|(n, _)| (n.as_str(), string(n)))
+            .collect::<Vec<_>>();
+        // `extras` borrows `self.builder`; copy the names out first.
+        let extras: Vec<(String, Option<String>)> = extras
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.map(str::to_string)))
+            .collect();
+        let extras: Vec<(&str, Option<&str>)> = extras
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_deref()))
+            .collect();
+        self.builder.push(Record {
+            sample_id: id,
+            source,
+            position,
+            path: &full_str,
+            image: &bytes,
+            label,
+            text,
+            extras: &extras,
+        });
+        Ok(())
+    }
+}
+
+impl SourceReader for TableImageReader {
+    fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
+        loop {
+            if self.pending.is_none() {
+                match self.inner.next_batch(rejects)? {
+                    Some(b) => self.pending = Some((b, 0)),
+                    None => return self.builder.finish(),
+                }
+            }
+            let (batch, mut row) = self.pending.take().expect("set above");
+            while row < batch.num_rows() && !self.builder.is_full(self.batch_rows) {
+                self.push_row(&batch, row, rejects)?;
+                row += 1;
+            }
+            if row < batch.num_rows() {
+                self.pending = Some((batch, row));
+            }
+            if self.builder.is_full(self.batch_rows) {
+                return self.builder.finish();
+            }
+        }
+    }
+}
+
+/// Class names found from folder names, sorted, for `labels = "folder"`.
+pub fn folder_classes(files: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = files.iter().filter_map(|f| folder_label(f)).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Index of each class name.
+pub fn class_index(names: &[String]) -> HashMap<&str, usize> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tar_keys_split_at_the_first_dot_of_the_file_name() {
+        assert_eq!(
+            tar_key("a/b.c/x1.seg.jpg"),
+            ("a/b.c/x1".into(), "seg.jpg".into())
+        );
+        assert_eq!(tar_key("k.CLS"), ("k".into(), "cls".into()));
+    }
+
+    #[test]
+    fn labels_by_name_or_id() {
+        let spec = ImageSpec {
+            labels: LabelSource::Folder,
+            image_column: None,
+            image_root: PathBuf::new(),
+            caption_column: None,
+            label_column: None,
+            classes: Arc::new(vec!["bird".into(), "cat".into()]),
+        };
+        assert_eq!(spec.class_id("cat"), Ok(1));
+        assert_eq!(spec.class_id("0"), Ok(0));
+        assert!(spec.class_id("7").is_err());
+        assert!(spec.class_id("dog").is_err());
+    }
+}

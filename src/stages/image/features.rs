@@ -1,0 +1,516 @@
+//! `image_features`: an ONNX image model run by ONNX Runtime.
+//!
+//! The default model is EfficientNet-Lite0 with ImageNet weights
+//! (`models/efficientnet_lite0.onnx`, built by `scripts/setup.sh`); any ONNX
+//! model with one NCHW float image input works by path. Pixels become
+//! `(pixel - mean) / std` per channel, in batches of `batch_size` images.
+//! The chosen output is stored as `image_features` (a fixed-size list of
+//! float32), optionally with `logits` and the `top_k` classes.
+//!
+//! ONNX Runtime is loaded at run time (`ORT_DYLIB_PATH`, else the
+//! `onnxruntime` Python package of a `.venv` next to the working directory
+//! or the executable, else the system's `libonnxruntime.so`). With
+//! `device = "auto"` the CUDA execution provider is used when it really
+//! loads and CPU otherwise; `device = "cuda"` fails with the reason when it
+//! does not. Which provider ran is reported in the run summary.
+//!
+//! A session runs one call at a time, so the stage keeps a pool: a worker
+//! takes a session, runs its batch and puts it back. Sessions are created
+//! with deterministic compute; an image's features do not depend on the
+//! batch it is run in nor on the thread count (tested).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow::array::{ArrayRef, FixedSizeListArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, SchemaRef};
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::{Tensor, ValueType};
+
+use super::{Pixels, f32_list, f32_list_field, require_fixed_size, schema_with};
+use crate::config::{Device, ImageFeaturesConfig};
+use crate::error::{Error, Result};
+use crate::stages::{BatchContext, Stage};
+
+/// EfficientNet-Lite0's preprocessing: `(p - 127) / 128`.
+const LITE0_MEAN: [f32; 3] = [127.0; 3];
+const LITE0_STD: [f32; 3] = [128.0; 3];
+
+static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+
+/// Where the ONNX Runtime library is looked for, in order.
+fn library_candidates() -> Vec<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return vec![PathBuf::from(p)];
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.push(cwd);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
+    }
+    let mut out = Vec::new();
+    for root in roots {
+        let pattern =
+            root.join(".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*");
+        if let Ok(paths) = glob::glob(&pattern.to_string_lossy()) {
+            out.extend(paths.flatten());
+        }
+    }
+    out.push(PathBuf::from("libonnxruntime.so"));
+    out
+}
+
+/// The process's ONNX Runtime environment, loaded once.
+pub fn environment() -> std::result::Result<&'static Environment, String> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let mut errors = Vec::new();
+            for lib in library_candidates() {
+                match ort::init_from(&lib) {
+                    Ok(builder) => {
+                        return builder
+                            .with_name("kiln")
+                            .build()
+                            .map_err(|e| format!("ONNX Runtime from {}: {e}", lib.display()));
+                    }
+                    Err(e) => errors.push(format!("{}: {e}", lib.display())),
+                }
+            }
+            Err(format!(
+                "cannot load ONNX Runtime 1.31 (run scripts/setup.sh, or set ORT_DYLIB_PATH to libonnxruntime.so): {}",
+                errors.join("; ")
+            ))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// The model file a `model` setting names.
+pub fn resolve_model(model: &str) -> std::result::Result<PathBuf, String> {
+    if model.ends_with(".onnx") || model.contains('/') {
+        let p = PathBuf::from(model);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("no model file `{model}`"))
+        };
+    }
+    let file = format!("{}.onnx", model.replace('-', "_"));
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("KILN_MODELS") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        dirs.push(cwd.join("models"));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        dirs.extend(exe.ancestors().skip(1).take(4).map(|a| a.join("models")));
+    }
+    dirs.iter()
+        .map(|d| d.join(&file))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "model `{model}` not found as {file} in KILN_MODELS, ./models or beside the executable; `scripts/setup.sh` builds it"
+            )
+        })
+}
+
+pub struct FeaturesStage {
+    model: PathBuf,
+    device: Device,
+    input_name: String,
+    features_output: String,
+    logits_output: Option<String>,
+    top_k: Option<usize>,
+    mean: [f32; 3],
+    std: [f32; 3],
+    size: (u32, u32),
+    batch_size: usize,
+    features_dim: usize,
+    logits_dim: usize,
+    intra_threads: usize,
+    /// The execution provider the sessions run on.
+    pub provider: String,
+    sessions: Mutex<Vec<Session>>,
+}
+
+impl FeaturesStage {
+    /// Open the model and check it against the config and the image size;
+    /// every failure is a message for the config error.
+    pub fn build(
+        cfg: &ImageFeaturesConfig,
+        input: &SchemaRef,
+    ) -> std::result::Result<FeaturesStage, (String, String)> {
+        let key = |k: &str, m: String| (k.to_string(), m);
+        let size =
+            require_fixed_size(input, "image_features").map_err(|e| key("type", e.to_string()))?;
+        let model = resolve_model(&cfg.model).map_err(|m| key("model", m))?;
+        if cfg.batch_size == 0 {
+            return Err(key("batch_size", "batch_size must be at least 1".into()));
+        }
+        if cfg.top_k == Some(0) {
+            return Err(key("top_k", "top_k must be at least 1".into()));
+        }
+        let default_norm = cfg.model == "efficientnet-lite0";
+        let (mean, std) = match (cfg.mean, cfg.std) {
+            (Some(m), Some(s)) => (m, s),
+            (None, None) if default_norm => (LITE0_MEAN, LITE0_STD),
+            (None, None) => {
+                return Err(key(
+                    "mean",
+                    "set `mean` and `std` (per channel, in pixel units 0-255) for this model"
+                        .into(),
+                ));
+            }
+            _ => return Err(key("std", "set both `mean` and `std`".into())),
+        };
+        if std.contains(&0.0) {
+            return Err(key("std", "std must not be 0".into()));
+        }
+        let mut stage = FeaturesStage {
+            model,
+            device: cfg.device,
+            input_name: String::new(),
+            features_output: String::new(),
+            logits_output: None,
+            top_k: cfg.top_k,
+            mean,
+            std,
+            size,
+            batch_size: cfg.batch_size,
+            features_dim: 0,
+            logits_dim: 0,
+            intra_threads: 1,
+            provider: String::new(),
+            sessions: Mutex::new(Vec::new()),
+        };
+        let (mut session, provider) = stage.open().map_err(|m| key("device", m))?;
+        stage.provider = provider;
+        let first_input = session.inputs().first().map(|i| i.name().to_string());
+        stage.input_name = match (&cfg.input_name, first_input) {
+            (Some(n), _) if session.inputs().iter().any(|i| i.name() == n) => n.clone(),
+            (Some(n), _) => return Err(key("input_name", format!("the model has no input `{n}`"))),
+            (None, Some(n)) => n,
+            (None, None) => return Err(key("model", "the model has no inputs".into())),
+        };
+        let input_info = session
+            .inputs()
+            .iter()
+            .find(|i| i.name() == stage.input_name)
+            .expect("checked above");
+        if let ValueType::Tensor { shape, .. } = input_info.dtype() {
+            let dims: Vec<i64> = shape.iter().copied().collect();
+            let want = [-1, 3, size.1 as i64, size.0 as i64];
+            let fits = dims.len() == 4
+                && dims
+                    .iter()
+                    .zip(want)
+                    .enumerate()
+                    .all(|(i, (&d, w))| d < 0 || i == 0 || d == w);
+            if !fits {
+                return Err(key(
+                    "type",
+                    format!(
+                        "the model's input `{}` has shape {dims:?}; the images reaching it are 3 x {} x {} (set the resize_image crop to the model's size)",
+                        stage.input_name, size.1, size.0
+                    ),
+                ));
+            }
+        }
+        let has_output = |n: &str| session.outputs().iter().any(|o| o.name() == n);
+        stage.features_output = match &cfg.features_output {
+            Some(n) if has_output(n) => n.clone(),
+            Some(n) => {
+                return Err(key(
+                    "features_output",
+                    format!("the model has no output `{n}`"),
+                ));
+            }
+            None if has_output("features") => "features".into(),
+            None => session.outputs()[0].name().to_string(),
+        };
+        stage.logits_output = match (&cfg.logits_output, cfg.top_k) {
+            (Some(n), _) if has_output(n) => Some(n.clone()),
+            (Some(n), _) => {
+                return Err(key(
+                    "logits_output",
+                    format!("the model has no output `{n}`"),
+                ));
+            }
+            (None, Some(_)) if has_output("logits") => Some("logits".into()),
+            (None, Some(_)) => {
+                return Err(key(
+                    "top_k",
+                    "top_k needs `logits_output`, the model's class scores".into(),
+                ));
+            }
+            (None, None) => None,
+        };
+        // One run on a blank image gives the output sizes.
+        let blank = vec![0u8; (size.0 * size.1 * 3) as usize];
+        let (features, logits) = stage
+            .infer(&mut session, &[&blank], 1)
+            .map_err(|m| key("model", format!("the model does not run: {m}")))?;
+        stage.features_dim = features.len();
+        stage.logits_dim = logits.map_or(0, |l| l.len());
+        if let Some(k) = stage.top_k
+            && k > stage.logits_dim
+        {
+            return Err(key(
+                "top_k",
+                format!(
+                    "top_k = {k}, but the model has {} classes",
+                    stage.logits_dim
+                ),
+            ));
+        }
+        stage.sessions.lock().expect("not poisoned").push(session);
+        Ok(stage)
+    }
+
+    /// Intra-op threads of sessions opened from now on.
+    pub fn set_threads(&mut self, workers: usize) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.intra_threads = (cores / workers.max(1)).max(1);
+    }
+
+    /// A new session on the configured device, and the provider it runs on.
+    fn open(&self) -> std::result::Result<(Session, String), String> {
+        let env = environment()?;
+        let builder = || -> std::result::Result<_, String> {
+            Session::builder(env)
+                .and_then(|b| Ok(b.with_intra_threads(self.intra_threads)?))
+                .and_then(|b| Ok(b.with_deterministic_compute(true)?))
+                .map_err(|e| e.to_string())
+        };
+        let cpu = || -> std::result::Result<(Session, String), String> {
+            let s = builder()?
+                .commit_from_file(&self.model)
+                .map_err(|e| format!("cannot load {}: {e}", self.model.display()))?;
+            Ok((s, "CPUExecutionProvider".into()))
+        };
+        match self.device {
+            Device::Cpu => cpu(),
+            Device::Cuda | Device::Auto => match self.open_cuda(builder()?) {
+                Ok(s) => Ok((s, "CUDAExecutionProvider".into())),
+                Err(why) if self.device == Device::Auto => {
+                    tracing::info!("CUDA is not available ({why}); running the model on CPU");
+                    cpu()
+                }
+                Err(why) => Err(format!("device = \"cuda\", but {why}")),
+            },
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn open_cuda(
+        &self,
+        builder: ort::session::builder::SessionBuilder,
+    ) -> std::result::Result<Session, String> {
+        let ep = ort::ep::CUDA::default().build().error_on_failure();
+        builder
+            .with_execution_providers([ep])
+            .map_err(|e| format!("the CUDA execution provider did not load: {e}"))?
+            .commit_from_file(&self.model)
+            .map_err(|e| format!("the model does not load on CUDA: {e}"))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn open_cuda(
+        &self,
+        _builder: ort::session::builder::SessionBuilder,
+    ) -> std::result::Result<Session, String> {
+        Err("this kiln was built without the `cuda` feature".into())
+    }
+
+    /// Run the model on `images` (each `size`, RGB8), padded to `pad_to`
+    /// images; the features and logits of the real images, concatenated.
+    fn infer(
+        &self,
+        session: &mut Session,
+        images: &[&[u8]],
+        pad_to: usize,
+    ) -> std::result::Result<(Vec<f32>, Option<Vec<f32>>), String> {
+        let (w, h) = (self.size.0 as usize, self.size.1 as usize);
+        let n = pad_to.max(images.len());
+        let plane = w * h;
+        let mut data = vec![0f32; n * 3 * plane];
+        for (i, rgb) in images.iter().enumerate() {
+            let base = i * 3 * plane;
+            for (p, px) in rgb.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    data[base + c * plane + p] = (px[c] as f32 - self.mean[c]) / self.std[c];
+                }
+            }
+        }
+        let tensor = Tensor::from_array((vec![n as i64, 3, h as i64, w as i64], data))
+            .map_err(|e| e.to_string())?;
+        let outputs = session
+            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .map_err(|e| e.to_string())?;
+        let take = |name: &str| -> std::result::Result<Vec<f32>, String> {
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| format!("no output `{name}`"))?;
+            let (shape, values) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| format!("output `{name}`: {e}"))?;
+            let per = values.len() / (shape[0].max(1) as usize);
+            Ok(values[..images.len() * per].to_vec())
+        };
+        let features = take(&self.features_output)?;
+        let logits = match &self.logits_output {
+            Some(n) => Some(take(n)?),
+            None => None,
+        };
+        Ok((features, logits))
+    }
+
+    fn session(&self) -> Result<Session> {
+        if let Some(s) = self.sessions.lock().expect("not poisoned").pop() {
+            return Ok(s);
+        }
+        self.open()
+            .map(|(s, _)| s)
+            .map_err(|m| Error::Execution(format!("image_features: {m}")))
+    }
+}
+
+fn list_field(name: &str, ty: DataType, n: usize) -> Field {
+    Field::new(
+        name,
+        DataType::FixedSizeList(Arc::new(Field::new("item", ty, true)), n as i32),
+        false,
+    )
+}
+
+impl Stage for FeaturesStage {
+    fn name(&self) -> &str {
+        "image_features"
+    }
+
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        require_fixed_size(input, "image_features")?;
+        let mut add = vec![f32_list_field("image_features", self.features_dim)];
+        if self.logits_output.is_some() {
+            add.push(f32_list_field("logits", self.logits_dim));
+        }
+        if let Some(k) = self.top_k {
+            add.push(list_field("top_classes", DataType::Int64, k));
+            add.push(list_field("top_scores", DataType::Float32, k));
+        }
+        Ok(schema_with(input, &[], &add))
+    }
+
+    fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
+        let px = Pixels::of(&batch)?;
+        let rows = batch.num_rows();
+        let plane = (self.size.0 * self.size.1 * 3) as usize;
+        let mut keep = vec![true; rows];
+        let mut features: Vec<f32> = Vec::with_capacity(rows * self.features_dim);
+        let mut logits: Vec<f32> = Vec::new();
+        let mut session = self.session()?;
+        let mut start = 0;
+        while start < rows {
+            let end = (start + self.batch_size).min(rows);
+            let images: Vec<&[u8]> = (start..end).map(|r| px.get(r).0).collect();
+            if let Some(bad) = images.iter().position(|i| i.len() != plane) {
+                return Err(Error::Execution(format!(
+                    "image_features: row {} has {} bytes of pixels, expected {plane}",
+                    start + bad,
+                    images[bad].len()
+                )));
+            }
+            match self.infer(&mut session, &images, images.len()) {
+                Ok((f, l)) => {
+                    features.extend(f);
+                    logits.extend(l.unwrap_or_default());
+                }
+                Err(_) => {
+                    // Find the image at fault: run each alone.
+                    for (i, img) in images.iter().enumerate() {
+                        match self.infer(&mut session, &[img], 1) {
+                            Ok((f, l)) => {
+                                features.extend(f);
+                                logits.extend(l.unwrap_or_default());
+                            }
+                            Err(m) => {
+                                cx.reject(&batch, start + i, "inference_failed", m)?;
+                                keep[start + i] = false;
+                            }
+                        }
+                    }
+                }
+            }
+            start = end;
+        }
+        self.sessions.lock().expect("not poisoned").push(session);
+        let batch = super::keep_rows(batch, &keep)?;
+        let kept = batch.num_rows();
+        let schema = self.output_schema(&batch.schema())?;
+        let mut added: Vec<(&str, ArrayRef)> =
+            vec![("image_features", f32_list(features, self.features_dim)?)];
+        if self.logits_output.is_some() {
+            if let Some(k) = self.top_k {
+                let (classes, scores) = top_k(&logits, self.logits_dim, k);
+                let item = Arc::new(Field::new("item", DataType::Int64, true));
+                added.push((
+                    "top_classes",
+                    Arc::new(FixedSizeListArray::try_new(
+                        item,
+                        k as i32,
+                        Arc::new(Int64Array::from(classes)),
+                        None,
+                    )?),
+                ));
+                added.push(("top_scores", f32_list(scores, k)?));
+            }
+            added.push(("logits", f32_list(logits, self.logits_dim)?));
+        }
+        debug_assert_eq!(kept, added[0].1.len());
+        super::batch_with(&batch, &schema, added)
+    }
+
+    fn report(&self) -> Option<String> {
+        Some(format!(
+            "image_features: {} on {}",
+            self.model.display(),
+            self.provider
+        ))
+    }
+}
+
+/// The `k` best classes of each row of `logits` (ties to the lower id) and
+/// their softmax probabilities.
+pub fn top_k(logits: &[f32], classes: usize, k: usize) -> (Vec<i64>, Vec<f32>) {
+    let mut ids = Vec::with_capacity(logits.len() / classes.max(1) * k);
+    let mut scores = Vec::with_capacity(ids.capacity());
+    for row in logits.chunks_exact(classes) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+        let mut order: Vec<usize> = (0..classes).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        for &c in &order[..k] {
+            ids.push(c as i64);
+            scores.push((((row[c] - max) as f64).exp() / sum) as f32);
+        }
+    }
+    (ids, scores)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_best_first_and_ties_by_id() {
+        let (ids, scores) = top_k(&[0.0, 2.0, 2.0, 1.0], 4, 3);
+        assert_eq!(ids, [1, 2, 3]);
+        assert!((scores[0] - scores[1]).abs() < 1e-7);
+        assert!(scores[0] > scores[2]);
+    }
+}

@@ -1,0 +1,436 @@
+//! `mix`: CutMix and MixUp as offline augmentation, with timm's parameters.
+//!
+//! Every sample is written as itself (`augment = 0`, `lam = 1`) followed by
+//! `copies` mixed copies (`augment = K`, sample id `ID#mixK`). Copy K of
+//! sample ID draws from a generator seeded by (run seed, `ID#mixK`,
+//! stage), in this order:
+//!
+//! 1. `u < prob` decides whether the copy is mixed at all;
+//! 2. the partner: another row of the same batch, uniformly (batches are a
+//!    function of the plan, so the group is fixed);
+//! 3. CutMix or MixUp: CutMix with probability `switch_prob` when both are
+//!    on (`mixup_alpha > 0` and `cutmix_alpha > 0` or `cutmix_minmax`);
+//! 4. lambda: `Beta(alpha, alpha)`; for CutMix then the box, as timm's
+//!    `rand_bbox` (or `rand_bbox_minmax`), and with `correct_lam` (always
+//!    with `cutmix_minmax`) lambda becomes `1 - box area / image area`.
+//!
+//! MixUp pixels are `rint(a * f32(lam) + b * f32(1 - lam))` in float32, as
+//! timm's uint8 collate computes them; CutMix pastes the partner's box
+//! `[y0, y1) x [x0, x1)`. Labels: `label` stays the sample's own,
+//! `label_b` is the partner's, `lam` the weight of `label`; `label_mixed` is
+//! `onehot(label) * lam + onehot(label_b) * (1 - lam)` with label smoothing
+//! (`off = smoothing / classes`, `on = 1 - smoothing + off`), in float32.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, FixedSizeListArray, Float32Array, Int64Array,
+    RecordBatch, StringArray, UInt32Array, UInt32Builder,
+};
+use arrow::datatypes::{DataType, Field, Int64Type, SchemaRef};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Beta, Distribution};
+
+use super::{PIXELS, Pixels, f32_list, f32_list_field, require_fixed_size, schema_with};
+use crate::config::MixConfig;
+use crate::error::{Error, Result};
+use crate::schema::CLASS_NAMES;
+use crate::stages::{BatchContext, Stage};
+
+/// How one copy is mixed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mixing {
+    None,
+    MixUp {
+        lam: f64,
+    },
+    /// `lam` after correction; box `[y0, y1, x0, x1]`, end exclusive.
+    CutMix {
+        lam: f64,
+        bbox: [u32; 4],
+    },
+}
+
+impl Mixing {
+    pub fn lam(&self) -> f64 {
+        match self {
+            Mixing::None => 1.0,
+            Mixing::MixUp { lam } | Mixing::CutMix { lam, .. } => *lam,
+        }
+    }
+
+    fn mode(&self) -> &'static str {
+        match self {
+            Mixing::None => "none",
+            Mixing::MixUp { .. } => "mixup",
+            Mixing::CutMix { .. } => "cutmix",
+        }
+    }
+}
+
+pub struct MixStage {
+    cfg: MixConfig,
+    size: (u32, u32),
+    classes: Option<usize>,
+    label_field: Field,
+}
+
+impl MixStage {
+    /// Check the config against the input; `Err((key, message))`.
+    pub fn build(
+        cfg: &MixConfig,
+        input: &SchemaRef,
+    ) -> std::result::Result<MixStage, (String, String)> {
+        let err = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+        let size =
+            require_fixed_size(input, "mix").map_err(|e| ("type".to_string(), e.to_string()))?;
+        let Ok(label) = input.field_with_name("label") else {
+            return err(
+                "type",
+                "mix needs a `label` column (image folders, `.cls` members or `label_column`)",
+            );
+        };
+        if label.data_type() != &DataType::Int64 {
+            return err("type", "mix needs integer class ids in `label`");
+        }
+        if cfg.copies == 0 {
+            return err("copies", "copies must be at least 1");
+        }
+        if cfg.mixup_alpha < 0.0 || cfg.cutmix_alpha < 0.0 {
+            return err("mixup_alpha", "alphas must not be negative");
+        }
+        if cfg.mixup_alpha == 0.0 && cfg.cutmix_alpha == 0.0 && cfg.cutmix_minmax.is_none() {
+            return err(
+                "mixup_alpha",
+                "set mixup_alpha, cutmix_alpha or cutmix_minmax",
+            );
+        }
+        if !(0.0..=1.0).contains(&cfg.prob) {
+            return err("prob", "prob must be within [0, 1]");
+        }
+        if !(0.0..=1.0).contains(&cfg.switch_prob) {
+            return err("switch_prob", "switch_prob must be within [0, 1]");
+        }
+        if !(0.0..1.0).contains(&cfg.label_smoothing) {
+            return err("label_smoothing", "label_smoothing must be within [0, 1)");
+        }
+        if let Some([lo, hi]) = cfg.cutmix_minmax
+            && !(0.0 < lo && lo < hi && hi <= 1.0)
+        {
+            return err(
+                "cutmix_minmax",
+                "cutmix_minmax must be [min, max] with 0 < min < max <= 1",
+            );
+        }
+        let named = label
+            .metadata()
+            .get(CLASS_NAMES)
+            .and_then(|n| serde_json::from_str::<Vec<String>>(n).ok())
+            .map(|n| n.len())
+            .filter(|&n| n > 0);
+        let classes = cfg.num_classes.or(named);
+        if cfg.one_hot && classes.is_none() {
+            return err(
+                "num_classes",
+                "one_hot needs the number of classes: set num_classes",
+            );
+        }
+        Ok(MixStage {
+            cfg: cfg.clone(),
+            size,
+            classes,
+            label_field: label.clone(),
+        })
+    }
+
+    fn cutmix_on(&self) -> bool {
+        self.cfg.cutmix_alpha > 0.0 || self.cfg.cutmix_minmax.is_some()
+    }
+
+    /// The mixing of one copy and its partner row, from its generator.
+    pub fn draw(&self, rng: &mut ChaCha8Rng, row: usize, rows: usize) -> (Mixing, usize) {
+        let mixed = rng.random::<f64>() < self.cfg.prob;
+        let partner = if rows > 1 {
+            let j = rng.random_range(0..rows - 1);
+            if j >= row { j + 1 } else { j }
+        } else {
+            row
+        };
+        if !mixed {
+            return (Mixing::None, partner);
+        }
+        let cutmix = match (self.cfg.mixup_alpha > 0.0, self.cutmix_on()) {
+            (true, true) => rng.random::<f64>() < self.cfg.switch_prob,
+            (false, true) => true,
+            _ => false,
+        };
+        let beta = |rng: &mut ChaCha8Rng, a: f64| Beta::new(a, a).expect("alpha > 0").sample(rng);
+        let (w, h) = (self.size.0 as i64, self.size.1 as i64);
+        if !cutmix {
+            return (
+                Mixing::MixUp {
+                    lam: beta(rng, self.cfg.mixup_alpha),
+                },
+                partner,
+            );
+        }
+        let (bbox, lam) = match self.cfg.cutmix_minmax {
+            Some([lo, hi]) => {
+                let randint = |rng: &mut ChaCha8Rng, a: i64, b: i64| {
+                    if b > a { rng.random_range(a..b) } else { a }
+                };
+                let cut_h = randint(rng, (h as f64 * lo) as i64, (h as f64 * hi) as i64);
+                let cut_w = randint(rng, (w as f64 * lo) as i64, (w as f64 * hi) as i64);
+                let y0 = randint(rng, 0, h - cut_h);
+                let x0 = randint(rng, 0, w - cut_w);
+                ([y0, y0 + cut_h, x0, x0 + cut_w], None)
+            }
+            None => {
+                let lam = beta(rng, self.cfg.cutmix_alpha);
+                let ratio = (1.0 - lam).sqrt();
+                let cut_h = (h as f64 * ratio) as i64;
+                let cut_w = (w as f64 * ratio) as i64;
+                let cy = rng.random_range(0..h);
+                let cx = rng.random_range(0..w);
+                let bbox = [
+                    (cy - cut_h / 2).clamp(0, h),
+                    (cy + cut_h / 2).clamp(0, h),
+                    (cx - cut_w / 2).clamp(0, w),
+                    (cx + cut_w / 2).clamp(0, w),
+                ];
+                (bbox, Some(lam))
+            }
+        };
+        let area = ((bbox[1] - bbox[0]) * (bbox[3] - bbox[2])) as f64;
+        let corrected = 1.0 - area / (w * h) as f64;
+        let lam = match lam {
+            Some(l) if !self.cfg.correct_lam => l,
+            _ => corrected,
+        };
+        let bbox = bbox.map(|v| v as u32);
+        (Mixing::CutMix { lam, bbox }, partner)
+    }
+}
+
+/// Mix the pixels of `a` with `b` (both `w` x `h` RGB8).
+pub fn mix_pixels(a: &[u8], b: &[u8], w: u32, mixing: &Mixing) -> Vec<u8> {
+    match mixing {
+        Mixing::None => a.to_vec(),
+        Mixing::MixUp { lam } => {
+            let (l, m) = (*lam as f32, (1.0 - lam) as f32);
+            a.iter()
+                .zip(b)
+                .map(|(&x, &y)| {
+                    (x as f32 * l + y as f32 * m)
+                        .round_ties_even()
+                        .clamp(0.0, 255.0) as u8
+                })
+                .collect()
+        }
+        Mixing::CutMix {
+            bbox: [y0, y1, x0, x1],
+            ..
+        } => {
+            let mut out = a.to_vec();
+            for y in *y0..*y1 {
+                let s = ((y * w + x0) * 3) as usize;
+                let e = ((y * w + x1) * 3) as usize;
+                out[s..e].copy_from_slice(&b[s..e]);
+            }
+            out
+        }
+    }
+}
+
+/// The mixed, smoothed one-hot target.
+pub fn mixed_target(a: usize, b: usize, lam: f64, classes: usize, smoothing: f64) -> Vec<f32> {
+    let off = smoothing / classes as f64;
+    let on = 1.0 - smoothing + off;
+    let (off, on) = (off as f32, on as f32);
+    let (l, m) = (lam as f32, (1.0 - lam) as f32);
+    (0..classes)
+        .map(|c| {
+            let y1 = if c == a { on } else { off };
+            let y2 = if c == b { on } else { off };
+            y1 * l + y2 * m
+        })
+        .collect()
+}
+
+impl Stage for MixStage {
+    fn name(&self) -> &str {
+        "mix"
+    }
+
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        require_fixed_size(input, "mix")?;
+        let box_item = Arc::new(Field::new("item", DataType::UInt32, true));
+        let mut add = vec![
+            Field::new("augment", DataType::UInt32, false),
+            Field::new("label_b", DataType::Int64, false)
+                .with_metadata(self.label_field.metadata().clone()),
+            Field::new("lam", DataType::Float32, false),
+            Field::new("mix_mode", DataType::Utf8, false),
+            Field::new("mix_partner", DataType::Utf8, true),
+            Field::new("mix_box", DataType::FixedSizeList(box_item, 4), true),
+        ];
+        if self.cfg.one_hot {
+            add.push(f32_list_field("label_mixed", self.classes.unwrap_or(0)));
+        }
+        Ok(schema_with(input, &[], &add))
+    }
+
+    fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
+        // A sample without a label cannot be mixed.
+        let labels = batch
+            .column_by_name("label")
+            .ok_or_else(|| Error::Execution("mix: no `label` column".into()))?
+            .as_primitive::<Int64Type>()
+            .clone();
+        let mut keep = vec![true; batch.num_rows()];
+        for (row, k) in keep.iter_mut().enumerate() {
+            let bad = if labels.is_null(row) {
+                Some("the sample has no label to mix")
+            } else if self
+                .classes
+                .is_some_and(|c| labels.value(row) as usize >= c)
+            {
+                Some("the label is not below num_classes")
+            } else {
+                None
+            };
+            if let Some(m) = bad {
+                cx.reject(&batch, row, "no_label", m)?;
+                *k = false;
+            }
+        }
+        let batch = super::keep_rows(batch, &keep)?;
+        let labels = batch
+            .column_by_name("label")
+            .expect("checked")
+            .as_primitive::<Int64Type>()
+            .clone();
+        let ids = batch
+            .column_by_name("sample_id")
+            .ok_or_else(|| Error::Execution("mix: no `sample_id` column".into()))?
+            .as_string::<i32>()
+            .clone();
+        let px = Pixels::of(&batch)?;
+        let rows = batch.num_rows();
+        let copies = self.cfg.copies as usize;
+        let per = copies + 1;
+        let mut take = Vec::with_capacity(rows * per);
+        let mut new_ids = Vec::with_capacity(rows * per);
+        let mut pixels = BinaryBuilder::new();
+        let mut augment = UInt32Builder::new();
+        let (mut label_b, mut lams, mut modes, mut partners) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut boxes: Vec<Option<[u32; 4]>> = Vec::new();
+        let mut targets: Vec<f32> = Vec::new();
+        let classes = self.classes.unwrap_or(0);
+        for row in 0..rows {
+            let id = ids.value(row);
+            let a = labels.value(row);
+            for k in 0..per {
+                let (mixing, partner) = if k == 0 {
+                    (Mixing::None, row)
+                } else {
+                    let copy_id = format!("{id}#mix{k}");
+                    let mut rng = ChaCha8Rng::seed_from_u64(cx.sample_seed(&copy_id));
+                    self.draw(&mut rng, row, rows)
+                };
+                let b = if mixing == Mixing::None {
+                    a
+                } else {
+                    labels.value(partner)
+                };
+                let (rgb, w, _) = px.get(row);
+                pixels.append_value(mix_pixels(rgb, px.get(partner).0, w, &mixing));
+                take.push(row as u32);
+                new_ids.push(if k == 0 {
+                    id.to_string()
+                } else {
+                    format!("{id}#mix{k}")
+                });
+                augment.append_value(k as u32);
+                label_b.push(b);
+                lams.push(mixing.lam() as f32);
+                modes.push(mixing.mode());
+                partners.push((mixing != Mixing::None).then(|| ids.value(partner).to_string()));
+                boxes.push(match mixing {
+                    Mixing::CutMix { bbox, .. } => Some(bbox),
+                    _ => None,
+                });
+                if self.cfg.one_hot {
+                    targets.extend(mixed_target(
+                        a as usize,
+                        b as usize,
+                        mixing.lam(),
+                        classes,
+                        self.cfg.label_smoothing,
+                    ));
+                }
+            }
+        }
+        let taken = arrow::compute::take_record_batch(&batch, &UInt32Array::from(take))?;
+        let schema = self.output_schema(&taken.schema())?;
+        let box_values: Vec<u32> = boxes.iter().flat_map(|b| b.unwrap_or([0; 4])).collect();
+        let box_nulls: Vec<bool> = boxes.iter().map(Option::is_some).collect();
+        let box_array = FixedSizeListArray::try_new(
+            Arc::new(Field::new("item", DataType::UInt32, true)),
+            4,
+            Arc::new(UInt32Array::from(box_values)),
+            Some(box_nulls.into()),
+        )?;
+        let mut added: Vec<(&str, ArrayRef)> = vec![
+            ("sample_id", Arc::new(StringArray::from(new_ids))),
+            (PIXELS, Arc::new(pixels.finish())),
+            ("augment", Arc::new(augment.finish())),
+            ("label_b", Arc::new(Int64Array::from(label_b))),
+            ("lam", Arc::new(Float32Array::from(lams))),
+            ("mix_mode", Arc::new(StringArray::from(modes))),
+            ("mix_partner", Arc::new(StringArray::from(partners))),
+            ("mix_box", Arc::new(box_array)),
+        ];
+        if self.cfg.one_hot {
+            added.push(("label_mixed", f32_list(targets, classes)?));
+        }
+        super::batch_with(&taken, &schema, added)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixup_rounds_half_to_even_in_float32() {
+        let out = mix_pixels(&[1, 2, 255], &[2, 3, 0], 1, &Mixing::MixUp { lam: 0.5 });
+        assert_eq!(out, [2, 2, 128]);
+    }
+
+    #[test]
+    fn cutmix_pastes_the_box_end_exclusive() {
+        let a = vec![0u8; 3 * 2 * 3];
+        let b = vec![9u8; 3 * 2 * 3];
+        let out = mix_pixels(
+            &a,
+            &b,
+            3,
+            &Mixing::CutMix {
+                lam: 0.0,
+                bbox: [1, 2, 0, 2],
+            },
+        );
+        let red: Vec<u8> = out.chunks(3).map(|p| p[0]).collect();
+        assert_eq!(red, [0, 0, 0, 9, 9, 0]);
+    }
+
+    #[test]
+    fn smoothed_target_sums_to_one() {
+        let t = mixed_target(0, 2, 0.25, 4, 0.1);
+        assert!((t.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(t[0] < t[2]);
+    }
+}
