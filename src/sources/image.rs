@@ -129,7 +129,10 @@ pub fn walk_images(dir: &Path) -> std::io::Result<Vec<String>> {
 
 /// Read a whole file, refusing one over `max` bytes before reading it.
 pub fn read_limited(path: &Path, max: u64) -> std::result::Result<Vec<u8>, (&'static str, String)> {
-    let f = File::open(path).map_err(|e| ("unreadable_file", format!("cannot open: {e}")))?;
+    let f = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ("missing_file", "no such file".to_string()),
+        _ => ("unreadable_file", format!("cannot open: {e}")),
+    })?;
     let size = f
         .metadata()
         .map_err(|e| ("unreadable_file", format!("cannot stat: {e}")))?

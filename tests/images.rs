@@ -1,0 +1,312 @@
+//! The image path end to end: features that do not depend on batching or
+//! threads, byte-identical mixed datasets, tar and table rejects, and
+//! configurations refused before any data is read.
+//!
+//! Needs the models and ONNX Runtime that `scripts/setup.sh` installs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Float32Type;
+use common::*;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(rel: &str) -> String {
+    root()
+        .join("fixtures/images")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+fn read_dataset(dir: &Path) -> Vec<RecordBatch> {
+    let m = manifest(dir);
+    let mut out = Vec::new();
+    for s in m["shards"].as_array().unwrap() {
+        let f = std::fs::File::open(dir.join(s["file"].as_str().unwrap())).unwrap();
+        for b in arrow::ipc::reader::StreamReader::try_new(f, None).unwrap() {
+            out.push(b.unwrap());
+        }
+    }
+    out
+}
+
+fn read_rejects(dir: &Path) -> Vec<(String, String, String)> {
+    let Ok(f) = std::fs::File::open(dir.join("rejects.arrow")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for b in arrow::ipc::reader::StreamReader::try_new(f, None).unwrap() {
+        let b = b.unwrap();
+        let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+        let (id, stage, kind) = (col("sample_id"), col("stage"), col("kind"));
+        for r in 0..b.num_rows() {
+            out.push((
+                id.value(r).to_string(),
+                stage.value(r).to_string(),
+                kind.value(r).to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `image_features` of every sample, by sample id, as raw bits.
+fn features(dir: &Path) -> BTreeMap<String, Vec<u32>> {
+    let mut out = BTreeMap::new();
+    for b in read_dataset(dir) {
+        let ids = b.column_by_name("sample_id").unwrap().as_string::<i32>();
+        let f = b
+            .column_by_name("image_features")
+            .unwrap()
+            .as_fixed_size_list();
+        for r in 0..b.num_rows() {
+            let v = f.value(r);
+            let v = v.as_primitive::<Float32Type>();
+            out.insert(
+                ids.value(r).to_string(),
+                v.values().iter().map(|x| x.to_bits()).collect(),
+            );
+        }
+    }
+    out
+}
+
+fn features_pipeline(out: &Path, batch_size: usize, task_bytes: u64) -> String {
+    format!(
+        r#"
+[[inputs]]
+path = "{folder}"
+
+[[stages]]
+type = "decode_image"
+
+[[stages]]
+type = "resize_image"
+size = 224
+crop = 224
+
+[[stages]]
+type = "image_features"
+batch_size = {batch_size}
+
+[output]
+path = "{out}"
+
+[plan]
+task_bytes = {task_bytes}
+batch_rows = 4
+"#,
+        folder = fixture("folder"),
+        out = out.display()
+    )
+}
+
+#[test]
+fn features_do_not_depend_on_batch_size_or_threads() {
+    let s = Scratch::new();
+    let mut runs = Vec::new();
+    for (i, (batch, threads, task_bytes)) in [(32, "1", 1 << 20), (1, "2", 8000), (3, "3", 20000)]
+        .into_iter()
+        .enumerate()
+    {
+        let out = s.path(&format!("out{i}"));
+        let p = s.write(
+            &format!("p{i}.toml"),
+            features_pipeline(&out, batch, task_bytes),
+        );
+        let o = s.kiln(&["run", p.to_str().unwrap(), "--threads", threads, "-q"]);
+        assert_ok(&o);
+        runs.push(features(&out));
+    }
+    assert_eq!(runs[0].len(), 13);
+    assert!(runs[0].values().all(|v| v.len() == 1280));
+    assert!(
+        runs[1] == runs[0],
+        "batch size 1, 2 threads: other features"
+    );
+    assert!(
+        runs[2] == runs[0],
+        "batch size 3, 3 threads: other features"
+    );
+}
+
+#[test]
+fn mixed_dataset_is_byte_identical_at_any_thread_count() {
+    let s = Scratch::new();
+    let mut shas = Vec::new();
+    for threads in ["1", "4"] {
+        let out = s.path(&format!("mix{threads}"));
+        let o = kiln()
+            .current_dir(root())
+            .args([
+                "run",
+                "pipelines/image_mix.toml",
+                "--output",
+                out.to_str().unwrap(),
+                "--threads",
+                threads,
+                "-q",
+            ])
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        let m = manifest(&out);
+        shas.push(
+            m["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["sha256"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>(),
+        );
+        // 10 tar samples: 8 good with 2 copies each, 2 rejected.
+        assert_eq!(m["totals"]["samples_in"], 10);
+        assert_eq!(m["totals"]["samples_out"], 8);
+        assert_eq!(m["totals"]["rows"], 24);
+        let rejects = read_rejects(&out);
+        let kinds: Vec<&str> = rejects.iter().map(|r| r.2.as_str()).collect();
+        assert_eq!(kinds.len(), 2, "{rejects:?}");
+        assert!(
+            rejects
+                .iter()
+                .any(|r| r.0.ends_with("shard-000001.tar:sample000008") && r.2 == "no_image"),
+            "{rejects:?}"
+        );
+        assert!(
+            rejects
+                .iter()
+                .any(|r| r.0.ends_with("shard-000001.tar:sample000007")
+                    && r.1.starts_with("decode_image")),
+            "{rejects:?}"
+        );
+    }
+    assert_eq!(shas[0], shas[1]);
+}
+
+#[test]
+fn table_join_rejects_missing_and_bad_files_and_keeps_captions() {
+    let s = Scratch::new();
+    let out = s.path("it");
+    let o = kiln()
+        .current_dir(root())
+        .args([
+            "run",
+            "pipelines/image_text.toml",
+            "--output",
+            out.to_str().unwrap(),
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let rejects = read_rejects(&out);
+    let kinds: Vec<(&str, &str)> = rejects
+        .iter()
+        .map(|r| (r.1.as_str(), r.2.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("read_image", "missing_file"),
+            ("decode_image+resize_image", "unknown_format"),
+        ],
+        "{rejects:?}"
+    );
+    let batches = read_dataset(&out);
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 13);
+    for b in &batches {
+        let text = b.column_by_name("text").unwrap().as_string::<i32>();
+        let ids = b.column_by_name("input_ids").unwrap().as_list::<i32>();
+        for r in 0..b.num_rows() {
+            assert!(!text.value(r).is_empty());
+            assert!(!ids.value(r).is_empty());
+        }
+        assert_eq!(b.column_by_name("image").unwrap().null_count(), 0);
+    }
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("dataset_info.json")).unwrap()).unwrap();
+    assert_eq!(info["features"]["image"]["_type"], "Image");
+    assert_eq!(
+        info["features"]["label"]["names"],
+        serde_json::json!(["bird", "cat", "dog"])
+    );
+}
+
+fn refused(pipeline: &str) -> String {
+    let s = Scratch::new();
+    let p = s.write("p.toml", pipeline);
+    let o = s.kiln(&["run", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!s.path("out").exists(), "nothing is written");
+    stderr(&o)
+}
+
+fn with_stages(stages: &str) -> String {
+    format!(
+        "[[inputs]]\npath = \"{}\"\n\n{stages}\n[output]\npath = \"out\"\n",
+        fixture("folder")
+    )
+}
+
+#[test]
+fn image_configs_are_refused_before_reading_naming_key_and_line() {
+    let e = refused(&with_stages(
+        "[[stages]]\ntype = \"decode_image\"\n\n[[stages]]\ntype = \"image_features\"\n",
+    ));
+    assert!(e.contains("stages[1]") && e.contains("crop"), "{e}");
+    assert!(e.contains("line 8"), "{e}");
+
+    let e = refused(&with_stages(
+        "[[stages]]\ntype = \"decode_image\"\n\n[[stages]]\ntype = \"resize_image\"\nsize = 64\ncrop = 100\n",
+    ));
+    assert!(e.contains("crop = 100 is larger than size = 64"), "{e}");
+
+    let e = refused(&with_stages(
+        "[[stages]]\ntype = \"decode_image\"\n[[stages]]\ntype = \"resize_image\"\nsize = 64\ncrop = 64\n[[stages]]\ntype = \"image_features\"\n",
+    ));
+    assert!(
+        e.contains("shape") && e.contains("224"),
+        "the model's size is named: {e}"
+    );
+
+    let e = refused(&with_stages(
+        "[[stages]]\ntype = \"decode_image\"\n[[stages]]\ntype = \"resize_image\"\nsize = 224\ncrop = 224\n[[stages]]\ntype = \"image_features\"\ndevice = \"cuda\"\n",
+    ));
+    assert!(e.contains("device") && e.contains("cuda"), "{e}");
+
+    let e = refused(&with_stages(
+        "[[stages]]\ntype = \"decode_image\"\n[[stages]]\ntype = \"resize_image\"\nsize = 8\ncrop = 8\n[[stages]]\ntype = \"mix\"\ncopies = 0\n",
+    ));
+    assert!(e.contains("copies"), "{e}");
+
+    let e = refused(&with_stages(
+        "[[stages]]\ntype = \"image_features\"\nmodel = \"no/such.onnx\"\n",
+    ));
+    assert!(e.contains("decode_image"), "{e}");
+}
+
+#[test]
+fn cuda_is_used_only_when_it_loads() {
+    // On a host without CUDA, `auto` runs on CPU and says so.
+    let s = Scratch::new();
+    let out = s.path("out");
+    let p = s.write("p.toml", features_pipeline(&out, 8, 1 << 20));
+    let o = s.kiln(&["run", p.to_str().unwrap()]);
+    assert_ok(&o);
+    let e = stderr(&o);
+    let gpu = std::path::Path::new("/dev/nvidia0").exists();
+    if !gpu {
+        assert!(e.contains("on CPUExecutionProvider"), "{e}");
+    } else {
+        assert!(e.contains("ExecutionProvider"), "{e}");
+    }
+}
