@@ -149,6 +149,85 @@ pub fn inspect(dir: &Path, samples: usize) -> Result<String> {
     Ok(out)
 }
 
+/// An image row: label (by name), the stored image or tensor, features,
+/// mixing.
+fn describe_image_row(batch: &RecordBatch, row: usize, id: &str) -> String {
+    use arrow::array::Array;
+    let mut parts = Vec::new();
+    let class = |name: &str| {
+        let col = batch.column_by_name(name)?;
+        let col = col.as_primitive_opt::<arrow::datatypes::Int64Type>()?;
+        if col.is_null(row) {
+            return None;
+        }
+        let id = col.value(row);
+        let names: Vec<String> = batch
+            .schema()
+            .field_with_name(name)
+            .ok()
+            .and_then(|f| f.metadata().get(crate::schema::CLASS_NAMES).cloned())
+            .and_then(|n| serde_json::from_str(&n).ok())
+            .unwrap_or_default();
+        Some(match names.get(id as usize) {
+            Some(n) => format!("{id} ({n})"),
+            None => id.to_string(),
+        })
+    };
+    if let Some(l) = class("label") {
+        parts.push(format!("label {l}"));
+    }
+    if let Some(mode) = batch
+        .column_by_name("mix_mode")
+        .and_then(|c| c.as_string_opt::<i32>().map(|c| c.value(row).to_string()))
+        && mode != "none"
+    {
+        let lam = batch
+            .column_by_name("lam")
+            .and_then(|c| {
+                c.as_primitive_opt::<arrow::datatypes::Float32Type>()
+                    .map(|c| c.value(row))
+            })
+            .unwrap_or(1.0);
+        parts.push(format!(
+            "{mode} lam {lam:.3} with label {}",
+            class("label_b").unwrap_or_default()
+        ));
+    }
+    if let Some(img) = batch
+        .column_by_name("image")
+        .and_then(|c| c.as_struct_opt().cloned())
+    {
+        let bytes = img.column(0).as_binary::<i32>().value(row);
+        let dims = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .ok()
+            .and_then(|r| r.into_dimensions().ok());
+        match dims {
+            Some((w, h)) => parts.push(format!("image {w}x{h} ({} bytes)", bytes.len())),
+            None => parts.push(format!("image ({} bytes)", bytes.len())),
+        }
+    }
+    for name in ["pixel_values", "image_features", "logits"] {
+        if let Some(c) = batch.column_by_name(name) {
+            let n = c.len().max(1);
+            let per = arrow::array::Array::to_data(c.as_ref()).child_data()[0].len() / n;
+            parts.push(format!("{name} [{per}]"));
+        }
+    }
+    if let Some(top) = batch
+        .column_by_name("top_classes")
+        .and_then(|c| c.as_fixed_size_list_opt().cloned())
+    {
+        let v = top.value(row);
+        let v = v.as_primitive::<arrow::datatypes::Int64Type>();
+        parts.push(format!(
+            "top {:?}",
+            v.values().iter().take(5).collect::<Vec<_>>()
+        ));
+    }
+    format!("  {id}: {}", parts.join(", "))
+}
+
 fn describe_row(
     batch: &RecordBatch,
     row: usize,
@@ -158,6 +237,9 @@ fn describe_row(
         .column_by_name("sample_id")
         .and_then(|c| c.as_string_opt::<i32>().map(|c| c.value(row).to_string()))
         .unwrap_or_default();
+    if batch.column_by_name("path").is_some() && batch.column_by_name("input_ids").is_none() {
+        return describe_image_row(batch, row, &id);
+    }
     let window = batch
         .column_by_name("window")
         .map(|c| c.as_primitive::<UInt32Type>().value(row))

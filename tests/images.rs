@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
 use common::*;
 
@@ -23,39 +23,6 @@ fn fixture(rel: &str) -> String {
         .join(rel)
         .display()
         .to_string()
-}
-
-fn read_dataset(dir: &Path) -> Vec<RecordBatch> {
-    let m = manifest(dir);
-    let mut out = Vec::new();
-    for s in m["shards"].as_array().unwrap() {
-        let f = std::fs::File::open(dir.join(s["file"].as_str().unwrap())).unwrap();
-        for b in arrow::ipc::reader::StreamReader::try_new(f, None).unwrap() {
-            out.push(b.unwrap());
-        }
-    }
-    out
-}
-
-fn read_rejects(dir: &Path) -> Vec<(String, String, String)> {
-    let Ok(f) = std::fs::File::open(dir.join("rejects.arrow")) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for b in arrow::ipc::reader::StreamReader::try_new(f, None).unwrap() {
-        let b = b.unwrap();
-        let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
-        let (id, stage, kind) = (col("sample_id"), col("stage"), col("kind"));
-        for r in 0..b.num_rows() {
-            out.push((
-                id.value(r).to_string(),
-                stage.value(r).to_string(),
-                kind.value(r).to_string(),
-            ));
-        }
-    }
-    out.sort();
-    out
 }
 
 /// `image_features` of every sample, by sample id, as raw bits.
@@ -171,7 +138,7 @@ fn mixed_dataset_is_byte_identical_at_any_thread_count() {
         assert_eq!(m["totals"]["samples_in"], 10);
         assert_eq!(m["totals"]["samples_out"], 8);
         assert_eq!(m["totals"]["rows"], 24);
-        let rejects = read_rejects(&out);
+        let rejects = rejects(&out);
         let kinds: Vec<&str> = rejects.iter().map(|r| r.2.as_str()).collect();
         assert_eq!(kinds.len(), 2, "{rejects:?}");
         assert!(
@@ -207,7 +174,7 @@ fn table_join_rejects_missing_and_bad_files_and_keeps_captions() {
         .output()
         .unwrap();
     assert_ok(&o);
-    let rejects = read_rejects(&out);
+    let rejects = rejects(&out);
     let kinds: Vec<(&str, &str)> = rejects
         .iter()
         .map(|r| (r.1.as_str(), r.2.as_str()))
@@ -309,4 +276,83 @@ fn cuda_is_used_only_when_it_loads() {
     } else {
         assert!(e.contains("ExecutionProvider"), "{e}");
     }
+}
+
+#[test]
+fn killed_image_run_resumes_to_the_same_bytes() {
+    let s = Scratch::new();
+    let pipeline = format!(
+        r#"
+seed = 9
+
+[[inputs]]
+path = "{folder}"
+
+[[stages]]
+type = "decode_image"
+
+[[stages]]
+type = "resize_image"
+size = 40
+crop = 32
+crop_mode = "random"
+
+[[stages]]
+type = "mix"
+copies = 1
+cutmix_alpha = 1.0
+
+[[stages]]
+type = "encode_image"
+
+[output]
+path = "unused"
+max_shard_rows = 5
+
+[plan]
+task_bytes = 3000
+batch_rows = 2
+"#,
+        folder = fixture("folder")
+    );
+    s.write("p.toml", pipeline);
+    assert_ok(&s.kiln(&["run", "p.toml", "-q", "--output", "reference"]));
+    let out = s.path("killed");
+    let mut child = kiln()
+        .current_dir(s.dir.path())
+        .env("KILN_THROTTLE_MS", "40")
+        .args([
+            "run",
+            "p.toml",
+            "-q",
+            "--output",
+            "killed",
+            "--threads",
+            "2",
+        ])
+        .spawn()
+        .unwrap();
+    let markers = || {
+        std::fs::read_dir(out.join(".kiln/tasks"))
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while markers() < 2 && child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed().as_secs() < 120, "two tasks finished");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    child.kill().ok();
+    child.wait().unwrap();
+    assert!(killed, "the run was killed before it finished");
+    assert_ok(&s.kiln(&["run", "p.toml", "-q", "--output", "killed"]));
+    assert_same_dataset(&s.path("reference"), &out);
+    let m = manifest(&out);
+    assert_eq!(m["totals"]["samples_in"], 13);
+    assert_eq!(m["totals"]["rows"], 26);
 }

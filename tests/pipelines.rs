@@ -9,18 +9,6 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::UInt32Type;
 use common::*;
 
-fn read_arrow_dataset(dir: &Path) -> Vec<RecordBatch> {
-    let m = manifest(dir);
-    let mut out = Vec::new();
-    for s in m["shards"].as_array().unwrap() {
-        let f = std::fs::File::open(dir.join(s["file"].as_str().unwrap())).unwrap();
-        for b in arrow::ipc::reader::StreamReader::try_new(f, None).unwrap() {
-            out.push(b.unwrap());
-        }
-    }
-    out
-}
-
 fn totals(dir: &Path) -> (u64, u64, u64, u64) {
     let t = &manifest(dir)["totals"];
     let g = |k: &str| t[k].as_u64().unwrap();
@@ -118,7 +106,7 @@ fn bad_input_is_rejected_with_reasons_and_nothing_is_lost() {
     assert_eq!(got, want);
     let (i, o_, r, f) = totals(&out);
     assert_eq!((i, o_, r, f), (10, 2, 8, 0));
-    let ids: Vec<String> = read_arrow_dataset(&out)
+    let ids: Vec<String> = read_dataset(&out)
         .iter()
         .flat_map(|b| {
             b.column_by_name("sample_id")
@@ -174,7 +162,7 @@ fn chunking_makes_overlapping_windows_and_counts_documents() {
     let out = s.path("out");
     let (i, o, r, _) = totals(&out);
     assert_eq!((i, o, r), (200, 200, 0));
-    let batches = read_arrow_dataset(&out);
+    let batches = read_dataset(&out);
     let mut rows = 0;
     let mut prev: Option<(String, u32, Vec<u32>)> = None;
     for b in &batches {
@@ -231,7 +219,7 @@ fn sql_filters_and_projects_before_the_stages() {
     let out = s.path("out");
     let (i, o, r, f) = totals(&out);
     assert_eq!((i, o, r, f), (120, 80, 0, 40));
-    for b in read_arrow_dataset(&out) {
+    for b in read_dataset(&out) {
         let lang = b.column_by_name("lang").unwrap().as_string::<i32>();
         assert!(lang.iter().all(|l| l == Some("en")));
         let text = b.column_by_name("text").unwrap().as_string::<i32>();
@@ -290,7 +278,7 @@ path = "out"
     assert_ok(&s.kiln(&["run", "p.toml", "-q"]));
     let out = s.path("out");
     let mut texts = Vec::new();
-    for b in read_arrow_dataset(&out) {
+    for b in read_dataset(&out) {
         let t = b.column_by_name("text").unwrap().as_string::<i32>();
         let id = b.column_by_name("sample_id").unwrap().as_string::<i32>();
         for i in 0..b.num_rows() {
@@ -337,7 +325,7 @@ fn domain_terms_are_never_split() {
     let id = tok.token_to_id("CRISPR-Cas9").expect("the term is a token");
     let enc = tok.encode("we used CRISPR-Cas9 today", false).unwrap();
     assert!(enc.get_ids().contains(&id), "{:?}", enc.get_tokens());
-    let ids: Vec<u32> = read_arrow_dataset(&s.path("out"))
+    let ids: Vec<u32> = read_dataset(&s.path("out"))
         .iter()
         .flat_map(|b| {
             let t = b.column_by_name("input_ids").unwrap().as_list::<i32>();
@@ -409,7 +397,7 @@ fn golden_rows_of_the_chunked_pipeline() {
         .unwrap();
     assert_ok(&o);
     let mut dump = String::new();
-    for b in read_arrow_dataset(&dest) {
+    for b in read_dataset(&dest) {
         let id = b.column_by_name("sample_id").unwrap().as_string::<i32>();
         let win = b
             .column_by_name("window")
@@ -489,7 +477,7 @@ fn parquet_rows_that_decode_large_are_batched_by_bytes() {
     s.write("p.toml", text_pipeline("t.parquet", "out", "", ""));
     assert_ok(&s.kiln(&["run", "p.toml", "-q"]));
     assert_eq!(totals(&s.path("out")), (40, 40, 0, 0));
-    let batches = read_arrow_dataset(&s.path("out"));
+    let batches = read_dataset(&s.path("out"));
     assert!(
         batches.len() >= 2,
         "cut into several batches: {}",

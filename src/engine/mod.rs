@@ -204,6 +204,10 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
         .filter(|t| opts.shard_of.is_none_or(|(i, n)| t.index % n == i))
         .filter(|t| !matches!(task::read_marker(&out, t.index), Ok(Some(m)) if m.plan == plan.hash))
         .collect();
+    // Workers share the cores with what the stages run inside them.
+    for s in &stages {
+        s.set_workers(threads.min(todo.len()).max(1));
+    }
     tracing::info!(
         tasks = plan.tasks.len(),
         todo = todo.len(),

@@ -124,6 +124,19 @@ pub fn assert_same_dataset(a: &Path, b: &Path) {
     }
 }
 
+/// Every record batch of an Arrow-shard dataset, in shard order.
+pub fn read_dataset(dir: &Path) -> Vec<arrow::array::RecordBatch> {
+    let m = manifest(dir);
+    let mut out = Vec::new();
+    for s in m["shards"].as_array().unwrap() {
+        let f = std::fs::File::open(dir.join(s["file"].as_str().unwrap())).unwrap();
+        for b in arrow::ipc::reader::StreamReader::try_new(f, None).unwrap() {
+            out.push(b.unwrap());
+        }
+    }
+    out
+}
+
 /// Rows of all rejects in a dataset as (sample_id, stage, kind).
 pub fn rejects(dir: &Path) -> Vec<(String, String, String)> {
     use arrow::array::AsArray;

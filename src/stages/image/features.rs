@@ -20,6 +20,7 @@
 //! batch it is run in nor on the thread count (tested).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{ArrayRef, FixedSizeListArray, Int64Array, RecordBatch};
@@ -132,7 +133,8 @@ pub struct FeaturesStage {
     batch_size: usize,
     features_dim: usize,
     logits_dim: usize,
-    intra_threads: usize,
+    /// ONNX Runtime's threads per session: the cores shared by the workers.
+    intra_threads: AtomicUsize,
     /// The execution provider the sessions run on.
     pub provider: String,
     sessions: Mutex<Vec<Session>>,
@@ -184,7 +186,7 @@ impl FeaturesStage {
             batch_size: cfg.batch_size,
             features_dim: 0,
             logits_dim: 0,
-            intra_threads: 1,
+            intra_threads: AtomicUsize::new(1),
             provider: String::new(),
             sessions: Mutex::new(Vec::new()),
         };
@@ -272,18 +274,12 @@ impl FeaturesStage {
         Ok(stage)
     }
 
-    /// Intra-op threads of sessions opened from now on.
-    pub fn set_threads(&mut self, workers: usize) {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.intra_threads = (cores / workers.max(1)).max(1);
-    }
-
     /// A new session on the configured device, and the provider it runs on.
     fn open(&self) -> std::result::Result<(Session, String), String> {
         let env = environment()?;
         let builder = || -> std::result::Result<_, String> {
             Session::builder(env)
-                .and_then(|b| Ok(b.with_intra_threads(self.intra_threads)?))
+                .and_then(|b| Ok(b.with_intra_threads(self.intra_threads.load(Ordering::Relaxed))?))
                 .and_then(|b| Ok(b.with_deterministic_compute(true)?))
                 .map_err(|e| e.to_string())
         };
@@ -473,6 +469,15 @@ impl Stage for FeaturesStage {
         }
         debug_assert_eq!(kept, added[0].1.len());
         super::batch_with(&batch, &schema, added)
+    }
+
+    fn set_workers(&self, workers: usize) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let intra = (cores / workers.max(1)).max(1);
+        if self.intra_threads.swap(intra, Ordering::Relaxed) != intra {
+            // Sessions are reopened with the new thread count when needed.
+            self.sessions.lock().expect("not poisoned").clear();
+        }
     }
 
     fn report(&self) -> Option<String> {

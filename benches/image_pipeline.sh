@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The image features job, kiln beside the Python reference, on the same
+# generated images in the same run: decode, resize 256, centre crop 224,
+# EfficientNet-Lite0 features. kiln also writes the dataset; the reference
+# (Pillow + onnxruntime, multiprocessing on all cores, batches of 32) only
+# computes the features. Then kiln's peak memory on 1x and 4x the images.
+#
+#   benches/image_pipeline.sh [N]     (default 2000 images of 500 x 375)
+#
+# Needs a release build (cargo build --release) and scripts/setup.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-2000}
+KILN=target/release/kiln
+PY=.venv/bin/python
+DATA=bench-data
+[ -x "$KILN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+$PY benches/gen_images.py --n "$N" --out "$DATA/images"
+$PY benches/gen_images.py --n $((N * 4)) --out "$DATA/images4x"
+
+job() {
+cat <<TOML
+[[inputs]]
+path = "$1"
+[[stages]]
+type = "decode_image"
+[[stages]]
+type = "resize_image"
+size = 256
+crop = 224
+filter = "bicubic"
+[[stages]]
+type = "image_features"
+batch_size = 32
+[output]
+path = "$2"
+TOML
+}
+job "$DATA/images" "$DATA/kiln-images" > "$DATA/images.toml"
+job "$DATA/images4x" "$DATA/kiln-images4x" > "$DATA/images4x.toml"
+
+echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $N images, $(du -sh "$DATA/images" | cut -f1)"
+for round in 1 2; do
+    rm -rf "$DATA/kiln-images"
+    k=$($PY benches/peak_rss.py $KILN run "$DATA/images.toml" -q | awk '/WALL/ {print $2}')
+    r=$($PY benches/reference_image.py features "$DATA/images" models/efficientnet_lite0.onnx | awk '{print $4}')
+    echo "round $round: kiln ${k}s ($(echo "$N / $k" | bc -l | xargs printf %.1f) img/s), reference ${r}s ($(echo "$N / $r" | bc -l | xargs printf %.1f) img/s): $(echo "$r / $k" | bc -l | xargs printf %.2f)x"
+done
+echo "== kiln peak memory, 1x and 4x the images"
+for x in images images4x; do
+    rm -rf "$DATA/kiln-$x"
+    $PY benches/peak_rss.py $KILN run "$DATA/$x.toml" -q | tr '\n' ' ' | sed "s/^/$x: /"; echo
+done
