@@ -225,13 +225,7 @@ impl Stage for DecodeStage {
             .column_by_name("_image")
             .ok_or_else(|| Error::Execution("decode_image: no `_image` column".into()))?
             .as_binary::<i32>();
-        let ids = batch
-            .column_by_name("sample_id")
-            .ok_or_else(|| Error::Execution("decode_image: no `sample_id` column".into()))?
-            .as_string::<i32>();
-        let seeds: Vec<u64> = (0..batch.num_rows())
-            .map(|r| cx.sample_seed(ids.value(r)))
-            .collect();
+        let seeds = super::sample_seeds(&batch, cx)?;
         let results: Vec<_> = (0..batch.num_rows())
             .into_par_iter()
             .map_init(Resizer::new, |resizer, row| {
@@ -313,13 +307,7 @@ impl Stage for ResizeStage {
 
     fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
         let px = Pixels::of(&batch)?;
-        let ids = batch
-            .column_by_name("sample_id")
-            .ok_or_else(|| Error::Execution("resize_image: no `sample_id` column".into()))?
-            .as_string::<i32>();
-        let seeds: Vec<u64> = (0..batch.num_rows())
-            .map(|r| cx.sample_seed(ids.value(r)))
-            .collect();
+        let seeds = super::sample_seeds(&batch, cx)?;
         let results: Vec<_> = (0..batch.num_rows())
             .into_par_iter()
             .map_init(Resizer::new, |resizer, row| {

@@ -373,8 +373,13 @@ impl Stage for MixStage {
                 }
             }
         }
-        let taken = arrow::compute::take_record_batch(&batch, &UInt32Array::from(take))?;
-        let schema = self.output_schema(&taken.schema())?;
+        // Every column but the pixels, repeated for the copies.
+        let schema = self.output_schema(&batch.schema())?;
+        let mut rest = batch.clone();
+        if let Ok(i) = rest.schema().index_of(PIXELS) {
+            rest.remove_column(i);
+        }
+        let taken = arrow::compute::take_record_batch(&rest, &UInt32Array::from(take))?;
         let box_values: Vec<u32> = boxes.iter().flat_map(|b| b.unwrap_or([0; 4])).collect();
         let box_nulls: Vec<bool> = boxes.iter().map(Option::is_some).collect();
         let box_array = FixedSizeListArray::try_new(

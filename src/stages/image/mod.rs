@@ -21,10 +21,11 @@ pub mod mix;
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, AsArray, BinaryArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 
 use crate::error::{Error, Result};
+use crate::stages::BatchContext;
 
 pub const PIXELS: &str = "_pixels";
 pub const WIDTH: &str = "_width";
@@ -171,7 +172,14 @@ pub fn f32_list_field(name: &str, n: usize) -> Field {
     )
 }
 
-/// Whether the array's row is null (for optional columns).
-pub fn is_null(a: &dyn Array, row: usize) -> bool {
-    a.is_null(row)
+/// The seed of every row's generator in this stage (see
+/// [`BatchContext::sample_seed`]), computed before rows go to other threads.
+pub fn sample_seeds(batch: &RecordBatch, cx: &BatchContext) -> Result<Vec<u64>> {
+    let ids = batch
+        .column_by_name("sample_id")
+        .ok_or_else(|| Error::Execution(format!("{}: no `sample_id` column", cx.stage)))?
+        .as_string::<i32>();
+    Ok((0..batch.num_rows())
+        .map(|r| cx.sample_seed(ids.value(r)))
+        .collect())
 }
