@@ -44,7 +44,7 @@ for round in 1 2; do
     rm -rf "$DATA/kiln-images"
     k=$($PY benches/peak_rss.py $KILN run "$DATA/images.toml" -q | awk '/WALL/ {print $2}')
     r=$($PY benches/reference_image.py features "$DATA/images" models/efficientnet_lite0.onnx | awk '{print $4}')
-    echo "round $round: kiln ${k}s ($(echo "$N / $k" | bc -l | xargs printf %.1f) img/s), reference ${r}s ($(echo "$N / $r" | bc -l | xargs printf %.1f) img/s): $(echo "$r / $k" | bc -l | xargs printf %.2f)x"
+    $PY -c "n, k, r = $N, $k, $r; print(f'round $round: kiln {k}s ({n / k:.1f} img/s), reference {r}s ({n / r:.1f} img/s): {r / k:.2f}x')"
 done
 echo "== kiln peak memory, 1x and 4x the images"
 for x in images images4x; do

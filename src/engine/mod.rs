@@ -194,6 +194,11 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
         return Ok(Outcome::UpToDate(m));
     }
     let threads = opts.threads.max(1);
+    // Stages run their per-row work (decoding, inference) on rayon's pool:
+    // `--threads` bounds it too. The first run of a process sets it.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
     let tokenizer = prepare_tokenizer(pipeline, &plan, &out, threads, opts.quiet)?;
     prepare_empty_shard(pipeline, &out)?;
     let stages = pipeline.stages(tokenizer);
@@ -204,10 +209,6 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
         .filter(|t| opts.shard_of.is_none_or(|(i, n)| t.index % n == i))
         .filter(|t| !matches!(task::read_marker(&out, t.index), Ok(Some(m)) if m.plan == plan.hash))
         .collect();
-    // Workers share the cores with what the stages run inside them.
-    for s in &stages {
-        s.set_workers(threads.min(todo.len()).max(1));
-    }
     tracing::info!(
         tasks = plan.tasks.len(),
         todo = todo.len(),

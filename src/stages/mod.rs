@@ -30,8 +30,6 @@ pub trait Stage: Send + Sync {
     /// Checked when the pipeline is built, before any data is read.
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef>;
     fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch>;
-    /// Told how many worker threads run batches, before the first batch.
-    fn set_workers(&self, _workers: usize) {}
     /// A line for the run summary (which model ran on which device...).
     fn report(&self) -> Option<String> {
         None

@@ -123,42 +123,53 @@ pub fn resize_crop(
         ((size * w as u64 / h as u64).max(1), size)
     };
     let (nw, nh) = (nw as u32, nh as u32);
-    let resized = if (nw, nh) == (w, h) {
-        rgb.to_vec()
-    } else {
-        let src = ImageRef::new(w, h, rgb, PixelType::U8x3)
-            .map_err(|e| ("corrupt_image", format!("pixels do not fit {w} x {h}: {e}")))?;
-        let mut dst = Image::new(nw, nh, PixelType::U8x3);
-        let filter = match cfg.filter {
-            ResizeFilter::Bilinear => FilterType::Bilinear,
-            ResizeFilter::Bicubic => FilterType::CatmullRom,
-            ResizeFilter::Lanczos => FilterType::Lanczos3,
-        };
-        resizer
-            .resize(
-                &src,
-                &mut dst,
-                &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)),
-            )
-            .map_err(|e| ("resize_failed", e.to_string()))?;
-        dst.into_vec()
+    // The crop, in the coordinates of the resized image.
+    let (c, top, left) = match cfg.crop {
+        None => (None, 0, 0),
+        Some(c) => {
+            let (top, left) = match cfg.crop_mode {
+                CropMode::Center => (
+                    ((nh - c) as f64 / 2.0).round_ties_even() as u32,
+                    ((nw - c) as f64 / 2.0).round_ties_even() as u32,
+                ),
+                CropMode::Random => (rng.random_range(0..=nh - c), rng.random_range(0..=nw - c)),
+            };
+            (Some(c), top, left)
+        }
     };
-    let Some(c) = cfg.crop else {
-        return Ok((resized, nw, nh));
-    };
-    let (top, left) = match cfg.crop_mode {
-        CropMode::Center => (
-            ((nh - c) as f64 / 2.0).round_ties_even() as u32,
-            ((nw - c) as f64 / 2.0).round_ties_even() as u32,
-        ),
-        CropMode::Random => (rng.random_range(0..=nh - c), rng.random_range(0..=nw - c)),
-    };
-    let mut out = Vec::with_capacity((c * c * 3) as usize);
-    for y in top..top + c {
-        let start = ((y * nw + left) * 3) as usize;
-        out.extend_from_slice(&resized[start..start + (c * 3) as usize]);
+    let (out_w, out_h) = c.map_or((nw, nh), |c| (c, c));
+    if (nw, nh) == (w, h) {
+        let mut out = Vec::with_capacity((out_w * out_h * 3) as usize);
+        for y in top..top + out_h {
+            let start = ((y * w + left) * 3) as usize;
+            out.extend_from_slice(&rgb[start..start + (out_w * 3) as usize]);
+        }
+        return Ok((out, out_w, out_h));
     }
-    Ok((out, c, c))
+    let src = ImageRef::new(w, h, rgb, PixelType::U8x3)
+        .map_err(|e| ("corrupt_image", format!("pixels do not fit {w} x {h}: {e}")))?;
+    let mut dst = Image::new(out_w, out_h, PixelType::U8x3);
+    let filter = match cfg.filter {
+        ResizeFilter::Bilinear => FilterType::Bilinear,
+        ResizeFilter::Bicubic => FilterType::CatmullRom,
+        ResizeFilter::Lanczos => FilterType::Lanczos3,
+    };
+    // Only the part of the source that survives the crop is resampled; the
+    // filter still reads the pixels around it, so the result is that of
+    // resizing the whole image and cropping.
+    let (sx, sy) = (w as f64 / nw as f64, h as f64 / nh as f64);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(filter))
+        .crop(
+            left as f64 * sx,
+            top as f64 * sy,
+            out_w as f64 * sx,
+            out_h as f64 * sy,
+        );
+    resizer
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| ("resize_failed", e.to_string()))?;
+    Ok((dst.into_vec(), out_w, out_h))
 }
 
 /// Check a resize config; the message names what is wrong.
@@ -342,6 +353,42 @@ mod tests {
         assert_eq!((w, h), (10, 7));
         assert_eq!(out.len(), 10 * 7 * 3);
         assert!(out.iter().all(|&p| p == 100), "a flat image stays flat");
+    }
+
+    #[test]
+    fn resizing_only_the_crop_equals_resizing_then_cropping() {
+        let (w, h) = (97u32, 61u32);
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| ((i * 37) % 251) as u8).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        for filter in [
+            ResizeFilter::Bilinear,
+            ResizeFilter::Bicubic,
+            ResizeFilter::Lanczos,
+        ] {
+            let resize = ResizeImageConfig {
+                filter,
+                ..cfg(40, None)
+            };
+            let (full, fw, _) =
+                resize_crop(&mut Resizer::new(), &rgb, w, h, &resize, &mut rng).unwrap();
+            let crop = ResizeImageConfig {
+                filter,
+                ..cfg(40, Some(32))
+            };
+            let (out, cw, ch) =
+                resize_crop(&mut Resizer::new(), &rgb, w, h, &crop, &mut rng).unwrap();
+            assert_eq!((cw, ch), (32, 32));
+            // 63 x 40 resized: left = round(15.5) = 16, top = round(4.0) = 4.
+            let mut worst = 0;
+            for y in 0..32 {
+                for x in 0..32 * 3 {
+                    let a = full[(((y + 4) * fw + 16) * 3 + x) as usize] as i32;
+                    let b = out[(y * 32 * 3 + x) as usize] as i32;
+                    worst = worst.max((a - b).abs());
+                }
+            }
+            assert!(worst <= 1, "{filter:?}: off by {worst}");
+        }
     }
 
     #[test]

@@ -14,13 +14,14 @@
 //! loads and CPU otherwise; `device = "cuda"` fails with the reason when it
 //! does not. Which provider ran is reported in the run summary.
 //!
-//! A session runs one call at a time, so the stage keeps a pool: a worker
-//! takes a session, runs its batch and puts it back. Sessions are created
+//! A session runs one call at a time, so the stage keeps a pool of
+//! single-threaded sessions: the chunks of `batch_size` images of a batch
+//! run in parallel on the thread pool, each taking a session and putting it
+//! back, so a lone task still uses every core. Sessions are created
 //! with deterministic compute; an image's features do not depend on the
 //! batch it is run in nor on the thread count (tested).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{ArrayRef, FixedSizeListArray, Int64Array, RecordBatch};
@@ -28,6 +29,7 @@ use arrow::datatypes::{DataType, Field, SchemaRef};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::{Tensor, ValueType};
+use rayon::prelude::*;
 
 use super::{Pixels, f32_list, f32_list_field, require_fixed_size, schema_with};
 use crate::config::{Device, ImageFeaturesConfig};
@@ -133,8 +135,6 @@ pub struct FeaturesStage {
     batch_size: usize,
     features_dim: usize,
     logits_dim: usize,
-    /// ONNX Runtime's threads per session: the cores shared by the workers.
-    intra_threads: AtomicUsize,
     /// The execution provider the sessions run on.
     pub provider: String,
     sessions: Mutex<Vec<Session>>,
@@ -186,7 +186,6 @@ impl FeaturesStage {
             batch_size: cfg.batch_size,
             features_dim: 0,
             logits_dim: 0,
-            intra_threads: AtomicUsize::new(1),
             provider: String::new(),
             sessions: Mutex::new(Vec::new()),
         };
@@ -279,7 +278,7 @@ impl FeaturesStage {
         let env = environment()?;
         let builder = || -> std::result::Result<_, String> {
             Session::builder(env)
-                .and_then(|b| Ok(b.with_intra_threads(self.intra_threads.load(Ordering::Relaxed))?))
+                .and_then(|b| Ok(b.with_intra_threads(1)?))
                 .and_then(|b| Ok(b.with_deterministic_compute(true)?))
                 .map_err(|e| e.to_string())
         };
@@ -376,6 +375,9 @@ impl FeaturesStage {
     }
 }
 
+/// The features and logits of some images, or why the model failed on them.
+type Inferred = std::result::Result<(Vec<f32>, Option<Vec<f32>>), String>;
+
 fn list_field(name: &str, ty: DataType, n: usize) -> Field {
     Field::new(
         name,
@@ -406,45 +408,52 @@ impl Stage for FeaturesStage {
         let px = Pixels::of(&batch)?;
         let rows = batch.num_rows();
         let plane = (self.size.0 * self.size.1 * 3) as usize;
+        if let Some(bad) = (0..rows).find(|&r| px.get(r).0.len() != plane) {
+            return Err(Error::Execution(format!(
+                "image_features: row {bad} has {} bytes of pixels, expected {plane}",
+                px.get(bad).0.len()
+            )));
+        }
+        // Chunks of `batch_size` images run in parallel, each on a session
+        // of the pool, so that one task alone still uses every core.
+        let starts: Vec<usize> = (0..rows).step_by(self.batch_size).collect();
+        let chunks: Vec<Result<Vec<Inferred>>> = starts
+            .into_par_iter()
+            .map(|start| {
+                let end = (start + self.batch_size).min(rows);
+                let images: Vec<&[u8]> = (start..end).map(|r| px.get(r).0).collect();
+                let mut session = self.session()?;
+                let out = match self.infer(&mut session, &images, images.len()) {
+                    Ok(both) => vec![Ok(both)],
+                    // Find the image at fault: run each alone.
+                    Err(_) => images
+                        .iter()
+                        .map(|img| self.infer(&mut session, &[img], 1))
+                        .collect(),
+                };
+                self.sessions.lock().expect("not poisoned").push(session);
+                Ok(out)
+            })
+            .collect();
         let mut keep = vec![true; rows];
         let mut features: Vec<f32> = Vec::with_capacity(rows * self.features_dim);
         let mut logits: Vec<f32> = Vec::new();
-        let mut session = self.session()?;
-        let mut start = 0;
-        while start < rows {
-            let end = (start + self.batch_size).min(rows);
-            let images: Vec<&[u8]> = (start..end).map(|r| px.get(r).0).collect();
-            if let Some(bad) = images.iter().position(|i| i.len() != plane) {
-                return Err(Error::Execution(format!(
-                    "image_features: row {} has {} bytes of pixels, expected {plane}",
-                    start + bad,
-                    images[bad].len()
-                )));
-            }
-            match self.infer(&mut session, &images, images.len()) {
-                Ok((f, l)) => {
-                    features.extend(f);
-                    logits.extend(l.unwrap_or_default());
-                }
-                Err(_) => {
-                    // Find the image at fault: run each alone.
-                    for (i, img) in images.iter().enumerate() {
-                        match self.infer(&mut session, &[img], 1) {
-                            Ok((f, l)) => {
-                                features.extend(f);
-                                logits.extend(l.unwrap_or_default());
-                            }
-                            Err(m) => {
-                                cx.reject(&batch, start + i, "inference_failed", m)?;
-                                keep[start + i] = false;
-                            }
-                        }
+        for (c, chunk) in chunks.into_iter().enumerate() {
+            // A chunk is one result for all its images, or one an image.
+            for (i, r) in chunk?.into_iter().enumerate() {
+                match r {
+                    Ok((f, l)) => {
+                        features.extend(f);
+                        logits.extend(l.unwrap_or_default());
+                    }
+                    Err(m) => {
+                        let row = c * self.batch_size + i;
+                        cx.reject(&batch, row, "inference_failed", m)?;
+                        keep[row] = false;
                     }
                 }
             }
-            start = end;
         }
-        self.sessions.lock().expect("not poisoned").push(session);
         let batch = super::keep_rows(batch, &keep)?;
         let kept = batch.num_rows();
         let schema = self.output_schema(&batch.schema())?;
@@ -469,15 +478,6 @@ impl Stage for FeaturesStage {
         }
         debug_assert_eq!(kept, added[0].1.len());
         super::batch_with(&batch, &schema, added)
-    }
-
-    fn set_workers(&self, workers: usize) {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let intra = (cores / workers.max(1)).max(1);
-        if self.intra_threads.swap(intra, Ordering::Relaxed) != intra {
-            // Sessions are reopened with the new thread count when needed.
-            self.sessions.lock().expect("not poisoned").clear();
-        }
     }
 
     fn report(&self) -> Option<String> {
