@@ -183,7 +183,7 @@ fn table_join_rejects_missing_and_bad_files_and_keeps_captions() {
         kinds,
         [
             ("read_image", "missing_file"),
-            ("decode_image+resize_image", "unknown_format"),
+            ("decode_image", "unknown_format"),
         ],
         "{rejects:?}"
     );

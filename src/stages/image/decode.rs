@@ -187,25 +187,16 @@ pub fn check_resize(cfg: &ResizeImageConfig) -> std::result::Result<(), String> 
     }
 }
 
-/// Decode, and resize in the same pass when a `resize_image` follows.
+/// Decode, and resize in the same pass when a `resize_image` follows (its
+/// rejects, kind `resize_failed`, then carry the stage name `decode_image`).
 pub struct DecodeStage {
-    name: String,
     max_pixels: u64,
     resize: Option<ResizeImageConfig>,
 }
 
 impl DecodeStage {
     pub fn new(max_pixels: u64, resize: Option<ResizeImageConfig>) -> Self {
-        let name = if resize.is_some() {
-            "decode_image+resize_image"
-        } else {
-            "decode_image"
-        };
-        DecodeStage {
-            name: name.into(),
-            max_pixels,
-            resize,
-        }
+        DecodeStage { max_pixels, resize }
     }
 }
 
@@ -215,7 +206,7 @@ fn out_size(resize: &Option<ResizeImageConfig>) -> Option<(u32, u32)> {
 
 impl Stage for DecodeStage {
     fn name(&self) -> &str {
-        &self.name
+        "decode_image"
     }
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
