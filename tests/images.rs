@@ -356,3 +356,41 @@ batch_rows = 2
     assert_eq!(m["totals"]["samples_in"], 13);
     assert_eq!(m["totals"]["rows"], 26);
 }
+
+#[test]
+fn tar_json_members_fill_extra_columns_and_txt_the_caption() {
+    let s = Scratch::new();
+    let out = s.path("out");
+    let p = s.write(
+        "p.toml",
+        format!(
+            "[[inputs]]\npath = \"{}\"\ncolumns = [\"caption\"]\n\n[output]\npath = \"{}\"\n",
+            fixture("shard-000000.tar"),
+            out.display()
+        ),
+    );
+    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
+    let batches = read_dataset(&out);
+    let b = &batches[0];
+    assert_eq!(b.num_rows(), 5);
+    let text = b.column_by_name("text").unwrap().as_string::<i32>();
+    let caption = b.column_by_name("caption").unwrap().as_string::<i32>();
+    let label = b
+        .column_by_name("label")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    for r in 0..5 {
+        assert_eq!(
+            text.value(r),
+            caption.value(r),
+            "the .txt and the .json caption agree"
+        );
+        assert!((0..3).contains(&label.value(r)));
+    }
+    let ids = b.column_by_name("sample_id").unwrap().as_string::<i32>();
+    assert!(
+        ids.value(0).ends_with("shard-000000.tar:sample000000"),
+        "{}",
+        ids.value(0)
+    );
+}

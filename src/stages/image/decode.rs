@@ -405,6 +405,18 @@ mod tests {
     }
 
     #[test]
+    fn gif_gives_its_first_frame() {
+        let gif = include_bytes!("../../../fixtures/images/folder/cat/cat_2.gif");
+        let (rgb, w, h) = decode(gif, 64_000_000).unwrap();
+        assert_eq!((w, h), (56, 40));
+        // As Pillow reads frame 0: a dark disc in the middle (frame 1 has a
+        // yellow bar there) on a light corner (teal in frame 1).
+        let at = |x: usize, y: usize| &rgb[(y * 56 + x) * 3..(y * 56 + x) * 3 + 3];
+        assert_eq!(at(28, 20), [40, 30, 30]);
+        assert_eq!(at(0, 0), [250, 190, 120]);
+    }
+
+    #[test]
     fn jpeg_without_end_marker_is_truncated() {
         let jpg = include_bytes!("../../../fixtures/images/bad/truncated.jpg");
         assert_eq!(decode(jpg, 64_000_000).unwrap_err().0, "truncated");
