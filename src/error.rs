@@ -1,7 +1,7 @@
 //! Errors that stop a run, named by who is at fault.
 //!
 //! A bad *record* is never an error: it becomes a reject (see
-//! [`crate::stages::Reject`]). These are for what a user must fix before the
+//! [`crate::rejects::Reject`]). These are for what a user must fix before the
 //! run can go on: the pipeline file, the output directory, the machine.
 
 use std::path::PathBuf;

@@ -4,9 +4,12 @@
 //! pipeline file --config--> Pipeline (inputs resolved, stages built, schemas checked)
 //!   --plan--> tasks (byte ranges / row groups of the inputs, frozen in .kiln/plan.json)
 //!   per task, on worker threads:
-//!     source reader --batches--> [sql] --> tokenize --> [chunk] --> shard writer
+//!     source reader --batches--> [sql] --> stages ---------------------> shard writer
 //!          |                        \__________ rejects __________/        |
 //!          +--> rejects (bad UTF-8, bad JSON, over the limits, ...)        |
+//!     text stages:  tokenize --> [chunk]
+//!     image stages: decode_image --> resize_image --> [image_features] --> [mix]
+//!                   --> encode_image | to_tensor   (plus tokenize for captions)
 //!     task marker (shards, rows, sha256, counts) written last <------------+
 //!   all markers --commit--> data-*-of-*.arrow, rejects.arrow, dataset_info.json,
 //!                           state.json, manifest.json
