@@ -209,9 +209,14 @@ fn describe_image_row(batch: &RecordBatch, row: usize, id: &str) -> String {
     }
     for name in ["pixel_values", "image_features", "logits"] {
         if let Some(c) = batch.column_by_name(name) {
-            let n = c.len().max(1);
-            let per = arrow::array::Array::to_data(c.as_ref()).child_data()[0].len() / n;
-            parts.push(format!("{name} [{per}]"));
+            // The sizes of nested fixed-size lists: [3x224x224], [1280].
+            let mut dims = Vec::new();
+            let mut ty = c.data_type().clone();
+            while let arrow::datatypes::DataType::FixedSizeList(item, n) = ty {
+                dims.push(n.to_string());
+                ty = item.data_type().clone();
+            }
+            parts.push(format!("{name} [{}]", dims.join("x")));
         }
     }
     if let Some(top) = batch

@@ -394,3 +394,82 @@ fn tar_json_members_fill_extra_columns_and_txt_the_caption() {
         ids.value(0)
     );
 }
+
+#[test]
+fn csv_and_parquet_tables_join_their_images_and_big_members_are_rejected() {
+    use std::sync::Arc;
+    let s = Scratch::new();
+    // The CSV table as it is, and the same rows as Parquet.
+    let csv = std::fs::read_to_string(fixture("captions.csv")).unwrap();
+    let mut rdr = csv::Reader::from_reader(csv.as_bytes());
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    let col = |i: usize| -> arrow::array::ArrayRef {
+        Arc::new(arrow::array::StringArray::from(
+            rows.iter().map(|r| r[i].to_string()).collect::<Vec<_>>(),
+        ))
+    };
+    let batch = arrow::array::RecordBatch::try_from_iter([
+        ("file", col(0)),
+        ("caption", col(1)),
+        ("label", col(2)),
+    ])
+    .unwrap();
+    let pq = s.path("captions.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&pq).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let root = fixture("");
+    for (name, table) in [
+        ("csv", fixture("captions.csv")),
+        ("pq", pq.display().to_string()),
+    ] {
+        let out = s.path(name);
+        let p = s.write(
+            &format!("{name}.toml"),
+            format!(
+                r#"
+[[inputs]]
+path = "{table}"
+image_column = "file"
+image_root = "{root}"
+caption_column = "caption"
+label_column = "label"
+classes = ["bird", "cat", "dog"]
+
+[[stages]]
+type = "decode_image"
+
+[output]
+path = "{out}"
+"#,
+                out = out.display()
+            ),
+        );
+        assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
+        let m = manifest(&out);
+        assert_eq!(m["totals"]["samples_out"], 13, "{name}");
+        assert_eq!(m["totals"]["rejected"], 0, "{name}");
+    }
+    // Tar members over limits.max_file_bytes are rejected unread, one
+    // reject a sample.
+    let out = s.path("small");
+    let p = s.write(
+        "small.toml",
+        format!(
+            "[[inputs]]\npath = \"{}\"\n\n[output]\npath = \"{}\"\n\n[limits]\nmax_file_bytes = 500\n",
+            fixture("shard-000000.tar"),
+            out.display()
+        ),
+    );
+    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
+    let kinds: Vec<String> = rejects(&out).into_iter().map(|r| r.2).collect();
+    let m = manifest(&out);
+    // The JPEGs are over 500 bytes, the PNGs under.
+    assert_eq!(kinds, vec!["file_too_large"; 3]);
+    assert_eq!(m["totals"]["samples_out"], 2);
+}
