@@ -43,6 +43,9 @@ pub enum TokenizerSource {
     Train(TrainConfig),
 }
 
+/// Decoded bytes a batch of full-size images may claim.
+const PIXEL_BUDGET: u64 = 256 << 20;
+
 /// A stage as built: ready to run, or waiting for the tokenizer (which may
 /// have to be trained first).
 enum BuiltStage {
@@ -57,6 +60,9 @@ pub struct Pipeline {
     /// Class names of the `label` column, in id order (image datasets).
     pub classes: Vec<String>,
     built: Vec<BuiltStage>,
+    /// A decode not followed by a resize keeps full-size pixels: image
+    /// batches are then cut by the pixels their headers claim.
+    keeps_full_pixels: bool,
     pub config: PipelineConfig,
     pub inputs: Vec<ResolvedInput>,
     /// What the readers produce.
@@ -262,6 +268,7 @@ impl Pipeline {
         let mut domain_vocab = None;
         let mut built_stages: Vec<BuiltStage> = Vec::new();
         let mut fused_resize = false;
+        let mut keeps_full_pixels = false;
         for (i, stage) in config.stages.iter().enumerate() {
             let key = |k: &str| format!("stages[{i}].{k}");
             if std::mem::take(&mut fused_resize) {
@@ -348,6 +355,7 @@ impl Pipeline {
                         }
                         _ => None,
                     };
+                    keeps_full_pixels |= resize.is_none();
                     Arc::new(DecodeStage::new(config.limits.max_image_pixels, resize))
                 }
                 StageConfig::ResizeImage(r) => {
@@ -381,6 +389,7 @@ impl Pipeline {
             kind,
             classes,
             built: built_stages,
+            keeps_full_pixels,
             config,
             inputs,
             record_schema,
@@ -428,6 +437,7 @@ impl Pipeline {
             schema: self.record_schema.clone(),
             limits: self.config.limits.clone(),
             batch_rows: self.config.plan.batch_rows.max(1),
+            pixel_budget: self.keeps_full_pixels.then_some(PIXEL_BUDGET),
         }
     }
 

@@ -473,3 +473,33 @@ path = "{out}"
     assert_eq!(kinds, vec!["file_too_large"; 3]);
     assert_eq!(m["totals"]["samples_out"], 2);
 }
+
+/// Regression: each image file was read as a batch of its own, so stages
+/// saw one image at a time and mixing paired every image with itself.
+#[test]
+fn image_files_share_batches_so_mixing_finds_partners() {
+    let s = Scratch::new();
+    let out = s.path("out");
+    let p = s.write(
+        "p.toml",
+        format!(
+            "[[inputs]]\npath = \"{}\"\n\n[[stages]]\ntype = \"decode_image\"\n\n[[stages]]\ntype = \"resize_image\"\nsize = 16\ncrop = 16\n\n[[stages]]\ntype = \"mix\"\ncopies = 2\n\n[output]\npath = \"{}\"\n",
+            fixture("folder"),
+            out.display()
+        ),
+    );
+    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
+    let mut mixed = 0;
+    for b in read_dataset(&out) {
+        let ids = b.column_by_name("sample_id").unwrap().as_string::<i32>();
+        let partner = b.column_by_name("mix_partner").unwrap().as_string::<i32>();
+        for r in 0..b.num_rows() {
+            if partner.is_valid(r) {
+                mixed += 1;
+                let own = ids.value(r).split('#').next().unwrap();
+                assert_ne!(partner.value(r), own, "a sample mixed with itself");
+            }
+        }
+    }
+    assert_eq!(mixed, 26, "every copy is mixed (prob = 1)");
+}

@@ -128,9 +128,10 @@ fn run_locked(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
     );
     let opts = pipeline.read_options();
     let mut counts = Counts::default();
-    for split in &task.splits {
-        let spec = &pipeline.inputs[split.input].spec;
-        let mut reader = sources::open(split, spec, &opts);
+    let spec_of = |s: &sources::Split| &pipeline.inputs[s.input].spec;
+    for group in sources::groups(&task.splits, spec_of) {
+        let spec = spec_of(&group[0]);
+        let mut reader = sources::open_group(group, spec, &opts);
         loop {
             let before = rejects.total;
             let batch = reader.next_batch(&mut rejects)?;
@@ -163,9 +164,8 @@ fn run_locked(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
             sink.write(batch)?;
             super::throttle();
         }
-        env.progress
-            .bytes
-            .fetch_add(split_bytes(split, task), Ordering::Relaxed);
+        let bytes = group.iter().map(|s| split_bytes(s, task)).sum();
+        env.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
     let shards = sink.finish()?;
     counts.rows = shards.iter().map(|s| s.rows).sum();

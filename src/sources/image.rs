@@ -172,6 +172,10 @@ struct ImageRecordBuilder {
     extras: Vec<(String, StringBuilder)>,
     rows: usize,
     bytes: usize,
+    /// Decoded bytes the images' headers claim, when counted.
+    pixel_bytes: u64,
+    pixel_budget: Option<u64>,
+    max_pixels: u64,
 }
 
 /// Encoded bytes after which a batch is cut.
@@ -189,7 +193,8 @@ struct Record<'a> {
 }
 
 impl ImageRecordBuilder {
-    fn new(schema: SchemaRef) -> Self {
+    fn new(opts: &ReadOptions) -> Self {
+        let schema = opts.schema.clone();
         let label = schema
             .column_with_name("label")
             .map(|_| Int64Builder::new());
@@ -215,6 +220,9 @@ impl ImageRecordBuilder {
             extras,
             rows: 0,
             bytes: 0,
+            pixel_bytes: 0,
+            pixel_budget: opts.pixel_budget,
+            max_pixels: opts.limits.max_image_pixels,
         }
     }
 
@@ -240,10 +248,22 @@ impl ImageRecordBuilder {
         }
         self.rows += 1;
         self.bytes += r.image.len();
+        if self.pixel_budget.is_some() {
+            // Only the header is read; a claim over the limit is rejected
+            // at decoding, so it counts as the limit.
+            let claimed = image::ImageReader::new(std::io::Cursor::new(r.image))
+                .with_guessed_format()
+                .ok()
+                .and_then(|i| i.into_dimensions().ok())
+                .map_or(0, |(w, h)| (w as u64 * h as u64).min(self.max_pixels));
+            self.pixel_bytes += claimed * 3;
+        }
     }
 
     fn is_full(&self, batch_rows: usize) -> bool {
-        self.rows >= batch_rows || self.bytes >= BATCH_BYTES
+        self.rows >= batch_rows
+            || self.bytes >= BATCH_BYTES
+            || self.pixel_budget.is_some_and(|b| self.pixel_bytes >= b)
     }
 
     fn finish(&mut self) -> Result<Option<RecordBatch>> {
@@ -268,6 +288,7 @@ impl ImageRecordBuilder {
         }
         self.rows = 0;
         self.bytes = 0;
+        self.pixel_bytes = 0;
         Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
     }
 }
@@ -291,59 +312,67 @@ fn reject(
 }
 
 /// One image file (a split of an `images` input).
+/// Image files: the whole-file splits of an `images` input that follow one
+/// another in a task, read into batches of many images (so that stages
+/// batch, and mixing finds partners, across files).
 pub struct ImageFileReader {
-    split: Split,
+    paths: std::vec::IntoIter<String>,
     spec: ImageSpec,
     limits: Limits,
+    batch_rows: usize,
     builder: ImageRecordBuilder,
-    done: bool,
 }
 
 impl ImageFileReader {
-    pub fn new(split: &Split, spec: &ImageSpec, opts: &ReadOptions) -> Self {
+    pub fn new(splits: &[Split], spec: &ImageSpec, opts: &ReadOptions) -> Self {
         ImageFileReader {
-            split: split.clone(),
+            paths: splits
+                .iter()
+                .map(|s| s.path.clone())
+                .collect::<Vec<_>>()
+                .into_iter(),
             spec: spec.clone(),
             limits: opts.limits.clone(),
-            builder: ImageRecordBuilder::new(opts.schema.clone()),
-            done: false,
+            batch_rows: opts.batch_rows,
+            builder: ImageRecordBuilder::new(opts),
         }
     }
-}
 
-impl SourceReader for ImageFileReader {
-    fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
-        if std::mem::replace(&mut self.done, true) {
-            return Ok(None);
-        }
-        let path = self.split.path.clone();
-        let id = super::sample_id(&path, 0);
-        let fail = |kind: &str, msg: String| reject("read_image", id.clone(), &path, 0, kind, msg);
+    fn read(&mut self, path: &str, rejects: &mut RejectSink) -> Result<()> {
+        let id = super::sample_id(path, 0);
+        let fail = |kind: &str, msg: String| reject("read_image", id.clone(), path, 0, kind, msg);
         let label = match self.spec.labels {
             LabelSource::None => None,
             LabelSource::Folder => {
-                let name = folder_label(&path).unwrap_or_default();
+                let name = folder_label(path).unwrap_or_default();
                 match self.spec.class_id(&name) {
                     Ok(l) => Some(l),
-                    Err(m) => {
-                        rejects.push(fail("unknown_label", m))?;
-                        return Ok(None);
-                    }
+                    Err(m) => return rejects.push(fail("unknown_label", m)),
                 }
             }
         };
-        match read_limited(Path::new(&path), self.limits.max_file_bytes) {
+        match read_limited(Path::new(path), self.limits.max_file_bytes) {
             Ok(bytes) => self.builder.push(Record {
                 sample_id: id.clone(),
-                source: &path,
+                source: path,
                 position: 0,
-                path: &path,
+                path,
                 image: &bytes,
                 label,
                 text: None,
                 extras: &[],
             }),
             Err((kind, msg)) => rejects.push(fail(kind, msg))?,
+        }
+        Ok(())
+    }
+}
+
+impl SourceReader for ImageFileReader {
+    fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
+        while !self.builder.is_full(self.batch_rows) {
+            let Some(path) = self.paths.next() else { break };
+            self.read(&path, rejects)?;
         }
         self.builder.finish()
     }
@@ -399,7 +428,7 @@ impl TarReader {
             spec: spec.clone(),
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
-            builder: ImageRecordBuilder::new(opts.schema.clone()),
+            builder: ImageRecordBuilder::new(opts),
             offset: 0,
             pending: None,
             done: false,
@@ -647,7 +676,7 @@ impl TableImageReader {
             spec: spec.clone(),
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
-            builder: ImageRecordBuilder::new(opts.schema.clone()),
+            builder: ImageRecordBuilder::new(opts),
             pending: None,
         }
     }

@@ -107,12 +107,55 @@ pub struct ReadOptions {
     pub schema: SchemaRef,
     pub limits: Limits,
     pub batch_rows: usize,
+    /// Images: cut a batch once the pixels its images' headers claim reach
+    /// this many bytes (RGB), when a stage keeps full-size pixels.
+    pub pixel_budget: Option<u64>,
+}
+
+/// Consecutive splits read by one reader: whole image files of one input
+/// (so that their images share batches); any other split alone.
+pub fn groups<'a>(
+    splits: &'a [Split],
+    spec_of: impl Fn(&Split) -> &'a InputSpec,
+) -> Vec<&'a [Split]> {
+    let mut out: Vec<&[Split]> = Vec::new();
+    let mut start = 0;
+    for i in 1..=splits.len() {
+        let joins = i < splits.len()
+            && splits[i].input == splits[start].input
+            && spec_of(&splits[i]).format == InputFormat::Images
+            && spec_of(&splits[i]).is_image();
+        if !joins {
+            out.push(&splits[start..i]);
+            start = i;
+        }
+    }
+    out
+}
+
+/// A reader of a group of splits (see [`groups`]).
+pub fn open_group(splits: &[Split], spec: &InputSpec, opts: &ReadOptions) -> Box<dyn SourceReader> {
+    match &spec.image {
+        Some(img) if spec.format == InputFormat::Images => {
+            Box::new(image::ImageFileReader::new(splits, img, opts))
+        }
+        _ => {
+            assert_eq!(splits.len(), 1, "only image files are read in groups");
+            open(&splits[0], spec, opts)
+        }
+    }
 }
 
 pub fn open(split: &Split, spec: &InputSpec, opts: &ReadOptions) -> Box<dyn SourceReader> {
     if let Some(img) = &spec.image {
         match spec.format {
-            InputFormat::Images => return Box::new(image::ImageFileReader::new(split, img, opts)),
+            InputFormat::Images => {
+                return Box::new(image::ImageFileReader::new(
+                    std::slice::from_ref(split),
+                    img,
+                    opts,
+                ));
+            }
             InputFormat::Tar => return Box::new(image::TarReader::new(split, img, opts)),
             _ => {
                 // The table's own reader, with the image column as its text.
