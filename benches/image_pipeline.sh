@@ -2,8 +2,9 @@
 # The image features job, kiln beside the Python reference, on the same
 # generated images in the same run: decode, resize 256, centre crop 224,
 # EfficientNet-Lite0 features. kiln also writes the dataset; the reference
-# (Pillow + onnxruntime, multiprocessing on all cores, batches of 32) only
-# computes the features. Then kiln's peak memory on 1x and 4x the images.
+# (Pillow + onnxruntime, multiprocessing on all cores, batches of 32, its
+# fastest: REF_BATCH=1 is slower) only computes the features. Then kiln's
+# peak memory on 1x and 4x the images.
 #
 #   benches/image_pipeline.sh [N]     (default 2000 images of 500 x 375)
 #
@@ -31,7 +32,6 @@ crop = 224
 filter = "bicubic"
 [[stages]]
 type = "image_features"
-batch_size = 32
 [output]
 path = "$2"
 TOML

@@ -20,7 +20,7 @@ from PIL import Image
 
 mode, folder = sys.argv[1], sys.argv[2]
 model = sys.argv[3] if len(sys.argv) > 3 else None
-BATCH = 32
+BATCH = int(os.environ.get("REF_BATCH", "32"))
 
 
 def load(path):

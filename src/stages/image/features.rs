@@ -151,7 +151,7 @@ impl FeaturesStage {
         let size =
             require_fixed_size(input, "image_features").map_err(|e| key("type", e.to_string()))?;
         let model = resolve_model(&cfg.model).map_err(|m| key("model", m))?;
-        if cfg.batch_size == 0 {
+        if cfg.batch_size == Some(0) {
             return Err(key("batch_size", "batch_size must be at least 1".into()));
         }
         if cfg.top_k == Some(0) {
@@ -183,13 +183,16 @@ impl FeaturesStage {
             mean,
             std,
             size,
-            batch_size: cfg.batch_size,
+            batch_size: 1,
             features_dim: 0,
             logits_dim: 0,
             provider: String::new(),
             sessions: Mutex::new(Vec::new()),
         };
         let (mut session, provider) = stage.open().map_err(|m| key("device", m))?;
+        stage.batch_size =
+            cfg.batch_size
+                .unwrap_or(if provider.starts_with("CUDA") { 32 } else { 1 });
         stage.provider = provider;
         let first_input = session.inputs().first().map(|i| i.name().to_string());
         stage.input_name = match (&cfg.input_name, first_input) {
@@ -482,9 +485,10 @@ impl Stage for FeaturesStage {
 
     fn report(&self) -> Option<String> {
         Some(format!(
-            "image_features: {} on {}",
+            "image_features: {} on {}, {} image(s) a call",
             self.model.display(),
-            self.provider
+            self.provider,
+            self.batch_size
         ))
     }
 }
