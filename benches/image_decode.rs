@@ -32,7 +32,8 @@ fn kiln_pass(files: &[String]) -> (usize, f64) {
             let bytes = std::fs::read(f).expect("readable");
             let (rgb, w, h) = decode(&bytes, 64_000_000).expect("decodes");
             let mut rng = ChaCha8Rng::seed_from_u64(0);
-            let (out, _, _) = resize_crop(resizer, &rgb, w, h, &cfg, &mut rng).expect("resizes");
+            let (out, _, _) =
+                resize_crop(resizer, &rgb, w, h, &cfg, 64_000_000, &mut rng).expect("resizes");
             assert_eq!(out.len(), 224 * 224 * 3);
         })
         .count();

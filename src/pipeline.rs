@@ -138,6 +138,23 @@ impl Pipeline {
             }
             let image = matches!(format, InputFormat::Images | InputFormat::Tar)
                 || input.image_column.is_some();
+            // Table columns are read beside the reader's own ones.
+            let own = |c: &Option<String>| {
+                c.as_deref()
+                    .is_some_and(|c| sources::image::TABLE_OWN_COLUMNS.contains(&c))
+            };
+            if own(&input.label_column) {
+                return Err(source.error(
+                    &key("label_column"),
+                    "this name is a column kiln fills itself; rename the table's column",
+                ));
+            }
+            if own(&input.caption_column) && own(&input.image_column) {
+                return Err(source.error(
+                    &key("image_column"),
+                    "the caption and the image path cannot both be in columns named like the ones kiln fills",
+                ));
+            }
             any_image |= image;
             any_text |= !image;
             for (j, c) in input.columns.iter().enumerate() {
@@ -191,7 +208,19 @@ impl Pipeline {
                 };
                 let names = match (&input.classes, labels) {
                     (Some(c), _) => c.clone(),
-                    (None, LabelSource::Folder) => folder_classes(&files),
+                    (None, LabelSource::Folder) => {
+                        let names = folder_classes(&files);
+                        if files
+                            .iter()
+                            .any(|f| sources::image::folder_label(f).is_none())
+                        {
+                            return Err(source.error(
+                                &key("labels"),
+                                "some images are in no folder to name their class; set labels = \"none\" or use a folder per class",
+                            ));
+                        }
+                        names
+                    }
                     (None, LabelSource::None) => Vec::new(),
                 };
                 if !names.is_empty() {
@@ -360,7 +389,7 @@ impl Pipeline {
                 }
                 StageConfig::ResizeImage(r) => {
                     check_resize(r).map_err(|m| source.error(&key("size"), m))?;
-                    Arc::new(ResizeStage::new(r.clone()))
+                    Arc::new(ResizeStage::new(r.clone(), config.limits.max_image_pixels))
                 }
                 StageConfig::ImageFeatures(f) => {
                     Arc::new(FeaturesStage::build(f, &schema).map_err(keyed)?)

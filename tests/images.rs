@@ -503,3 +503,89 @@ fn image_files_share_batches_so_mixing_finds_partners() {
     }
     assert_eq!(mixed, 26, "every copy is mixed (prob = 1)");
 }
+
+fn tar_of(path: &Path, members: &[(&str, Vec<u8>)]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, data) in members {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+/// Regression: a batch that finished no sample (here: batches of one
+/// sample, the first rejected) ended the shard, losing the rest unseen.
+/// And a key whose members are not together is one sample, not two.
+#[test]
+fn tar_reads_past_rejected_samples_and_refuses_split_keys() {
+    let s = Scratch::new();
+    let png = std::fs::read(fixture("bad/good.png")).unwrap();
+    let shard = s.path("shard.tar");
+    tar_of(
+        &shard,
+        &[
+            ("a.cls", b"99\n".to_vec()),
+            ("a.png", png.clone()),
+            ("b.png", png.clone()),
+            ("c.png", png.clone()),
+            ("b.txt", b"late".to_vec()),
+            ("d.png", png.clone()),
+        ],
+    );
+    let out = s.path("out");
+    let p = s.write(
+        "p.toml",
+        format!(
+            "[[inputs]]\npath = \"{}\"\nclasses = [\"x\", \"y\"]\n\n[output]\npath = \"{}\"\n\n[plan]\nbatch_rows = 1\n",
+            shard.display(),
+            out.display()
+        ),
+    );
+    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
+    let m = manifest(&out);
+    let kinds: Vec<String> = rejects(&out).into_iter().map(|r| r.2).collect();
+    assert_eq!(kinds, ["unknown_label", "duplicate_key"]);
+    assert_eq!(m["totals"]["samples_out"], 3, "b, c and d");
+    assert_eq!(m["totals"]["samples_in"], 5);
+}
+
+#[test]
+fn a_caption_column_named_text_is_read_as_the_caption() {
+    let s = Scratch::new();
+    let rows: String = ["bird/bird_0.jpg", "cat/cat_1.png"]
+        .iter()
+        .map(|f| {
+            format!(
+                "{{\"file\": \"{}\", \"text\": \"a photo of {f}\"}}\n",
+                fixture(&format!("folder/{f}"))
+            )
+        })
+        .collect();
+    s.write("t.jsonl", rows);
+    let out = s.path("out");
+    let p = s.write(
+        "p.toml",
+        format!(
+            "[[inputs]]\npath = \"t.jsonl\"\nimage_column = \"file\"\ncaption_column = \"text\"\n\n[output]\npath = \"{}\"\n",
+            out.display()
+        ),
+    );
+    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
+    let b = &read_dataset(&out)[0];
+    let text = b.column_by_name("text").unwrap().as_string::<i32>();
+    let path = b.column_by_name("path").unwrap().as_string::<i32>();
+    assert_eq!(b.num_rows(), 2);
+    assert!(
+        text.value(1).starts_with("a photo of cat/cat_1.png"),
+        "{}",
+        text.value(1)
+    );
+    assert!(
+        path.value(1).ends_with("folder/cat/cat_1.png"),
+        "{}",
+        path.value(1)
+    );
+}

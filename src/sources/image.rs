@@ -54,7 +54,65 @@ pub struct ImageSpec {
     pub classes: Arc<Vec<String>>,
 }
 
+/// Columns the table readers fill themselves, which a table's own columns
+/// cannot be read into.
+pub const TABLE_OWN_COLUMNS: [&str; 4] = ["sample_id", "source", "position", "text"];
+
 impl ImageSpec {
+    /// A caption column named like a column the table reader fills (most
+    /// often `text`) is read as the table's text, and the image path as an
+    /// extra column instead.
+    pub fn caption_is_text(&self) -> bool {
+        self.caption_column
+            .as_deref()
+            .is_some_and(|c| TABLE_OWN_COLUMNS.contains(&c))
+    }
+
+    /// The table field the table reader reads as its text.
+    pub fn inner_text_field(&self) -> String {
+        match self.caption_is_text() {
+            true => self.caption_column.clone().unwrap_or_default(),
+            false => self.image_column.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The column of the table reader's batches that holds the image path.
+    fn inner_path_column(&self) -> String {
+        match self.caption_is_text() {
+            true => self.image_column.clone().unwrap_or_default(),
+            false => "text".into(),
+        }
+    }
+
+    /// The column of the table reader's batches that holds the caption.
+    fn inner_caption_column(&self) -> Option<String> {
+        match self.caption_is_text() {
+            true => Some("text".into()),
+            false => self.caption_column.clone(),
+        }
+    }
+
+    /// The extra columns the table reader must read besides its text.
+    pub fn inner_columns(&self, columns: &[String]) -> Vec<String> {
+        let mut out = columns.to_vec();
+        let path = self
+            .caption_is_text()
+            .then(|| self.image_column.clone())
+            .flatten();
+        let caption = (!self.caption_is_text())
+            .then(|| self.caption_column.clone())
+            .flatten();
+        for c in [path, caption, self.label_column.clone()]
+            .into_iter()
+            .flatten()
+        {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     fn class_id(&self, name: &str) -> std::result::Result<i64, String> {
         if let Some(i) = self.classes.iter().position(|c| c == name) {
             return Ok(i as i64);
@@ -391,6 +449,8 @@ pub struct TarReader {
     builder: ImageRecordBuilder,
     /// Offset of the next member header.
     offset: u64,
+    /// Keys already emitted: a key must not come back.
+    keys: std::collections::HashSet<String>,
     /// The sample being gathered: its key, offset and members.
     pending: Option<TarSample>,
     done: bool,
@@ -430,6 +490,7 @@ impl TarReader {
             batch_rows: opts.batch_rows,
             builder: ImageRecordBuilder::new(opts),
             offset: 0,
+            keys: Default::default(),
             pending: None,
             done: false,
         }
@@ -441,6 +502,20 @@ impl TarReader {
 
     /// Turn a gathered sample into a record or a reject.
     fn emit(&mut self, s: TarSample, rejects: &mut RejectSink) -> Result<()> {
+        if !self.keys.insert(s.key.clone()) {
+            // Its members are not together: a second sample of the same key.
+            return rejects.push(reject(
+                "read_tar",
+                format!("{}:{}@{}", self.path, s.key, s.position),
+                &self.path,
+                s.position,
+                "duplicate_key",
+                format!(
+                    "key `{}` appears again at byte {}, after other keys",
+                    s.key, s.position
+                ),
+            ));
+        }
         let id = self.sample_id(&s.key);
         let fail = |kind: &str, msg: String| {
             reject("read_tar", id.clone(), &self.path, s.position, kind, msg)
@@ -528,112 +603,126 @@ impl TarReader {
     }
 }
 
-impl SourceReader for TarReader {
-    fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
-        use std::io::{Seek, SeekFrom};
-        if self.done {
-            return Ok(None);
+impl TarReader {
+    /// Whether a member of `sample` with extension `ext` is worth reading:
+    /// the first image, `.txt`, `.cls`, `.json`; others are skipped unread.
+    fn wanted(sample: Option<&TarSample>, ext: &str) -> bool {
+        let seen =
+            |f: &dyn Fn(&str) -> bool| sample.is_some_and(|s| s.members.iter().any(|(e, _)| f(e)));
+        if is_image_extension(ext) {
+            return !seen(&|e: &str| is_image_extension(e));
         }
-        let mut file = match File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) => {
-                self.done = true;
-                rejects.push(reject(
-                    "read_tar",
-                    format!("{}:*", self.path),
-                    &self.path,
-                    0,
-                    "unreadable_file",
-                    format!("cannot open: {e}"),
-                ))?;
-                return Ok(None);
-            }
-        };
-        // Each batch reopens the shard at the header where the last stopped.
+        matches!(ext, "txt" | "cls" | "json") && !seen(&|e: &str| e == ext)
+    }
+
+    /// Read members from the saved offset until the batch is full or the
+    /// shard ends; finished samples go to the builder or to rejects.
+    fn fill(&mut self, rejects: &mut RejectSink) -> Result<Option<String>> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = File::open(&self.path)
+            .map_err(|e| crate::error::Error::io(format!("reopen {}", self.path), e))?;
         let base = self.offset;
+        file.seek(SeekFrom::Start(base))
+            .map_err(|e| crate::error::Error::io(format!("seek {}", self.path), e))?;
         let max = self.limits.max_file_bytes;
-        let mut finished: Vec<TarSample> = Vec::new();
-        let mut failure = None;
-        let mut exhausted = true;
-        match file.seek(SeekFrom::Start(base)) {
-            Err(e) => failure = Some(e.to_string()),
-            Ok(_) => {
-                let mut archive =
-                    tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
-                match archive.entries() {
-                    Err(e) => failure = Some(e.to_string()),
-                    Ok(entries) => {
-                        let mut gathered_bytes = 0usize;
-                        for entry in entries {
-                            let mut entry = match entry {
-                                Ok(e) => e,
-                                Err(e) => {
-                                    failure = Some(e.to_string());
-                                    break;
-                                }
-                            };
-                            let size = entry.size();
-                            let next = base + entry.raw_file_position() + size.div_ceil(512) * 512;
-                            if !entry.header().entry_type().is_file() {
-                                self.offset = next;
-                                continue;
-                            }
-                            let name = match entry.path() {
-                                Ok(p) => p.to_string_lossy().into_owned(),
-                                Err(e) => {
-                                    failure = Some(format!("bad member name: {e}"));
-                                    break;
-                                }
-                            };
-                            let (key, ext) = tar_key(&name);
-                            let position = base + entry.raw_header_position();
-                            let data = if size > max {
-                                Err(file_too_large(size, max))
-                            } else {
-                                let mut buf = Vec::with_capacity(size as usize);
-                                if let Err(e) = entry.read_to_end(&mut buf) {
-                                    failure = Some(format!("cannot read member {name}: {e}"));
-                                    break;
-                                }
-                                Ok(buf)
-                            };
-                            self.offset = next;
-                            gathered_bytes += data.as_ref().map_or(0, Vec::len);
-                            match &mut self.pending {
-                                Some(p) if p.key == key => p.members.push((ext, data)),
-                                _ => {
-                                    let sample = TarSample {
-                                        key,
-                                        position,
-                                        members: vec![(ext, data)],
-                                    };
-                                    if let Some(done) = self.pending.replace(sample) {
-                                        finished.push(done);
-                                    }
-                                }
-                            }
-                            if finished.len() >= self.batch_rows || gathered_bytes >= BATCH_BYTES {
-                                exhausted = false;
-                                break;
-                            }
-                        }
+        let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
+        let entries = match archive.entries() {
+            Ok(e) => e,
+            Err(e) => return Ok(Some(e.to_string())),
+        };
+        for entry in entries {
+            let mut entry = match entry {
+                Ok(e) => e,
+                Err(e) => return Ok(Some(e.to_string())),
+            };
+            let size = entry.size();
+            let next = base + entry.raw_file_position() + size.div_ceil(512) * 512;
+            if !entry.header().entry_type().is_file() {
+                self.offset = next;
+                continue;
+            }
+            let name = match entry.path() {
+                Ok(p) => p.to_string_lossy().into_owned(),
+                Err(e) => return Ok(Some(format!("bad member name: {e}"))),
+            };
+            let (key, ext) = tar_key(&name);
+            let position = base + entry.raw_header_position();
+            if self.pending.as_ref().is_some_and(|p| p.key != key) {
+                let done = self.pending.take().expect("checked");
+                self.emit(done, rejects)?;
+            }
+            let sample = self.pending.as_ref().filter(|p| p.key == key);
+            if Self::wanted(sample, &ext) {
+                let data = if size > max {
+                    Err(file_too_large(size, max))
+                } else {
+                    let mut buf = Vec::with_capacity(size as usize);
+                    if let Err(e) = entry.read_to_end(&mut buf) {
+                        return Ok(Some(format!("cannot read member {name}: {e}")));
+                    }
+                    Ok(buf)
+                };
+                match &mut self.pending {
+                    Some(p) => p.members.push((ext, data)),
+                    None => {
+                        self.pending = Some(TarSample {
+                            key,
+                            position,
+                            members: vec![(ext, data)],
+                        })
                     }
                 }
+            } else if self.pending.is_none() {
+                self.pending = Some(TarSample {
+                    key,
+                    position,
+                    members: Vec::new(),
+                });
+            }
+            self.offset = next;
+            if self.builder.is_full(self.batch_rows) {
+                return Ok(None);
             }
         }
-        if exhausted || failure.is_some() {
-            self.done = true;
-            if let Some(last) = self.pending.take() {
-                finished.push(last);
+        self.done = true;
+        Ok(None)
+    }
+}
+
+impl SourceReader for TarReader {
+    fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
+        // A call may finish no sample (one large sample, or all rejected):
+        // read on until a batch has rows or the shard ends.
+        while !self.done {
+            let failure = match File::open(&self.path) {
+                Ok(_) => self.fill(rejects)?,
+                Err(e) => {
+                    self.done = true;
+                    rejects.push(reject(
+                        "read_tar",
+                        format!("{}:*", self.path),
+                        &self.path,
+                        0,
+                        "unreadable_file",
+                        format!("cannot open: {e}"),
+                    ))?;
+                    return Ok(None);
+                }
+            };
+            if failure.is_some() {
+                self.done = true;
+            }
+            if self.done {
+                if let Some(last) = self.pending.take() {
+                    self.emit(last, rejects)?;
+                }
+                return finish_with(self, failure, rejects);
+            }
+            if let Some(batch) = self.builder.finish()? {
+                return Ok(Some(batch));
             }
         }
-        for s in finished {
-            self.emit(s, rejects)?;
-        }
-        if self.done {
-            return finish_with(self, failure, rejects);
-        }
-        self.builder.finish()
+        Ok(None)
     }
 }
 
@@ -700,7 +789,7 @@ impl TableImageReader {
             .map(|c| c.as_primitive::<arrow::datatypes::UInt64Type>().value(row))
             .unwrap_or_default();
         let stage = "read_image";
-        let file = string("text").unwrap_or_default();
+        let file = string(&self.spec.inner_path_column()).unwrap_or_default();
         let full = if Path::new(file).is_absolute() {
             PathBuf::from(file)
         } else {
@@ -716,7 +805,7 @@ impl TableImageReader {
                 }
             },
         };
-        let text = self.spec.caption_column.as_deref().and_then(string);
+        let text = self.spec.inner_caption_column().and_then(|c| string(&c));
         let bytes = match read_limited(&full, self.limits.max_file_bytes) {
             Ok(b) => b,
             Err((kind, msg)) => {

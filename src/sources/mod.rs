@@ -158,18 +158,11 @@ pub fn open(split: &Split, spec: &InputSpec, opts: &ReadOptions) -> Box<dyn Sour
             }
             InputFormat::Tar => return Box::new(image::TarReader::new(split, img, opts)),
             _ => {
-                // The table's own reader, with the image column as its text.
-                let mut columns = spec.columns.clone();
-                for c in [&img.caption_column, &img.label_column]
-                    .into_iter()
-                    .flatten()
-                {
-                    if !columns.contains(c) {
-                        columns.push(c.clone());
-                    }
-                }
+                // The table's own reader, with the image column (or a
+                // caption named `text`) as its text.
+                let columns = img.inner_columns(&spec.columns);
                 let inner_spec = InputSpec {
-                    text_field: img.image_column.clone().unwrap_or_default(),
+                    text_field: img.inner_text_field(),
                     columns: columns.clone(),
                     image: None,
                     ..spec.clone()

@@ -89,6 +89,16 @@ pub fn decode(
     Ok((img.into_rgb8().into_raw(), w, h))
 }
 
+/// [`decode`], with a decoder's panic on hostile bytes made a reject.
+fn decode_guarded(bytes: &[u8], max_pixels: u64) -> Decoded {
+    std::panic::catch_unwind(|| decode(bytes, max_pixels)).unwrap_or_else(|_| {
+        Err((
+            "corrupt_image",
+            "the decoder failed on these bytes (it panicked)".into(),
+        ))
+    })
+}
+
 /// Whether a JPEG ends with its end-of-image marker (trailing padding of a
 /// few bytes is allowed, as writers leave it).
 fn ends_jpeg(bytes: &[u8]) -> bool {
@@ -114,6 +124,7 @@ pub fn resize_crop(
     w: u32,
     h: u32,
     cfg: &ResizeImageConfig,
+    max_pixels: u64,
     rng: &mut ChaCha8Rng,
 ) -> std::result::Result<(Vec<u8>, u32, u32), Rejection> {
     let size = cfg.size as u64;
@@ -122,6 +133,19 @@ pub fn resize_crop(
     } else {
         ((size * w as u64 / h as u64).max(1), size)
     };
+    // A very long, thin image would resize to a huge one (only the crop is
+    // ever resampled, but its geometry must still fit).
+    let too_big = nw > u32::MAX as u64
+        || nh > u32::MAX as u64
+        || (cfg.crop.is_none() && nw * nh > max_pixels);
+    if too_big {
+        return Err((
+            "too_many_pixels",
+            format!(
+                "{w} x {h} would resize to {nw} x {nh}, over limits.max_image_pixels = {max_pixels}"
+            ),
+        ));
+    }
     let (nw, nh) = (nw as u32, nh as u32);
     // The crop, in the coordinates of the resized image.
     let (c, top, left) = match cfg.crop {
@@ -231,12 +255,12 @@ impl Stage for DecodeStage {
         let results: Vec<_> = (0..batch.num_rows())
             .into_par_iter()
             .map_init(Resizer::new, |resizer, row| {
-                let (rgb, w, h) = decode(images.value(row), self.max_pixels)?;
+                let (rgb, w, h) = decode_guarded(images.value(row), self.max_pixels)?;
                 match &self.resize {
                     None => Ok((rgb, w, h)),
                     Some(cfg) => {
                         let mut rng = ChaCha8Rng::seed_from_u64(seeds[row]);
-                        resize_crop(resizer, &rgb, w, h, cfg, &mut rng)
+                        resize_crop(resizer, &rgb, w, h, cfg, self.max_pixels, &mut rng)
                     }
                 }
             })
@@ -285,11 +309,12 @@ fn finish(
 /// `resize_image` on its own, on pixels an earlier stage decoded.
 pub struct ResizeStage {
     cfg: ResizeImageConfig,
+    max_pixels: u64,
 }
 
 impl ResizeStage {
-    pub fn new(cfg: ResizeImageConfig) -> Self {
-        ResizeStage { cfg }
+    pub fn new(cfg: ResizeImageConfig, max_pixels: u64) -> Self {
+        ResizeStage { cfg, max_pixels }
     }
 }
 
@@ -315,7 +340,7 @@ impl Stage for ResizeStage {
             .map_init(Resizer::new, |resizer, row| {
                 let (rgb, w, h) = px.get(row);
                 let mut rng = ChaCha8Rng::seed_from_u64(seeds[row]);
-                resize_crop(resizer, rgb, w, h, &self.cfg, &mut rng)
+                resize_crop(resizer, rgb, w, h, &self.cfg, self.max_pixels, &mut rng)
             })
             .collect();
         finish(batch, results, cx, self)
@@ -339,8 +364,16 @@ mod tests {
     fn shorter_side_becomes_size_and_the_longer_is_floored() {
         let rgb = vec![100u8; 30 * 20 * 3];
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let (out, w, h) =
-            resize_crop(&mut Resizer::new(), &rgb, 30, 20, &cfg(7, None), &mut rng).unwrap();
+        let (out, w, h) = resize_crop(
+            &mut Resizer::new(),
+            &rgb,
+            30,
+            20,
+            &cfg(7, None),
+            64_000_000,
+            &mut rng,
+        )
+        .unwrap();
         assert_eq!((w, h), (10, 7));
         assert_eq!(out.len(), 10 * 7 * 3);
         assert!(out.iter().all(|&p| p == 100), "a flat image stays flat");
@@ -360,14 +393,22 @@ mod tests {
                 filter,
                 ..cfg(40, None)
             };
-            let (full, fw, _) =
-                resize_crop(&mut Resizer::new(), &rgb, w, h, &resize, &mut rng).unwrap();
+            let (full, fw, _) = resize_crop(
+                &mut Resizer::new(),
+                &rgb,
+                w,
+                h,
+                &resize,
+                64_000_000,
+                &mut rng,
+            )
+            .unwrap();
             let crop = ResizeImageConfig {
                 filter,
                 ..cfg(40, Some(32))
             };
             let (out, cw, ch) =
-                resize_crop(&mut Resizer::new(), &rgb, w, h, &crop, &mut rng).unwrap();
+                resize_crop(&mut Resizer::new(), &rgb, w, h, &crop, 64_000_000, &mut rng).unwrap();
             assert_eq!((cw, ch), (32, 32));
             // 63 x 40 resized: left = round(15.5) = 16, top = round(4.0) = 4.
             let mut worst = 0;
@@ -388,8 +429,16 @@ mod tests {
         // top = round(0.5) = 0.
         let rgb: Vec<u8> = (0..5 * 4).flat_map(|i| [i as u8, 0, 0]).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let (out, w, h) =
-            resize_crop(&mut Resizer::new(), &rgb, 5, 4, &cfg(4, Some(3)), &mut rng).unwrap();
+        let (out, w, h) = resize_crop(
+            &mut Resizer::new(),
+            &rgb,
+            5,
+            4,
+            &cfg(4, Some(3)),
+            64_000_000,
+            &mut rng,
+        )
+        .unwrap();
         assert_eq!((w, h), (3, 3));
         let reds: Vec<u8> = out.chunks(3).map(|p| p[0]).collect();
         assert_eq!(reds, [1, 2, 3, 6, 7, 8, 11, 12, 13]);
@@ -402,6 +451,35 @@ mod tests {
         let (kind, msg) = decode(png, 64_000_000).unwrap_err();
         assert_eq!(kind, "too_many_pixels", "{msg}");
         assert!(msg.contains("100000 x 100000"), "{msg}");
+    }
+
+    #[test]
+    fn a_long_thin_image_is_refused_not_resized_to_gigabytes() {
+        let rgb = vec![0u8; 100_000 * 3];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let (kind, _) = resize_crop(
+            &mut Resizer::new(),
+            &rgb,
+            1,
+            100_000,
+            &cfg(224, None),
+            64_000_000,
+            &mut rng,
+        )
+        .unwrap_err();
+        assert_eq!(kind, "too_many_pixels");
+        // With a crop only the crop is made.
+        let (out, w, h) = resize_crop(
+            &mut Resizer::new(),
+            &rgb,
+            1,
+            100_000,
+            &cfg(224, Some(224)),
+            64_000_000,
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!((w, h, out.len()), (224, 224, 224 * 224 * 3));
     }
 
     #[test]

@@ -124,7 +124,6 @@ pub fn resolve_model(model: &str) -> std::result::Result<PathBuf, String> {
 
 pub struct FeaturesStage {
     model: PathBuf,
-    device: Device,
     input_name: String,
     features_output: String,
     logits_output: Option<String>,
@@ -175,7 +174,6 @@ impl FeaturesStage {
         }
         let mut stage = FeaturesStage {
             model,
-            device: cfg.device,
             input_name: String::new(),
             features_output: String::new(),
             logits_output: None,
@@ -189,7 +187,7 @@ impl FeaturesStage {
             provider: String::new(),
             sessions: Mutex::new(Vec::new()),
         };
-        let (mut session, provider) = stage.open().map_err(|m| key("device", m))?;
+        let (mut session, provider) = stage.open(cfg.device).map_err(|m| key("device", m))?;
         stage.batch_size =
             cfg.batch_size
                 .unwrap_or(if provider.starts_with("CUDA") { 32 } else { 1 });
@@ -276,8 +274,8 @@ impl FeaturesStage {
         Ok(stage)
     }
 
-    /// A new session on the configured device, and the provider it runs on.
-    fn open(&self) -> std::result::Result<(Session, String), String> {
+    /// A new session on `device`, and the provider it runs on.
+    fn open(&self, device: Device) -> std::result::Result<(Session, String), String> {
         let env = environment()?;
         let builder = || -> std::result::Result<_, String> {
             Session::builder(env)
@@ -291,11 +289,11 @@ impl FeaturesStage {
                 .map_err(|e| format!("cannot load {}: {e}", self.model.display()))?;
             Ok((s, "CPUExecutionProvider".into()))
         };
-        match self.device {
+        match device {
             Device::Cpu => cpu(),
             Device::Cuda | Device::Auto => match self.open_cuda(builder()?) {
                 Ok(s) => Ok((s, "CUDAExecutionProvider".into())),
-                Err(why) if self.device == Device::Auto => {
+                Err(why) if device == Device::Auto => {
                     tracing::info!("CUDA is not available ({why}); running the model on CPU");
                     cpu()
                 }
@@ -372,7 +370,13 @@ impl FeaturesStage {
         if let Some(s) = self.sessions.lock().expect("not poisoned").pop() {
             return Ok(s);
         }
-        self.open()
+        // Every session runs where the first one did, so that no image's
+        // features depend on which session it met.
+        let device = match self.provider.starts_with("CUDA") {
+            true => Device::Cuda,
+            false => Device::Cpu,
+        };
+        self.open(device)
             .map(|(s, _)| s)
             .map_err(|m| Error::Execution(format!("image_features: {m}")))
     }

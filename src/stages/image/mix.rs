@@ -97,8 +97,16 @@ impl MixStage {
         if cfg.copies == 0 {
             return err("copies", "copies must be at least 1");
         }
-        if cfg.mixup_alpha < 0.0 || cfg.cutmix_alpha < 0.0 {
-            return err("mixup_alpha", "alphas must not be negative");
+        for (k, a) in [
+            ("mixup_alpha", cfg.mixup_alpha),
+            ("cutmix_alpha", cfg.cutmix_alpha),
+        ] {
+            if !a.is_finite() || a < 0.0 {
+                return err(k, "alphas must be finite and not negative");
+            }
+        }
+        if cfg.num_classes == Some(0) {
+            return err("num_classes", "num_classes must be at least 1");
         }
         if cfg.mixup_alpha == 0.0 && cfg.cutmix_alpha == 0.0 && cfg.cutmix_minmax.is_none() {
             return err(
