@@ -467,6 +467,7 @@ impl Pipeline {
             limits: self.config.limits.clone(),
             batch_rows: self.config.plan.batch_rows.max(1),
             pixel_budget: self.keeps_full_pixels.then_some(PIXEL_BUDGET),
+            captions_only: false,
         }
     }
 

@@ -589,3 +589,38 @@ fn a_caption_column_named_text_is_read_as_the_caption() {
         path.value(1)
     );
 }
+
+#[test]
+fn a_tokenizer_is_trained_on_the_captions_of_tar_shards() {
+    let s = Scratch::new();
+    let out = s.path("out");
+    let p = s.write(
+        "p.toml",
+        format!(
+            r#"
+[[inputs]]
+path = "{tars}"
+
+[[stages]]
+type = "decode_image"
+
+[[stages]]
+type = "tokenize"
+
+[stages.train]
+vocab_size = 300
+min_frequency = 1
+
+[output]
+path = "{out}"
+"#,
+            tars = fixture("shard-*.tar"),
+            out = out.display()
+        ),
+    );
+    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
+    assert!(out.join("tokenizer.json").exists());
+    let m = manifest(&out);
+    assert_eq!(m["totals"]["samples_out"], 8);
+    assert!(m["totals"]["tokens"].as_u64().unwrap() > 8);
+}

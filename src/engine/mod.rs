@@ -407,7 +407,10 @@ fn corpus(
     tx: std::sync::mpsc::SyncSender<Vec<String>>,
 ) -> Result<()> {
     let next = AtomicUsize::new(0);
-    let opts = pipeline.read_options();
+    let opts = sources::ReadOptions {
+        captions_only: true,
+        ..pipeline.read_options()
+    };
     let column = pipeline.text_column();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)

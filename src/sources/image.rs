@@ -379,6 +379,7 @@ pub struct ImageFileReader {
     limits: Limits,
     batch_rows: usize,
     builder: ImageRecordBuilder,
+    captions_only: bool,
 }
 
 impl ImageFileReader {
@@ -393,6 +394,7 @@ impl ImageFileReader {
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
             builder: ImageRecordBuilder::new(opts),
+            captions_only: opts.captions_only,
         }
     }
 
@@ -428,6 +430,10 @@ impl ImageFileReader {
 
 impl SourceReader for ImageFileReader {
     fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
+        if self.captions_only {
+            // Image files carry no captions.
+            return Ok(None);
+        }
         while !self.builder.is_full(self.batch_rows) {
             let Some(path) = self.paths.next() else { break };
             self.read(&path, rejects)?;
@@ -454,6 +460,7 @@ pub struct TarReader {
     /// The sample being gathered: its key, offset and members.
     pending: Option<TarSample>,
     done: bool,
+    captions_only: bool,
 }
 
 /// A member's bytes, or why they were not read: `(kind, message)`.
@@ -493,6 +500,7 @@ impl TarReader {
             keys: Default::default(),
             pending: None,
             done: false,
+            captions_only: opts.captions_only,
         }
     }
 
@@ -653,7 +661,9 @@ impl TarReader {
             }
             let sample = self.pending.as_ref().filter(|p| p.key == key);
             if Self::wanted(sample, &ext) {
-                let data = if size > max {
+                let data = if self.captions_only && is_image_extension(&ext) {
+                    Ok(Vec::new())
+                } else if size > max {
                     Err(file_too_large(size, max))
                 } else {
                     let mut buf = Vec::with_capacity(size as usize);
@@ -756,6 +766,7 @@ pub struct TableImageReader {
     builder: ImageRecordBuilder,
     /// A table batch not yet fully read, and the next row of it.
     pending: Option<(RecordBatch, usize)>,
+    captions_only: bool,
 }
 
 impl TableImageReader {
@@ -767,6 +778,7 @@ impl TableImageReader {
             batch_rows: opts.batch_rows,
             builder: ImageRecordBuilder::new(opts),
             pending: None,
+            captions_only: opts.captions_only,
         }
     }
 
@@ -806,7 +818,11 @@ impl TableImageReader {
             },
         };
         let text = self.spec.inner_caption_column().and_then(|c| string(&c));
-        let bytes = match read_limited(&full, self.limits.max_file_bytes) {
+        let read = match self.captions_only {
+            true => Ok(Vec::new()),
+            false => read_limited(&full, self.limits.max_file_bytes),
+        };
+        let bytes = match read {
             Ok(b) => b,
             Err((kind, msg)) => {
                 return rejects.push(reject(

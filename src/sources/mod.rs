@@ -110,6 +110,9 @@ pub struct ReadOptions {
     /// Images: cut a batch once the pixels its images' headers claim reach
     /// this many bytes (RGB), when a stage keeps full-size pixels.
     pub pixel_budget: Option<u64>,
+    /// Read captions only, not the media files (to train a tokenizer): the
+    /// image bytes are left empty.
+    pub captions_only: bool,
 }
 
 /// Consecutive splits read by one reader: whole image files of one input
