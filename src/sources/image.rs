@@ -309,10 +309,16 @@ impl ImageRecordBuilder {
         if self.pixel_budget.is_some() {
             // Only the header is read; a claim over the limit is rejected
             // at decoding, so it counts as the limit.
-            let claimed = image::ImageReader::new(std::io::Cursor::new(r.image))
-                .with_guessed_format()
+            let header = || {
+                image::ImageReader::new(std::io::Cursor::new(r.image))
+                    .with_guessed_format()
+                    .ok()
+                    .and_then(|i| i.into_dimensions().ok())
+            };
+            // Hostile bytes are the decoder's to reject, not the reader's.
+            let claimed = std::panic::catch_unwind(header)
                 .ok()
-                .and_then(|i| i.into_dimensions().ok())
+                .flatten()
                 .map_or(0, |(w, h)| (w as u64 * h as u64).min(self.max_pixels));
             self.pixel_bytes += claimed * 3;
         }
