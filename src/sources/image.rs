@@ -9,7 +9,6 @@
 //! `limits.max_file_bytes`, or has an unknown label is a reject; batches are
 //! cut by bytes so that a batch of large files stays small.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -900,15 +899,6 @@ pub fn folder_classes(files: &[String]) -> Vec<String> {
     names.sort();
     names.dedup();
     names
-}
-
-/// Index of each class name.
-pub fn class_index(names: &[String]) -> HashMap<&str, usize> {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
-        .collect()
 }
 
 #[cfg(test)]
