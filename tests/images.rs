@@ -25,6 +25,18 @@ fn fixture(rel: &str) -> String {
         .to_string()
 }
 
+/// Run `pipeline` (a pipeline file without its `[output]`) in `s`, into
+/// the folder `name`, which it returns.
+fn build(s: &Scratch, name: &str, pipeline: &str) -> std::path::PathBuf {
+    let out = s.path(name);
+    let p = s.write(
+        &format!("{name}.toml"),
+        format!("{pipeline}\n[output]\npath = \"{}\"\n", out.display()),
+    );
+    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
+    out
+}
+
 /// `image_features` of every sample, by sample id, as raw bits.
 fn features(dir: &Path) -> BTreeMap<String, Vec<u32>> {
     let mut out = BTreeMap::new();
@@ -360,16 +372,14 @@ batch_rows = 2
 #[test]
 fn tar_json_members_fill_extra_columns_and_txt_the_caption() {
     let s = Scratch::new();
-    let out = s.path("out");
-    let p = s.write(
-        "p.toml",
-        format!(
-            "[[inputs]]\npath = \"{}\"\ncolumns = [\"caption\"]\n\n[output]\npath = \"{}\"\n",
-            fixture("shard-000000.tar"),
-            out.display()
+    let out = build(
+        &s,
+        "out",
+        &format!(
+            "[[inputs]]\npath = \"{}\"\ncolumns = [\"caption\"]\n\n",
+            fixture("shard-000000.tar")
         ),
     );
-    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
     let batches = read_dataset(&out);
     let b = &batches[0];
     assert_eq!(b.num_rows(), 5);
@@ -428,10 +438,10 @@ fn csv_and_parquet_tables_join_their_images_and_big_members_are_rejected() {
         ("csv", fixture("captions.csv")),
         ("pq", pq.display().to_string()),
     ] {
-        let out = s.path(name);
-        let p = s.write(
-            &format!("{name}.toml"),
-            format!(
+        let out = build(
+            &s,
+            name,
+            &format!(
                 r#"
 [[inputs]]
 path = "{table}"
@@ -443,30 +453,23 @@ classes = ["bird", "cat", "dog"]
 
 [[stages]]
 type = "decode_image"
-
-[output]
-path = "{out}"
-"#,
-                out = out.display()
+"#
             ),
         );
-        assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
         let m = manifest(&out);
         assert_eq!(m["totals"]["samples_out"], 13, "{name}");
         assert_eq!(m["totals"]["rejected"], 0, "{name}");
     }
     // Tar members over limits.max_file_bytes are rejected unread, one
     // reject a sample.
-    let out = s.path("small");
-    let p = s.write(
-        "small.toml",
-        format!(
-            "[[inputs]]\npath = \"{}\"\n\n[output]\npath = \"{}\"\n\n[limits]\nmax_file_bytes = 500\n",
-            fixture("shard-000000.tar"),
-            out.display()
+    let out = build(
+        &s,
+        "small",
+        &format!(
+            "[[inputs]]\npath = \"{}\"\n\n\n[limits]\nmax_file_bytes = 500\n",
+            fixture("shard-000000.tar")
         ),
     );
-    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
     let kinds: Vec<String> = rejects(&out).into_iter().map(|r| r.2).collect();
     let m = manifest(&out);
     // The JPEGs are over 500 bytes, the PNGs under.
@@ -479,16 +482,14 @@ path = "{out}"
 #[test]
 fn image_files_share_batches_so_mixing_finds_partners() {
     let s = Scratch::new();
-    let out = s.path("out");
-    let p = s.write(
-        "p.toml",
-        format!(
-            "[[inputs]]\npath = \"{}\"\n\n[[stages]]\ntype = \"decode_image\"\n\n[[stages]]\ntype = \"resize_image\"\nsize = 16\ncrop = 16\n\n[[stages]]\ntype = \"mix\"\ncopies = 2\n\n[output]\npath = \"{}\"\n",
-            fixture("folder"),
-            out.display()
+    let out = build(
+        &s,
+        "out",
+        &format!(
+            "[[inputs]]\npath = \"{}\"\n\n[[stages]]\ntype = \"decode_image\"\n\n[[stages]]\ntype = \"resize_image\"\nsize = 16\ncrop = 16\n\n[[stages]]\ntype = \"mix\"\ncopies = 2\n\n",
+            fixture("folder")
         ),
     );
-    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
     let mut mixed = 0;
     for b in read_dataset(&out) {
         let ids = b.column_by_name("sample_id").unwrap().as_string::<i32>();
@@ -535,16 +536,14 @@ fn tar_reads_past_rejected_samples_and_refuses_split_keys() {
             ("d.png", png.clone()),
         ],
     );
-    let out = s.path("out");
-    let p = s.write(
-        "p.toml",
-        format!(
-            "[[inputs]]\npath = \"{}\"\nclasses = [\"x\", \"y\"]\n\n[output]\npath = \"{}\"\n\n[plan]\nbatch_rows = 1\n",
-            shard.display(),
-            out.display()
+    let out = build(
+        &s,
+        "out",
+        &format!(
+            "[[inputs]]\npath = \"{}\"\nclasses = [\"x\", \"y\"]\n\n\n[plan]\nbatch_rows = 1\n",
+            shard.display()
         ),
     );
-    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
     let m = manifest(&out);
     let kinds: Vec<String> = rejects(&out).into_iter().map(|r| r.2).collect();
     assert_eq!(kinds, ["unknown_label", "duplicate_key"]);
@@ -593,10 +592,10 @@ fn a_caption_column_named_text_is_read_as_the_caption() {
 #[test]
 fn a_tokenizer_is_trained_on_the_captions_of_tar_shards() {
     let s = Scratch::new();
-    let out = s.path("out");
-    let p = s.write(
-        "p.toml",
-        format!(
+    let out = build(
+        &s,
+        "out",
+        &format!(
             r#"
 [[inputs]]
 path = "{tars}"
@@ -610,15 +609,10 @@ type = "tokenize"
 [stages.train]
 vocab_size = 300
 min_frequency = 1
-
-[output]
-path = "{out}"
 "#,
             tars = fixture("shard-*.tar"),
-            out = out.display()
         ),
     );
-    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
     assert!(out.join("tokenizer.json").exists());
     let m = manifest(&out);
     assert_eq!(m["totals"]["samples_out"], 8);
