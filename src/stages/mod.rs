@@ -13,6 +13,7 @@
 //! | `chunk` | `[[stages]] type = "chunk"` | sliding windows of `input_ids`, one row per window |
 //! | image stages | `decode_image`, `resize_image`, `image_features`, `mix`, `encode_image`, `to_tensor` | see [`image`] |
 
+pub mod audio;
 pub mod image;
 pub mod sql;
 pub mod text;
