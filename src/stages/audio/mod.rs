@@ -1,5 +1,7 @@
-//! Audio: the signal processing of the audio path. `mel` computes log-mel
-//! spectrograms as librosa does (its reference values are the tests).
-//! Audio sources and stages are built on it.
+//! Audio: the signal processing of the audio path. `mel` computes mel
+//! spectrograms as librosa does (its reference values are the tests);
+//! `specaugment` masks and warps them as Park et al. (2019) describe.
+//! Audio sources and the stages that use these are built on them.
 
 pub mod mel;
+pub mod specaugment;

@@ -1,0 +1,238 @@
+//! SpecAugment (Park et al. 2019) on a log-mel spectrogram, mel-major
+//! (`n_mels` rows of `frames` values): time warping, then `mF` frequency
+//! masks of width `f ~ U[0, F]`, then `mT` time masks of width
+//! `t ~ U[0, min(T, floor(p * frames))]`; masked cells take the mask value
+//! (zero, or the spectrogram's mean after warping). Every draw comes from
+//! the generator it is given, and what was drawn is returned.
+//!
+//! Time warping: an anchor `a ~ U(W, frames - W)` (integers strictly
+//! inside) moves to `a + w`, `w ~ U[-W, W]`; each side is stretched
+//! linearly (output frame `a + w` is input frame `a`, the ends stay), and
+//! values between input frames are interpolated linearly.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskValue {
+    Zero,
+    Mean,
+}
+
+/// `W, F, mF, T, p, mT` and the mask value.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+pub struct SpecAugmentParams {
+    pub time_warp: u32,
+    pub freq_mask: u32,
+    pub freq_masks: u32,
+    pub time_mask: u32,
+    pub time_mask_ratio: f64,
+    pub time_masks: u32,
+    pub mask_value: MaskValue,
+}
+
+/// The paper's policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Policy {
+    LB,
+    LD,
+    SM,
+    SS,
+}
+
+impl Policy {
+    pub fn params(self) -> SpecAugmentParams {
+        let (w, f, mf, t, p, mt) = match self {
+            Policy::LB => (80, 27, 1, 100, 1.0, 1),
+            Policy::LD => (80, 27, 2, 100, 1.0, 2),
+            Policy::SM => (40, 15, 2, 70, 0.2, 2),
+            Policy::SS => (40, 27, 2, 70, 0.2, 2),
+        };
+        SpecAugmentParams {
+            time_warp: w,
+            freq_mask: f,
+            freq_masks: mf,
+            time_mask: t,
+            time_mask_ratio: p,
+            time_masks: mt,
+            mask_value: MaskValue::Zero,
+        }
+    }
+}
+
+/// What one application drew.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Applied {
+    /// `(anchor, w)`: input frame `anchor` moved to `anchor + w`.
+    pub warp: Option<(u32, i32)>,
+    /// `(first mel bin, width)` of each frequency mask.
+    pub freq: Vec<(u32, u32)>,
+    /// `(first frame, width)` of each time mask.
+    pub time: Vec<(u32, u32)>,
+    pub mask_value: f32,
+}
+
+/// Warp `mel` in time: input frame `a` goes to `a2`, the ends stay.
+pub fn time_warp(mel: &[f32], n_mels: usize, frames: usize, a: usize, a2: usize) -> Vec<f32> {
+    let last = (frames - 1) as f64;
+    let mut out = vec![0f32; mel.len()];
+    for t in 0..frames {
+        let t = t as f64;
+        let src = if t <= a2 as f64 {
+            if a2 == 0 {
+                0.0
+            } else {
+                t * a as f64 / a2 as f64
+            }
+        } else {
+            a as f64 + (t - a2 as f64) * (last - a as f64) / (last - a2 as f64)
+        };
+        let i0 = src.floor() as usize;
+        let i1 = (i0 + 1).min(frames - 1);
+        let frac = (src - i0 as f64) as f32;
+        for m in 0..n_mels {
+            let row = &mel[m * frames..(m + 1) * frames];
+            out[m * frames + t as usize] = row[i0] + (row[i1] - row[i0]) * frac;
+        }
+    }
+    out
+}
+
+/// Apply SpecAugment to `mel` in place.
+pub fn apply(
+    mel: &mut Vec<f32>,
+    n_mels: usize,
+    frames: usize,
+    p: &SpecAugmentParams,
+    rng: &mut impl Rng,
+) -> Applied {
+    let mut done = Applied::default();
+    let w = p.time_warp as usize;
+    if w > 0 && frames > 2 * w + 1 {
+        let a = rng.random_range(w + 1..frames - w);
+        let shift = rng.random_range(-(w as i64)..=w as i64);
+        let a2 = (a as i64 + shift) as usize;
+        *mel = time_warp(mel, n_mels, frames, a, a2);
+        done.warp = Some((a as u32, shift as i32));
+    }
+    let value = match p.mask_value {
+        MaskValue::Zero => 0.0,
+        MaskValue::Mean if mel.is_empty() => 0.0,
+        MaskValue::Mean => (mel.iter().map(|&v| v as f64).sum::<f64>() / mel.len() as f64) as f32,
+    };
+    done.mask_value = value;
+    for _ in 0..p.freq_masks {
+        let f = rng.random_range(0..=p.freq_mask as usize).min(n_mels);
+        let f0 = rng.random_range(0..=n_mels - f);
+        for m in f0..f0 + f {
+            mel[m * frames..(m + 1) * frames].fill(value);
+        }
+        done.freq.push((f0 as u32, f as u32));
+    }
+    let cap = ((p.time_mask_ratio * frames as f64).floor() as usize).min(p.time_mask as usize);
+    for _ in 0..p.time_masks {
+        let t = rng.random_range(0..=cap).min(frames);
+        let t0 = rng.random_range(0..=frames - t);
+        for m in 0..n_mels {
+            mel[m * frames + t0..m * frames + t0 + t].fill(value);
+        }
+        done.time.push((t0 as u32, t as u32));
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn ramp(n_mels: usize, frames: usize) -> Vec<f32> {
+        (0..n_mels * frames)
+            .map(|i| 1.0 + (i % frames) as f32 + 1000.0 * (i / frames) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn masks_stay_within_bounds_and_hold_the_mask_value() {
+        let (n_mels, frames) = (80, 300);
+        for seed in 0..200 {
+            for policy in [Policy::LB, Policy::LD, Policy::SM, Policy::SS] {
+                let p = policy.params();
+                let mut mel = ramp(n_mels, frames);
+                let done = apply(
+                    &mut mel,
+                    n_mels,
+                    frames,
+                    &p,
+                    &mut ChaCha8Rng::seed_from_u64(seed),
+                );
+                assert_eq!(mel.len(), n_mels * frames, "the shape is kept");
+                assert_eq!(done.freq.len(), p.freq_masks as usize);
+                assert_eq!(done.time.len(), p.time_masks as usize);
+                for &(f0, f) in &done.freq {
+                    assert!(f <= p.freq_mask && f0 + f <= n_mels as u32);
+                    for m in f0..f0 + f {
+                        let row = &mel[m as usize * frames..(m as usize + 1) * frames];
+                        assert!(row.iter().all(|&v| v == 0.0));
+                    }
+                }
+                let cap = ((p.time_mask_ratio * frames as f64) as u32).min(p.time_mask);
+                for &(t0, t) in &done.time {
+                    assert!(t <= cap && t0 + t <= frames as u32);
+                    for m in 0..n_mels {
+                        assert!((t0..t0 + t).all(|x| mel[m * frames + x as usize] == 0.0));
+                    }
+                }
+                if let Some((a, w)) = done.warp {
+                    assert!(a > p.time_warp && (a as usize) < frames - p.time_warp as usize);
+                    assert!(w.unsigned_abs() <= p.time_warp);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn warp_moves_the_anchor_and_keeps_the_ends() {
+        let (n_mels, frames) = (3, 50);
+        let mel = ramp(n_mels, frames);
+        let out = time_warp(&mel, n_mels, frames, 20, 27);
+        for m in 0..n_mels {
+            let (src, dst) = (
+                &mel[m * frames..(m + 1) * frames],
+                &out[m * frames..(m + 1) * frames],
+            );
+            assert_eq!(dst[27], src[20], "output frame a + w is input frame a");
+            assert_eq!(dst[0], src[0]);
+            assert_eq!(dst[frames - 1], src[frames - 1]);
+            // The ramp stays increasing: a stretch, not a shuffle.
+            assert!(dst.windows(2).all(|w| w[0] <= w[1]));
+        }
+    }
+
+    #[test]
+    fn same_seed_same_output_and_mean_masks() {
+        let (n_mels, frames) = (40, 120);
+        let mut p = Policy::SS.params();
+        p.mask_value = MaskValue::Mean;
+        let run = |seed| {
+            let mut mel = ramp(n_mels, frames);
+            let done = apply(
+                &mut mel,
+                n_mels,
+                frames,
+                &p,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            );
+            (mel, done)
+        };
+        let (a, da) = run(7);
+        let (b, db) = run(7);
+        assert_eq!(a, b);
+        assert_eq!(da, db);
+        let (c, _) = run(8);
+        assert_ne!(a, c);
+        assert!(da.mask_value > 0.0, "the mean of a positive spectrogram");
+    }
+}
