@@ -1,0 +1,226 @@
+//! Audio decoding with symphonia: WAV (PCM 8/16/24/32-bit and float),
+//! FLAC, MP3, OGG Vorbis, to f32 samples, optionally downmixed to mono.
+//! A stream whose header declares more than `max_seconds` is refused before
+//! it is decoded, and decoding stops (refusing it) once that much has come
+//! out, so an absurd declared or real length never fills memory.
+
+use std::io::Cursor;
+
+use symphonia::core::codecs::audio::AudioDecoderOptions;
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, TrackType};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+
+/// A reason to reject a file: `(kind, message)`.
+pub type Rejection = (&'static str, String);
+
+/// Decoded audio: `channels` planes of `frames` samples each, one after
+/// the other (one plane when downmixed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audio {
+    pub samples: Vec<f32>,
+    pub channels: usize,
+    pub rate: u32,
+}
+
+impl Audio {
+    pub fn frames(&self) -> usize {
+        self.samples.len() / self.channels.max(1)
+    }
+}
+
+/// Decode `bytes`; `mono` averages the channels.
+pub fn decode(bytes: Vec<u8>, max_seconds: f64, mono: bool) -> Result<Audio, Rejection> {
+    if bytes.is_empty() {
+        return Err(("empty_file", "the file is empty".into()));
+    }
+    let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
+    let mut format = symphonia::default::get_probe()
+        .probe(
+            &Hint::new(),
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
+        .map_err(|e| {
+            (
+                "unknown_format",
+                format!("not audio in a supported format (WAV, FLAC, MP3, OGG Vorbis): {e}"),
+            )
+        })?;
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or(("no_audio_track", "the file has no audio track".to_string()))?;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or((
+            "unsupported_codec",
+            "the track's codec is not audio".to_string(),
+        ))?
+        .clone();
+    if let (Some(frames), Some(rate)) = (track.num_frames, params.sample_rate)
+        && rate > 0
+        && frames as f64 / rate as f64 > max_seconds
+    {
+        return Err((
+            "too_long",
+            format!(
+                "the header declares {:.1} s, over limits.max_audio_seconds = {max_seconds}",
+                frames as f64 / rate as f64
+            ),
+        ));
+    }
+    let track_id = track.id;
+    let mut decoder = symphonia::default::get_codecs()
+        .make_audio_decoder(&params, &AudioDecoderOptions::default())
+        .map_err(|e| ("unsupported_codec", e.to_string()))?;
+    let mut planes: Vec<Vec<f32>> = Vec::new();
+    let mut rate = params.sample_rate.unwrap_or(0);
+    let mut buf: Vec<f32> = Vec::new();
+    let mut bad_packets = 0usize;
+    loop {
+        let packet = match format.next_packet() {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                break;
+            }
+            Err(e) => return Err(("corrupt_audio", e.to_string())),
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        match decoder.decode(&packet) {
+            Ok(audio) => {
+                let spec = audio.spec();
+                rate = spec.rate();
+                let channels = spec.channels().count().max(1);
+                if planes.is_empty() {
+                    planes = vec![Vec::new(); channels];
+                }
+                buf.resize(audio.samples_interleaved(), 0.0);
+                audio.copy_to_slice_interleaved(&mut buf);
+                for frame in buf.chunks_exact(channels) {
+                    for (plane, &s) in planes.iter_mut().zip(frame) {
+                        plane.push(s);
+                    }
+                }
+                if rate > 0 && planes[0].len() as f64 / rate as f64 > max_seconds {
+                    return Err((
+                        "too_long",
+                        format!("longer than limits.max_audio_seconds = {max_seconds}"),
+                    ));
+                }
+            }
+            Err(SymphoniaError::DecodeError(_)) => bad_packets += 1,
+            Err(e) => return Err(("corrupt_audio", e.to_string())),
+        }
+    }
+    let frames = planes.first().map_or(0, Vec::len);
+    if frames == 0 {
+        let why = if bad_packets > 0 {
+            format!("no packet decoded ({bad_packets} failed)")
+        } else {
+            "the stream has no samples".to_string()
+        };
+        return Err(("empty_audio", why));
+    }
+    if mono && planes.len() > 1 {
+        let n = planes.len() as f32;
+        let mixed = (0..frames)
+            .map(|i| planes.iter().map(|p| p[i]).sum::<f32>() / n)
+            .collect();
+        return Ok(Audio {
+            samples: mixed,
+            channels: 1,
+            rate,
+        });
+    }
+    Ok(Audio {
+        channels: planes.len(),
+        samples: planes.concat(),
+        rate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WAV file: 16-bit PCM (`format` 1) or 32-bit float (3).
+    fn wav(
+        rate: u32,
+        channels: u16,
+        format: u16,
+        frames: &[Vec<f32>],
+        declared: Option<u32>,
+    ) -> Vec<u8> {
+        let bits: u16 = if format == 1 { 16 } else { 32 };
+        let mut data = Vec::new();
+        for frame in frames {
+            for &s in frame {
+                if format == 1 {
+                    data.extend_from_slice(&((s * 32767.0).round() as i16).to_le_bytes());
+                } else {
+                    data.extend_from_slice(&s.to_le_bytes());
+                }
+            }
+        }
+        let block = channels * bits / 8;
+        let size = declared.unwrap_or(data.len() as u32);
+        let mut out = b"RIFF".to_vec();
+        out.extend_from_slice(&(36 + size).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&format.to_le_bytes());
+        out.extend_from_slice(&channels.to_le_bytes());
+        out.extend_from_slice(&rate.to_le_bytes());
+        out.extend_from_slice(&(rate * block as u32).to_le_bytes());
+        out.extend_from_slice(&block.to_le_bytes());
+        out.extend_from_slice(&bits.to_le_bytes());
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&data);
+        out
+    }
+
+    fn sine(n: usize) -> Vec<Vec<f32>> {
+        (0..n)
+            .map(|i| {
+                let v = (i as f32 * 0.05).sin() * 0.5;
+                vec![v, -v]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pcm16_and_float_wav_decode_and_downmix() {
+        let frames = sine(1600);
+        let a = decode(wav(16000, 2, 3, &frames, None), 60.0, false).unwrap();
+        assert_eq!((a.rate, a.channels, a.frames()), (16000, 2, 1600));
+        assert_eq!(a.samples[10], frames[10][0]);
+        assert_eq!(a.samples[1600 + 10], frames[10][1]);
+        let m = decode(wav(16000, 2, 1, &frames, None), 60.0, true).unwrap();
+        assert_eq!((m.channels, m.frames()), (1, 1600));
+        assert!(
+            m.samples.iter().all(|v| v.abs() < 1e-4),
+            "left and right cancel"
+        );
+    }
+
+    #[test]
+    fn bad_audio_is_refused_with_a_reason() {
+        assert_eq!(decode(Vec::new(), 60.0, true).unwrap_err().0, "empty_file");
+        let text = b"this is a text file, not a sound".to_vec();
+        assert_eq!(decode(text, 60.0, true).unwrap_err().0, "unknown_format");
+        // A header declaring ten hours of 16 kHz stereo.
+        let huge = wav(16000, 2, 1, &sine(10), Some(16000 * 4 * 36000));
+        assert_eq!(decode(huge, 60.0, true).unwrap_err().0, "too_long");
+        let long = wav(16000, 2, 3, &sine(32000), None);
+        assert_eq!(decode(long, 1.0, true).unwrap_err().0, "too_long");
+    }
+}
