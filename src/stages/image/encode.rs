@@ -17,7 +17,9 @@ use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use rayon::prelude::*;
 
-use super::{HEIGHT, PIXELS, Pixels, WIDTH, require_fixed_size, require_pixels, schema_with};
+use super::{
+    HEIGHT, PIXELS, Pixels, WIDTH, fixed_list_type, require_fixed_size, require_pixels, schema_with,
+};
 use crate::config::{EncodeImageConfig, ImageCodec, ToTensorConfig};
 use crate::error::{Error, Result};
 use crate::schema::image_struct_type;
@@ -136,10 +138,8 @@ impl TensorStage {
     }
 
     fn tensor_type(&self) -> DataType {
-        let item = |ty: DataType, n: u32| {
-            DataType::FixedSizeList(Arc::new(Field::new("item", ty, true)), n as i32)
-        };
-        item(item(item(DataType::Float32, self.size.0), self.size.1), 3)
+        let (w, h) = (self.size.0 as usize, self.size.1 as usize);
+        fixed_list_type(fixed_list_type(fixed_list_type(DataType::Float32, w), h), 3)
     }
 }
 

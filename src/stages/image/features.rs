@@ -31,7 +31,7 @@ use ort::session::Session;
 use ort::value::{Tensor, ValueType};
 use rayon::prelude::*;
 
-use super::{Pixels, f32_list, f32_list_field, require_fixed_size, schema_with};
+use super::{Pixels, f32_list, fixed_list_field, require_fixed_size, schema_with};
 use crate::config::{Device, ImageFeaturesConfig};
 use crate::error::{Error, Result};
 use crate::stages::{BatchContext, Stage};
@@ -255,7 +255,7 @@ impl FeaturesStage {
         // One run on a blank image gives the output sizes.
         let blank = vec![0u8; (size.0 * size.1 * 3) as usize];
         let (features, logits) = stage
-            .infer(&mut session, &[&blank], 1)
+            .infer(&mut session, &[&blank])
             .map_err(|m| key("model", format!("the model does not run: {m}")))?;
         stage.features_dim = features.len();
         stage.logits_dim = logits.map_or(0, |l| l.len());
@@ -323,16 +323,11 @@ impl FeaturesStage {
         Err("this kiln was built without the `cuda` feature".into())
     }
 
-    /// Run the model on `images` (each `size`, RGB8), padded to `pad_to`
-    /// images; the features and logits of the real images, concatenated.
-    fn infer(
-        &self,
-        session: &mut Session,
-        images: &[&[u8]],
-        pad_to: usize,
-    ) -> std::result::Result<(Vec<f32>, Option<Vec<f32>>), String> {
+    /// Run the model on `images` (each `size`, RGB8); their features and
+    /// logits, concatenated.
+    fn infer(&self, session: &mut Session, images: &[&[u8]]) -> Inferred {
         let (w, h) = (self.size.0 as usize, self.size.1 as usize);
-        let n = pad_to.max(images.len());
+        let n = images.len();
         let plane = w * h;
         let mut data = vec![0f32; n * 3 * plane];
         for (i, rgb) in images.iter().enumerate() {
@@ -352,11 +347,10 @@ impl FeaturesStage {
             let value = outputs
                 .get(name)
                 .ok_or_else(|| format!("no output `{name}`"))?;
-            let (shape, values) = value
+            let (_, values) = value
                 .try_extract_tensor::<f32>()
                 .map_err(|e| format!("output `{name}`: {e}"))?;
-            let per = values.len() / (shape[0].max(1) as usize);
-            Ok(values[..images.len() * per].to_vec())
+            Ok(values.to_vec())
         };
         let features = take(&self.features_output)?;
         let logits = match &self.logits_output {
@@ -385,14 +379,6 @@ impl FeaturesStage {
 /// The features and logits of some images, or why the model failed on them.
 type Inferred = std::result::Result<(Vec<f32>, Option<Vec<f32>>), String>;
 
-fn list_field(name: &str, ty: DataType, n: usize) -> Field {
-    Field::new(
-        name,
-        DataType::FixedSizeList(Arc::new(Field::new("item", ty, true)), n as i32),
-        false,
-    )
-}
-
 impl Stage for FeaturesStage {
     fn name(&self) -> &str {
         "image_features"
@@ -400,13 +386,21 @@ impl Stage for FeaturesStage {
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
         require_fixed_size(input, "image_features")?;
-        let mut add = vec![f32_list_field("image_features", self.features_dim)];
+        let mut add = vec![fixed_list_field(
+            "image_features",
+            DataType::Float32,
+            self.features_dim,
+        )];
         if self.logits_output.is_some() {
-            add.push(f32_list_field("logits", self.logits_dim));
+            add.push(fixed_list_field(
+                "logits",
+                DataType::Float32,
+                self.logits_dim,
+            ));
         }
         if let Some(k) = self.top_k {
-            add.push(list_field("top_classes", DataType::Int64, k));
-            add.push(list_field("top_scores", DataType::Float32, k));
+            add.push(fixed_list_field("top_classes", DataType::Int64, k));
+            add.push(fixed_list_field("top_scores", DataType::Float32, k));
         }
         Ok(schema_with(input, &[], &add))
     }
@@ -430,12 +424,12 @@ impl Stage for FeaturesStage {
                 let end = (start + self.batch_size).min(rows);
                 let images: Vec<&[u8]> = (start..end).map(|r| px.get(r).0).collect();
                 let mut session = self.session()?;
-                let out = match self.infer(&mut session, &images, images.len()) {
+                let out = match self.infer(&mut session, &images) {
                     Ok(both) => vec![Ok(both)],
                     // Find the image at fault: run each alone.
                     Err(_) => images
                         .iter()
-                        .map(|img| self.infer(&mut session, &[img], 1))
+                        .map(|img| self.infer(&mut session, &[img]))
                         .collect(),
                 };
                 self.sessions.lock().expect("not poisoned").push(session);

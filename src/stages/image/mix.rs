@@ -32,7 +32,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution};
 
-use super::{PIXELS, Pixels, f32_list, f32_list_field, require_fixed_size, schema_with};
+use super::{
+    PIXELS, Pixels, f32_list, fixed_list_field, fixed_list_type, require_fixed_size, schema_with,
+};
 use crate::config::MixConfig;
 use crate::error::{Error, Result};
 use crate::schema::CLASS_NAMES;
@@ -273,7 +275,6 @@ impl Stage for MixStage {
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
         require_fixed_size(input, "mix")?;
-        let box_item = Arc::new(Field::new("item", DataType::UInt32, true));
         let mut add = vec![
             Field::new("augment", DataType::UInt32, false),
             Field::new("label_b", DataType::Int64, false)
@@ -281,10 +282,14 @@ impl Stage for MixStage {
             Field::new("lam", DataType::Float32, false),
             Field::new("mix_mode", DataType::Utf8, false),
             Field::new("mix_partner", DataType::Utf8, true),
-            Field::new("mix_box", DataType::FixedSizeList(box_item, 4), true),
+            Field::new("mix_box", fixed_list_type(DataType::UInt32, 4), true),
         ];
         if self.cfg.one_hot {
-            add.push(f32_list_field("label_mixed", self.classes.unwrap_or(0)));
+            add.push(fixed_list_field(
+                "label_mixed",
+                DataType::Float32,
+                self.classes.unwrap_or(0),
+            ));
         }
         Ok(schema_with(input, &[], &add))
     }

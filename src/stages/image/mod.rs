@@ -150,6 +150,15 @@ pub fn keep_rows(batch: RecordBatch, keep: &[bool]) -> Result<RecordBatch> {
     )?)
 }
 
+/// A fixed-size list of `n` values of `ty` a row.
+pub fn fixed_list_type(ty: DataType, n: usize) -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new("item", ty, true)), n as i32)
+}
+
+pub fn fixed_list_field(name: &str, ty: DataType, n: usize) -> Field {
+    Field::new(name, fixed_list_type(ty, n), false)
+}
+
 /// A fixed-size list column of `f32` with `n` values a row.
 pub fn f32_list(values: Vec<f32>, n: usize) -> Result<ArrayRef> {
     let item = Arc::new(Field::new("item", DataType::Float32, true));
@@ -159,17 +168,6 @@ pub fn f32_list(values: Vec<f32>, n: usize) -> Result<ArrayRef> {
         Arc::new(arrow::array::Float32Array::from(values)),
         None,
     )?))
-}
-
-pub fn f32_list_field(name: &str, n: usize) -> Field {
-    Field::new(
-        name,
-        DataType::FixedSizeList(
-            Arc::new(Field::new("item", DataType::Float32, true)),
-            n as i32,
-        ),
-        false,
-    )
 }
 
 /// The seed of every row's generator in this stage (see
