@@ -161,12 +161,11 @@ fn describe_image_row(batch: &RecordBatch, row: usize, id: &str) -> String {
             return None;
         }
         let id = col.value(row);
-        let names: Vec<String> = batch
+        let names = batch
             .schema()
             .field_with_name(name)
             .ok()
-            .and_then(|f| f.metadata().get(crate::schema::CLASS_NAMES).cloned())
-            .and_then(|n| serde_json::from_str(&n).ok())
+            .and_then(crate::schema::class_names)
             .unwrap_or_default();
         Some(match names.get(id as usize) {
             Some(n) => format!("{id} ({n})"),

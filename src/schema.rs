@@ -165,11 +165,15 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
+/// The class names a label field carries, in id order.
+pub fn class_names(field: &Field) -> Option<Vec<String>> {
+    serde_json::from_str(field.metadata().get(CLASS_NAMES)?).ok()
+}
+
 /// HuggingFace `datasets` feature description of a column: `ClassLabel`
 /// when the field carries class names, `Image` for the image struct.
 pub fn hf_field_feature(field: &Field) -> Value {
-    if let Some(names) = field.metadata().get(CLASS_NAMES) {
-        let names: Value = serde_json::from_str(names).unwrap_or(Value::Array(vec![]));
+    if let Some(names) = class_names(field) {
         return json!({ "names": names, "_type": "ClassLabel" });
     }
     if field.data_type() == &image_struct_type() {

@@ -37,7 +37,7 @@ use super::{
 };
 use crate::config::MixConfig;
 use crate::error::{Error, Result};
-use crate::schema::CLASS_NAMES;
+use crate::schema::class_names;
 use crate::stages::{BatchContext, Stage};
 
 /// How one copy is mixed.
@@ -133,12 +133,7 @@ impl MixStage {
                 "cutmix_minmax must be [min, max] with 0 < min < max <= 1",
             );
         }
-        let named = label
-            .metadata()
-            .get(CLASS_NAMES)
-            .and_then(|n| serde_json::from_str::<Vec<String>>(n).ok())
-            .map(|n| n.len())
-            .filter(|&n| n > 0);
+        let named = class_names(label).map(|n| n.len()).filter(|&n| n > 0);
         let classes = cfg.num_classes.or(named);
         if cfg.one_hot && classes.is_none() {
             return err(
