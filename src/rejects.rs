@@ -14,6 +14,10 @@ use arrow::ipc::writer::StreamWriter;
 
 use crate::error::{IoContext, Result};
 
+/// Why a record is rejected: a short kind (`invalid_utf8`, `truncated`...)
+/// and a message.
+pub type Rejection = (&'static str, String);
+
 /// One rejected sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {

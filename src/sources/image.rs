@@ -23,7 +23,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use super::{ReadOptions, SourceReader, Split};
 use crate::config::{LabelSource, Limits};
 use crate::error::Result;
-use crate::rejects::{Reject, RejectSink};
+use crate::rejects::{Reject, RejectSink, Rejection};
 
 /// Extensions of the image formats kiln decodes.
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
@@ -185,7 +185,7 @@ pub fn walk_images(dir: &Path) -> std::io::Result<Vec<String>> {
 }
 
 /// Read a whole file, refusing one over `max` bytes before reading it.
-pub fn read_limited(path: &Path, max: u64) -> std::result::Result<Vec<u8>, (&'static str, String)> {
+pub fn read_limited(path: &Path, max: u64) -> std::result::Result<Vec<u8>, Rejection> {
     let f = File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ("missing_file", "no such file".to_string()),
         _ => ("unreadable_file", format!("cannot open: {e}")),
@@ -208,7 +208,7 @@ pub fn read_limited(path: &Path, max: u64) -> std::result::Result<Vec<u8>, (&'st
     Ok(bytes)
 }
 
-fn file_too_large(size: u64, max: u64) -> (&'static str, String) {
+fn file_too_large(size: u64, max: u64) -> Rejection {
     (
         "file_too_large",
         format!("file is {size} bytes, over limits.max_file_bytes = {max}"),
@@ -469,7 +469,7 @@ pub struct TarReader {
 }
 
 /// A member's bytes, or why they were not read: `(kind, message)`.
-type MemberBytes = std::result::Result<Vec<u8>, (&'static str, String)>;
+type MemberBytes = std::result::Result<Vec<u8>, Rejection>;
 
 #[derive(Default)]
 struct TarSample {

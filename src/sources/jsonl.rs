@@ -11,7 +11,7 @@ use super::text::Lines;
 use super::{InputSpec, ReadOptions, RecordBuilder, SourceReader, Split};
 use crate::config::{InputFormat, Limits};
 use crate::error::Result;
-use crate::rejects::RejectSink;
+use crate::rejects::{RejectSink, Rejection};
 
 pub struct JsonlReader {
     lines: Lines,
@@ -71,7 +71,7 @@ pub fn extract<'a>(
     text_field: &str,
     columns: &[String],
     extras: &mut [Option<String>],
-) -> std::result::Result<Cow<'a, str>, (&'static str, String)> {
+) -> std::result::Result<Cow<'a, str>, Rejection> {
     extras.iter_mut().for_each(|e| *e = None);
     let mut de = serde_json::Deserializer::from_str(line);
     let found = Extract {

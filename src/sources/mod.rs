@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{DocumentMode, InputConfig, InputFormat, Limits};
 use crate::error::Result;
-use crate::rejects::{Reject, RejectSink};
+use crate::rejects::{Reject, RejectSink, Rejection};
 
 pub use self::parquet::row_groups;
 
@@ -330,10 +330,7 @@ impl RecordBuilder {
 
 /// Check a decoded document against the limits; `Err((kind, message))` if it
 /// must be rejected.
-pub fn check_document(
-    text: &str,
-    limits: &Limits,
-) -> std::result::Result<(), (&'static str, String)> {
+pub fn check_document(text: &str, limits: &Limits) -> std::result::Result<(), Rejection> {
     if text.len() > limits.max_document_bytes {
         return Err((
             "document_too_long",
@@ -348,7 +345,7 @@ pub fn check_document(
 }
 
 /// Validate UTF-8, naming the first bad byte.
-pub fn utf8(bytes: &[u8]) -> std::result::Result<&str, (&'static str, String)> {
+pub fn utf8(bytes: &[u8]) -> std::result::Result<&str, Rejection> {
     std::str::from_utf8(bytes).map_err(|e| {
         (
             "invalid_utf8",

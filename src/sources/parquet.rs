@@ -12,7 +12,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use super::{InputSpec, ReadOptions, RecordBuilder, SourceReader, Split};
 use crate::config::{InputFormat, Limits};
 use crate::error::Result;
-use crate::rejects::RejectSink;
+use crate::rejects::{RejectSink, Rejection};
 
 /// Row counts of each row group, read from the footer only. `Err` when the
 /// file is not Parquet (the planner turns that into a reject).
@@ -76,7 +76,7 @@ impl ParquetReader {
         }
     }
 
-    fn open(&mut self) -> std::result::Result<ParquetRecordBatchReader, (&'static str, String)> {
+    fn open(&mut self) -> std::result::Result<ParquetRecordBatchReader, Rejection> {
         let file = File::open(&self.split.path)
             .map_err(|e| ("unreadable", format!("cannot read the file: {e}")))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {

@@ -13,8 +13,7 @@ use symphonia::core::formats::{FormatOptions, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
-/// A reason to reject a file: `(kind, message)`.
-pub type Rejection = (&'static str, String);
+use crate::rejects::Rejection;
 
 /// Decoded audio: `channels` planes of `frames` samples each, one after
 /// the other (one plane when downmixed).

@@ -5,7 +5,8 @@ use rubato::audioadapter::Adapter;
 use rubato::audioadapter_buffers::direct::SequentialSliceOfVecs;
 use rubato::{Fft, FixedSync, Resampler};
 
-use super::decode::{Audio, Rejection};
+use super::decode::Audio;
+use crate::rejects::Rejection;
 
 /// `audio` at `rate` Hz; unchanged when it is already.
 pub fn resample(audio: Audio, rate: u32) -> Result<Audio, Rejection> {

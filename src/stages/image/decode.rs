@@ -32,17 +32,13 @@ use crate::config::{CropMode, ResizeFilter, ResizeImageConfig};
 use crate::error::{Error, Result};
 use crate::stages::{BatchContext, Stage};
 
-/// A reason to reject an image: `(kind, message)`.
-pub type Rejection = (&'static str, String);
+use crate::rejects::Rejection;
 
 /// Pixels `(rgb, width, height)`, or why not.
 pub type Decoded = std::result::Result<(Vec<u8>, u32, u32), Rejection>;
 
 /// Decode encoded image bytes to RGB8, orientation applied.
-pub fn decode(
-    bytes: &[u8],
-    max_pixels: u64,
-) -> std::result::Result<(Vec<u8>, u32, u32), Rejection> {
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Decoded {
     if bytes.is_empty() {
         return Err(("empty_file", "the file is empty".into()));
     }
@@ -126,7 +122,7 @@ pub fn resize_crop(
     cfg: &ResizeImageConfig,
     max_pixels: u64,
     rng: &mut ChaCha8Rng,
-) -> std::result::Result<(Vec<u8>, u32, u32), Rejection> {
+) -> Decoded {
     let size = cfg.size as u64;
     let (nw, nh) = if w <= h {
         (size, (size * h as u64 / w as u64).max(1))
