@@ -628,12 +628,11 @@ impl TarReader {
         matches!(ext, "txt" | "cls" | "json") && !seen(&|e: &str| e == ext)
     }
 
-    /// Read members from the saved offset until the batch is full or the
-    /// shard ends; finished samples go to the builder or to rejects.
-    fn fill(&mut self, rejects: &mut RejectSink) -> Result<Option<String>> {
+    /// Read members of the shard (`file`, opened once a batch) from the
+    /// saved offset until the batch is full or the shard ends; finished
+    /// samples go to the builder or to rejects.
+    fn fill(&mut self, mut file: File, rejects: &mut RejectSink) -> Result<Option<String>> {
         use std::io::{Seek, SeekFrom};
-        let mut file = File::open(&self.path)
-            .map_err(|e| crate::error::Error::io(format!("reopen {}", self.path), e))?;
         let base = self.offset;
         file.seek(SeekFrom::Start(base))
             .map_err(|e| crate::error::Error::io(format!("seek {}", self.path), e))?;
@@ -710,7 +709,7 @@ impl SourceReader for TarReader {
         // read on until a batch has rows or the shard ends.
         while !self.done {
             let failure = match File::open(&self.path) {
-                Ok(_) => self.fill(rejects)?,
+                Ok(file) => self.fill(file, rejects)?,
                 Err(e) => {
                     self.done = true;
                     rejects.push(reject(
