@@ -272,24 +272,14 @@ fn finish(
     cx: &mut BatchContext,
     stage: &dyn Stage,
 ) -> Result<RecordBatch> {
-    let mut keep = Vec::with_capacity(results.len());
+    let (batch, decoded) = super::keep_ok(batch, results, cx)?;
     let mut pixels = BinaryBuilder::new();
     let (mut ws, mut hs) = (Vec::new(), Vec::new());
-    for (row, r) in results.into_iter().enumerate() {
-        match r {
-            Ok((rgb, w, h)) => {
-                pixels.append_value(&rgb);
-                ws.push(w);
-                hs.push(h);
-                keep.push(true);
-            }
-            Err((kind, msg)) => {
-                cx.reject(&batch, row, kind, msg)?;
-                keep.push(false);
-            }
-        }
+    for (rgb, w, h) in decoded {
+        pixels.append_value(&rgb);
+        ws.push(w);
+        hs.push(h);
     }
-    let batch = super::keep_rows(batch, &keep)?;
     let schema = stage.output_schema(&batch.schema())?;
     super::batch_with(
         &batch,

@@ -86,23 +86,14 @@ impl Stage for EncodeStage {
             .map(|row| {
                 let (rgb, w, h) = px.get(row);
                 encode(rgb, w, h, self.cfg.format, self.cfg.quality)
+                    .map_err(|m| ("encode_failed", m))
             })
             .collect();
-        let mut keep = Vec::with_capacity(encoded.len());
+        let (batch, encoded) = super::keep_ok(batch, encoded, cx)?;
         let mut bytes = BinaryBuilder::new();
-        for (row, e) in encoded.into_iter().enumerate() {
-            match e {
-                Ok(b) => {
-                    bytes.append_value(b);
-                    keep.push(true);
-                }
-                Err(m) => {
-                    cx.reject(&batch, row, "encode_failed", m)?;
-                    keep.push(false);
-                }
-            }
+        for b in encoded {
+            bytes.append_value(b);
         }
-        let batch = super::keep_rows(batch, &keep)?;
         let paths = batch
             .column_by_name("path")
             .cloned()

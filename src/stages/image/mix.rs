@@ -296,24 +296,22 @@ impl Stage for MixStage {
             .ok_or_else(|| Error::Execution("mix: no `label` column".into()))?
             .as_primitive::<Int64Type>()
             .clone();
-        let mut keep = vec![true; batch.num_rows()];
-        for (row, k) in keep.iter_mut().enumerate() {
-            let bad = if labels.is_null(row) {
-                Some("the sample has no label to mix")
-            } else if self
-                .classes
-                .is_some_and(|c| labels.value(row) as usize >= c)
-            {
-                Some("the label is not below num_classes")
-            } else {
-                None
-            };
-            if let Some(m) = bad {
-                cx.reject(&batch, row, "no_label", m)?;
-                *k = false;
-            }
-        }
-        let batch = super::keep_rows(batch, &keep)?;
+        let checked: Vec<_> = (0..batch.num_rows())
+            .map(|row| {
+                let bad = |m: &str| Err(("no_label", m.to_string()));
+                if labels.is_null(row) {
+                    bad("the sample has no label to mix")
+                } else if self
+                    .classes
+                    .is_some_and(|c| labels.value(row) as usize >= c)
+                {
+                    bad("the label is not below num_classes")
+                } else {
+                    Ok(())
+                }
+            })
+            .collect();
+        let (batch, _) = super::keep_ok(batch, checked, cx)?;
         let labels = batch
             .column_by_name("label")
             .expect("checked")

@@ -25,6 +25,7 @@ use arrow::array::{ArrayRef, AsArray, BinaryArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 
 use crate::error::{Error, Result};
+use crate::rejects::Rejection;
 use crate::stages::BatchContext;
 
 pub const PIXELS: &str = "_pixels";
@@ -137,6 +138,25 @@ pub fn batch_with(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// The rows of `batch` whose result is `Ok`, with their values; the others
+/// are rejected with their reasons.
+pub fn keep_ok<T>(
+    batch: RecordBatch,
+    results: Vec<std::result::Result<T, Rejection>>,
+    cx: &mut BatchContext,
+) -> Result<(RecordBatch, Vec<T>)> {
+    let mut keep = Vec::with_capacity(results.len());
+    let mut values = Vec::with_capacity(results.len());
+    for (row, r) in results.into_iter().enumerate() {
+        keep.push(r.is_ok());
+        match r {
+            Ok(v) => values.push(v),
+            Err((kind, msg)) => cx.reject(&batch, row, kind, msg)?,
+        }
+    }
+    Ok((keep_rows(batch, &keep)?, values))
 }
 
 /// Rows of `batch` where `keep` is true.
