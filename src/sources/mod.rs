@@ -75,11 +75,6 @@ impl InputSpec {
             image: None,
         }
     }
-
-    /// Whether this input yields image records.
-    pub fn is_image(&self) -> bool {
-        self.image.is_some()
-    }
 }
 
 /// The schema every reader produces, given the union of extra columns.
@@ -121,19 +116,9 @@ pub fn groups<'a>(
     splits: &'a [Split],
     spec_of: impl Fn(&Split) -> &'a InputSpec,
 ) -> Vec<&'a [Split]> {
-    let mut out: Vec<&[Split]> = Vec::new();
-    let mut start = 0;
-    for i in 1..=splits.len() {
-        let joins = i < splits.len()
-            && splits[i].input == splits[start].input
-            && spec_of(&splits[i]).format == InputFormat::Images
-            && spec_of(&splits[i]).is_image();
-        if !joins {
-            out.push(&splits[start..i]);
-            start = i;
-        }
-    }
-    out
+    splits
+        .chunk_by(|a, b| a.input == b.input && spec_of(a).format == InputFormat::Images)
+        .collect()
 }
 
 /// A reader of a group of splits (see [`groups`]).
