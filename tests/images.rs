@@ -554,25 +554,24 @@ fn tar_reads_past_rejected_samples_and_refuses_split_keys() {
 #[test]
 fn a_caption_column_named_text_is_read_as_the_caption() {
     let s = Scratch::new();
-    let rows: String = ["bird/bird_0.jpg", "cat/cat_1.png"]
-        .iter()
-        .map(|f| {
-            format!(
-                "{{\"file\": \"{}\", \"text\": \"a photo of {f}\"}}\n",
-                fixture(&format!("folder/{f}"))
-            )
-        })
-        .collect();
-    s.write("t.jsonl", rows);
-    let out = s.path("out");
-    let p = s.write(
-        "p.toml",
+    let rows: String = [
+        ("bird/bird_0.jpg", ", \"who\": \"me\""),
+        ("cat/cat_1.png", ""),
+    ]
+    .iter()
+    .map(|(f, extra)| {
         format!(
-            "[[inputs]]\npath = \"t.jsonl\"\nimage_column = \"file\"\ncaption_column = \"text\"\n\n[output]\npath = \"{}\"\n",
-            out.display()
-        ),
+            "{{\"file\": \"{}\", \"text\": \"a photo of {f}\"{extra}}}\n",
+            fixture(&format!("folder/{f}"))
+        )
+    })
+    .collect();
+    s.write("t.jsonl", rows);
+    let out = build(
+        &s,
+        "out",
+        "[[inputs]]\npath = \"t.jsonl\"\nimage_column = \"file\"\ncaption_column = \"text\"\ncolumns = [\"who\"]\n",
     );
-    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
     let b = &read_dataset(&out)[0];
     let text = b.column_by_name("text").unwrap().as_string::<i32>();
     let path = b.column_by_name("path").unwrap().as_string::<i32>();
@@ -587,6 +586,10 @@ fn a_caption_column_named_text_is_read_as_the_caption() {
         "{}",
         path.value(1)
     );
+    // The table's extra columns come along, null where a row lacks one.
+    let who = b.column_by_name("who").unwrap().as_string::<i32>();
+    assert_eq!(who.value(0), "me");
+    assert!(who.is_null(1));
 }
 
 #[test]

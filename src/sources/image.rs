@@ -246,7 +246,9 @@ struct Record<'a> {
     image: &'a [u8],
     label: Option<i64>,
     text: Option<&'a str>,
-    extras: &'a [(&'a str, Option<&'a str>)],
+    /// Values of the extra columns, in the builder's order (see
+    /// [`ImageRecordBuilder::extra_names`]); missing ones are null.
+    extras: &'a [Option<&'a str>],
 }
 
 impl ImageRecordBuilder {
@@ -295,13 +297,8 @@ impl ImageRecordBuilder {
         if let Some(b) = &mut self.text {
             b.append_option(r.text);
         }
-        for (name, b) in &mut self.extras {
-            let v = r
-                .extras
-                .iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, v)| *v);
-            b.append_option(v);
+        for (i, (_, b)) in self.extras.iter_mut().enumerate() {
+            b.append_option(r.extras.get(i).copied().flatten());
         }
         self.rows += 1;
         self.bytes += r.image.len();
@@ -321,6 +318,11 @@ impl ImageRecordBuilder {
                 .map_or(0, |(w, h)| (w as u64 * h as u64).min(self.max_pixels));
             self.pixel_bytes += claimed * 3;
         }
+    }
+
+    /// The extra columns, in the order [`Record::extras`] gives them.
+    fn extra_names(&self) -> impl Iterator<Item = &str> {
+        self.extras.iter().map(|(n, _)| n.as_str())
     }
 
     fn is_full(&self, batch_rows: usize) -> bool {
@@ -585,22 +587,17 @@ impl TarReader {
                 ),
             ));
         };
-        let extra_values: Vec<(String, Option<String>)> = self
+        let extra_values: Vec<Option<String>> = self
             .builder
-            .extras
-            .iter()
-            .map(|(name, _)| {
-                let v = json.as_ref().and_then(|m| m.get(name)).map(|v| match v {
+            .extra_names()
+            .map(|name| {
+                json.as_ref().and_then(|m| m.get(name)).map(|v| match v {
                     serde_json::Value::String(s) => s.clone(),
                     other => other.to_string(),
-                });
-                (name.clone(), v)
+                })
             })
             .collect();
-        let extras: Vec<(&str, Option<&str>)> = extra_values
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_deref()))
-            .collect();
+        let extras: Vec<Option<&str>> = extra_values.iter().map(Option::as_deref).collect();
         let member = format!("{}/{}.{ext}", self.path, s.key);
         self.builder.push(Record {
             sample_id: id.clone(),
@@ -839,21 +836,7 @@ impl TableImageReader {
                 ));
             }
         };
-        let extras: Vec<(&str, Option<&str>)> = self
-            .builder
-            .extras
-            .iter()
-            .map(|(n, _)| (n.as_str(), string(n)))
-            .collect::<Vec<_>>();
-        // `extras` borrows `self.builder`; copy the names out first.
-        let extras: Vec<(String, Option<String>)> = extras
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v.map(str::to_string)))
-            .collect();
-        let extras: Vec<(&str, Option<&str>)> = extras
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_deref()))
-            .collect();
+        let extras: Vec<Option<&str>> = self.builder.extra_names().map(string).collect();
         self.builder.push(Record {
             sample_id: id,
             source,
