@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use fast_image_resize::Resizer;
 use kiln::config::{CropMode, ResizeFilter, ResizeImageConfig};
-use kiln::sources::image::walk_images;
+use kiln::sources::media::{Media, walk_media};
 use kiln::stages::image::decode::{decode, resize_crop};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -70,7 +70,8 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "bench-data/images".into());
-    let files = walk_images(Path::new(&dir)).expect("list the images (benches/gen_images.py)");
+    let files =
+        walk_media(Path::new(&dir), Media::Image).expect("list the images (benches/gen_images.py)");
     let bytes: u64 = files
         .iter()
         .map(|f| std::fs::metadata(f).unwrap().len())

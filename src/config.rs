@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::sources::media::Media;
+pub use crate::stages::audio::mel::{MelScale, PadMode, Window};
+pub use crate::stages::audio::specaugment::{MaskValue, Policy};
 
 /// A parsed pipeline file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -42,8 +45,11 @@ pub enum InputFormat {
     Parquet,
     /// Image files: a folder (walked recursively) or a glob.
     Images,
-    /// WebDataset-style tar shards: `key.jpg` with `key.txt`/`key.json`/`key.cls`.
+    /// WebDataset-style tar shards: `key.jpg` (or `key.flac`...) with
+    /// `key.txt`/`key.json`/`key.cls`.
     Tar,
+    /// Audio files: a folder (walked recursively) or a glob.
+    Audio,
 }
 
 impl InputFormat {
@@ -57,9 +63,23 @@ impl InputFormat {
             "csv" | "tsv" => Some(Self::Csv),
             "parquet" | "pq" => Some(Self::Parquet),
             "tar" => Some(Self::Tar),
-            e if crate::sources::image::is_image_extension(e) => Some(Self::Images),
+            e if Media::Image.has_extension(e) => Some(Self::Images),
+            e if Media::Audio.has_extension(e) => Some(Self::Audio),
             _ => None,
         }
+    }
+}
+
+impl InputFormat {
+    /// Whether each file of the input is one media sample (image or audio
+    /// files), read whole.
+    pub fn is_media_files(self) -> bool {
+        matches!(self, Self::Images | Self::Audio)
+    }
+
+    /// Tables, whose rows can name media files.
+    pub fn is_table(self) -> bool {
+        matches!(self, Self::Jsonl | Self::Csv | Self::Parquet)
     }
 }
 
@@ -102,15 +122,25 @@ pub struct InputConfig {
     /// by default the table's own folder.
     #[serde(default)]
     pub image_root: Option<String>,
-    /// Tables with `image_column`: the column holding the caption.
+    /// Tables: the column naming an audio file, read and joined to its row
+    /// like `image_column`. Relative paths are resolved against `audio_root`.
     #[serde(default)]
+    pub audio_column: Option<String>,
+    /// Tables with `audio_column`: the folder audio paths are relative to;
+    /// by default the table's own folder.
+    #[serde(default)]
+    pub audio_root: Option<String>,
+    /// Tables with `image_column` or `audio_column`: the column holding the
+    /// caption or transcript (`transcript_column` is the same key).
+    #[serde(default, alias = "transcript_column")]
     pub caption_column: Option<String>,
-    /// Tables with `image_column`: the column holding the label (a class
-    /// name from `classes`, or an integer id).
+    /// Tables with `image_column` or `audio_column`: the column holding the
+    /// label (a class name from `classes`, or an integer id).
     #[serde(default)]
     pub label_column: Option<String>,
-    /// Images: where the label comes from. `folder` (the default) takes the
-    /// parent folder's name, as torchvision's ImageFolder does.
+    /// Image and audio files: where the label comes from. `folder` (the
+    /// default) takes the parent folder's name, as torchvision's
+    /// ImageFolder and datasets' AudioFolder do.
     #[serde(default)]
     pub labels: LabelSource,
     /// Class names, in id order. Image folders find them from the folder
@@ -150,6 +180,10 @@ pub enum StageConfig {
     Mix(MixConfig),
     EncodeImage(EncodeImageConfig),
     ToTensor(ToTensorConfig),
+    DecodeAudio(DecodeAudioConfig),
+    MelSpectrogram(MelSpectrogramConfig),
+    SpecAugment(SpecAugmentConfig),
+    EncodeAudio(EncodeAudioConfig),
 }
 
 impl StageConfig {
@@ -163,7 +197,23 @@ impl StageConfig {
             StageConfig::Mix(_) => "mix",
             StageConfig::EncodeImage(_) => "encode_image",
             StageConfig::ToTensor(_) => "to_tensor",
+            StageConfig::DecodeAudio(_) => "decode_audio",
+            StageConfig::MelSpectrogram(_) => "mel_spectrogram",
+            StageConfig::SpecAugment(_) => "spec_augment",
+            StageConfig::EncodeAudio(_) => "encode_audio",
         }
+    }
+
+    /// The stages that work on audio: a pipeline with one reads its folders
+    /// and tar shards as audio.
+    pub fn is_audio(&self) -> bool {
+        matches!(
+            self,
+            StageConfig::DecodeAudio(_)
+                | StageConfig::MelSpectrogram(_)
+                | StageConfig::SpecAugment(_)
+                | StageConfig::EncodeAudio(_)
+        )
     }
 }
 
@@ -326,6 +376,189 @@ fn default_quality() -> u8 {
     90
 }
 
+/// Where a clip longer than `duration` is cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrimMode {
+    /// Keep the beginning.
+    #[default]
+    Start,
+    /// Keep the middle.
+    Center,
+    /// Keep a window at an offset drawn from the sample's seed.
+    Random,
+}
+
+/// Decode the audio bytes (symphonia) to float samples, then optionally
+/// downmix, resample and trim or pad.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeAudioConfig {
+    /// Average the channels into one.
+    #[serde(default = "default_true")]
+    pub mono: bool,
+    /// Resample to this rate (Hz), band-limited; by default the file's own.
+    #[serde(default)]
+    pub sample_rate: Option<u32>,
+    /// Trim or pad (with zeros at the end) to this many seconds.
+    #[serde(default)]
+    pub duration: Option<f64>,
+    /// Which part of a longer clip `duration` keeps.
+    #[serde(default)]
+    pub trim: TrimMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MelLog {
+    /// `10 log10(max(amin, x))`, floored at `max - top_db` (librosa's
+    /// `power_to_db` with `ref = 1.0`).
+    #[default]
+    Db,
+    /// `ln(x + eps)`.
+    Log,
+    /// The mel energies as they are.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MelNorm {
+    /// Slaney's area normalisation (librosa's default).
+    #[default]
+    Slaney,
+    None,
+}
+
+/// A (log-)mel spectrogram of the decoded waveform, as librosa's
+/// `feature.melspectrogram` computes it; the defaults are librosa's.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MelSpectrogramConfig {
+    #[serde(default = "default_n_fft")]
+    pub n_fft: usize,
+    /// By default `n_fft / 4`.
+    #[serde(default)]
+    pub hop_length: Option<usize>,
+    /// By default `n_fft`.
+    #[serde(default)]
+    pub win_length: Option<usize>,
+    #[serde(default = "default_window")]
+    pub window: Window,
+    #[serde(default = "default_true")]
+    pub center: bool,
+    #[serde(default = "default_pad_mode")]
+    pub pad_mode: PadMode,
+    #[serde(default = "default_n_mels")]
+    pub n_mels: usize,
+    #[serde(default)]
+    pub fmin: f64,
+    /// By default half the sample rate.
+    #[serde(default)]
+    pub fmax: Option<f64>,
+    /// `slaney` (librosa's default) or `htk`.
+    #[serde(default = "default_mel_scale")]
+    pub scale: MelScale,
+    #[serde(default)]
+    pub norm: MelNorm,
+    /// 2 for power, 1 for magnitude.
+    #[serde(default = "default_power")]
+    pub power: f64,
+    #[serde(default)]
+    pub log: MelLog,
+    /// `log = "db"`: the floor of the energies.
+    #[serde(default = "default_amin")]
+    pub amin: f64,
+    /// `log = "db"`: the dynamic range kept below the maximum; 0 keeps all.
+    #[serde(default = "default_top_db")]
+    pub top_db: f64,
+    /// `log = "log"`: added before the logarithm.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+}
+
+fn default_n_fft() -> usize {
+    2048
+}
+fn default_window() -> Window {
+    Window::Hann
+}
+fn default_pad_mode() -> PadMode {
+    PadMode::Constant
+}
+fn default_n_mels() -> usize {
+    128
+}
+fn default_mel_scale() -> MelScale {
+    MelScale::Slaney
+}
+fn default_power() -> f64 {
+    2.0
+}
+fn default_amin() -> f64 {
+    1e-10
+}
+fn default_top_db() -> f64 {
+    80.0
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+
+/// SpecAugment copies of the mel spectrogram (Park et al. 2019): a policy's
+/// parameters, each overridable.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecAugmentConfig {
+    /// `LB`, `LD`, `SM` or `SS`; by default `LB`.
+    #[serde(default)]
+    pub policy: Option<Policy>,
+    /// W: the largest time shift of the warp anchor, in frames; 0 turns
+    /// warping off.
+    #[serde(default)]
+    pub time_warp: Option<u32>,
+    /// F: the widest frequency mask, in mel bins.
+    #[serde(default)]
+    pub freq_mask: Option<u32>,
+    /// mF: frequency masks per copy.
+    #[serde(default)]
+    pub freq_masks: Option<u32>,
+    /// T: the widest time mask, in frames.
+    #[serde(default)]
+    pub time_mask: Option<u32>,
+    /// p: a time mask is at most this fraction of the frames.
+    #[serde(default)]
+    pub time_mask_ratio: Option<f64>,
+    /// mT: time masks per copy.
+    #[serde(default)]
+    pub time_masks: Option<u32>,
+    /// `zero` or `mean` (of the spectrogram after warping).
+    #[serde(default)]
+    pub mask_value: Option<MaskValue>,
+    /// Augmented copies per sample, written after the sample itself.
+    #[serde(default = "default_copies")]
+    pub copies: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleFormat {
+    /// 16-bit integer PCM.
+    #[default]
+    Pcm16,
+    /// 32-bit float.
+    Float32,
+}
+
+/// Store the decoded waveform as WAV bytes in the `audio` column, the layout
+/// HuggingFace `datasets` reads as its `Audio` feature.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeAudioConfig {
+    #[serde(default)]
+    pub sample_format: SampleFormat,
+}
+
 /// Store the pixels as a float tensor `pixel_values` (CHW), normalised as
 /// `(pixel - mean) / std` with mean and std in pixel units (0-255).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -468,6 +701,10 @@ pub struct Limits {
     /// rejected before they are decoded (decompression bombs).
     #[serde(default = "default_max_image_pixels")]
     pub max_image_pixels: u64,
+    /// Longest audio clip, in seconds, as its header claims or as it
+    /// decodes: longer ones are rejected without being decoded whole.
+    #[serde(default = "default_max_audio_seconds")]
+    pub max_audio_seconds: f64,
 }
 
 impl Default for Limits {
@@ -477,6 +714,7 @@ impl Default for Limits {
             max_document_bytes: default_max_document_bytes(),
             max_file_bytes: default_max_file_bytes(),
             max_image_pixels: default_max_image_pixels(),
+            max_audio_seconds: default_max_audio_seconds(),
         }
     }
 }
@@ -487,6 +725,10 @@ fn default_max_file_bytes() -> u64 {
 
 fn default_max_image_pixels() -> u64 {
     64_000_000
+}
+
+fn default_max_audio_seconds() -> f64 {
+    600.0
 }
 
 fn default_max_line_bytes() -> usize {
@@ -603,6 +845,18 @@ impl ConfigSource {
                 serde_path_to_error::deserialize::<_, EncodeImageConfig>(value).err()?
             }
             "to_tensor" => serde_path_to_error::deserialize::<_, ToTensorConfig>(value).err()?,
+            "decode_audio" => {
+                serde_path_to_error::deserialize::<_, DecodeAudioConfig>(value).err()?
+            }
+            "mel_spectrogram" => {
+                serde_path_to_error::deserialize::<_, MelSpectrogramConfig>(value).err()?
+            }
+            "spec_augment" => {
+                serde_path_to_error::deserialize::<_, SpecAugmentConfig>(value).err()?
+            }
+            "encode_audio" => {
+                serde_path_to_error::deserialize::<_, EncodeAudioConfig>(value).err()?
+            }
             _ => return None,
         };
         let inner_path = err.path().to_string();

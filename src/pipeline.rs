@@ -16,9 +16,13 @@ use crate::config::{
 };
 use crate::error::Result;
 use crate::schema::{self, KindSchema};
-use crate::sources::image::{ImageSpec, folder_classes, image_record_schema, walk_images};
+use crate::sources::media::{Media, MediaSpec, folder_classes, media_record_schema, walk_media};
 use crate::sources::{self, InputSpec, ReadOptions};
 use crate::stages::Stage;
+use crate::stages::audio::decode::DecodeAudioStage;
+use crate::stages::audio::encode::EncodeAudioStage;
+use crate::stages::audio::mel::MelStage;
+use crate::stages::audio::specaugment::SpecAugmentStage;
 use crate::stages::image::decode::{DecodeStage, ResizeStage, check_resize};
 use crate::stages::image::encode::{EncodeStage, TensorStage};
 use crate::stages::image::features::FeaturesStage;
@@ -95,7 +99,10 @@ impl Pipeline {
         }
         let mut inputs = Vec::new();
         let mut columns: Vec<String> = Vec::new();
-        let (mut any_image, mut any_text) = (false, false);
+        // Folders and tar shards are audio when an audio stage reads them.
+        let audio_stages = config.stages.iter().any(StageConfig::is_audio);
+        // The media of the pipeline, and the input that decided it.
+        let mut pipeline_media: Option<(Option<Media>, usize)> = None;
         let (mut has_label, mut has_caption) = (false, false);
         let mut classes: Option<(Vec<String>, usize)> = None;
         for (i, input) in config.inputs.iter().enumerate() {
@@ -103,6 +110,7 @@ impl Pipeline {
             let format = match input
                 .format
                 .or_else(|| match Path::new(&input.path).is_dir() {
+                    true if audio_stages => Some(InputFormat::Audio),
                     true => Some(InputFormat::Images),
                     false => InputFormat::from_path(&input.path),
                 }) {
@@ -110,38 +118,85 @@ impl Pipeline {
                 None => {
                     return Err(source.error(
                         &key("format"),
-                        format!("cannot tell the format of `{}`; set format = \"jsonl\" | \"text\" | \"csv\" | \"parquet\" | \"images\" | \"tar\"", input.path),
+                        format!("cannot tell the format of `{}`; set format = \"jsonl\" | \"text\" | \"csv\" | \"parquet\" | \"images\" | \"audio\" | \"tar\"", input.path),
                     ));
                 }
             };
             if input.delimiter.len() != 1 {
                 return Err(source.error(&key("delimiter"), "the delimiter must be a single byte"));
             }
-            let is_table = matches!(
-                format,
-                InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet
-            );
-            if input.image_column.is_some() && !is_table {
+            for (k, set) in [
+                ("image_column", input.image_column.is_some()),
+                ("audio_column", input.audio_column.is_some()),
+            ] {
+                if set && !format.is_table() {
+                    return Err(
+                        source.error(&key(k), format!("{k} is for tables (jsonl, csv, parquet)"))
+                    );
+                }
+            }
+            if input.image_column.is_some() && input.audio_column.is_some() {
                 return Err(source.error(
-                    &key("image_column"),
-                    "image_column is for tables (jsonl, csv, parquet)",
+                    &key("audio_column"),
+                    "a table input names one media column: image_column or audio_column",
                 ));
             }
+            let file_column = input.image_column.clone().or(input.audio_column.clone());
             for (k, set) in [
                 ("caption_column", input.caption_column.is_some()),
                 ("label_column", input.label_column.is_some()),
-                ("image_root", input.image_root.is_some()),
             ] {
-                if set && input.image_column.is_none() {
-                    return Err(source.error(&key(k), format!("{k} needs image_column")));
+                if set && file_column.is_none() {
+                    return Err(
+                        source.error(&key(k), format!("{k} needs image_column or audio_column"))
+                    );
                 }
             }
-            let image = matches!(format, InputFormat::Images | InputFormat::Tar)
-                || input.image_column.is_some();
+            for (k, set, needs) in [
+                (
+                    "image_root",
+                    input.image_root.is_some(),
+                    input.image_column.is_some(),
+                ),
+                (
+                    "audio_root",
+                    input.audio_root.is_some(),
+                    input.audio_column.is_some(),
+                ),
+            ] {
+                if set && !needs {
+                    let column = k.replace("_root", "_column");
+                    return Err(source.error(&key(k), format!("{k} needs {column}")));
+                }
+            }
+            let media = match format {
+                InputFormat::Images => Some(Media::Image),
+                InputFormat::Audio => Some(Media::Audio),
+                InputFormat::Tar if audio_stages => Some(Media::Audio),
+                InputFormat::Tar => Some(Media::Image),
+                _ if input.image_column.is_some() => Some(Media::Image),
+                _ if input.audio_column.is_some() => Some(Media::Audio),
+                _ => None,
+            };
+            match pipeline_media {
+                Some((other, j)) if other != media => {
+                    let name = |m: Option<Media>| m.map_or("text", Media::name);
+                    return Err(source.error(
+                        &key("path"),
+                        format!(
+                            "this input is {} and inputs[{j}] is {}: a pipeline reads one kind of input (text, images or audio)",
+                            name(media),
+                            name(other)
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => pipeline_media = Some((media, i)),
+            }
             // Table columns are read beside the reader's own ones.
             let own = |c: &Option<String>| {
                 c.as_deref()
-                    .is_some_and(|c| sources::image::TABLE_OWN_COLUMNS.contains(&c))
+                    .is_some_and(|c| sources::media::TABLE_OWN_COLUMNS.contains(&c))
             };
             if own(&input.label_column) {
                 return Err(source.error(
@@ -149,23 +204,25 @@ impl Pipeline {
                     "this name is a column kiln fills itself; rename the table's column",
                 ));
             }
-            if own(&input.caption_column) && own(&input.image_column) {
+            if own(&input.caption_column) && own(&file_column) {
+                let k = match input.image_column.is_some() {
+                    true => "image_column",
+                    false => "audio_column",
+                };
                 return Err(source.error(
-                    &key("image_column"),
-                    "the caption and the image path cannot both be in columns named like the ones kiln fills",
+                    &key(k),
+                    "the caption and the file path cannot both be in columns named like the ones kiln fills",
                 ));
             }
-            any_image |= image;
-            any_text |= !image;
             for (j, c) in input.columns.iter().enumerate() {
                 if input.columns[..j].contains(c) {
                     return Err(source.error(&key("columns"), format!("`{c}` is listed twice")));
                 }
-                let own = if image {
+                let own = if media.is_some() {
                     matches!(
                         c.as_str(),
                         "sample_id" | "source" | "position" | "path" | "label" | "text"
-                    ) || Some(c) == input.image_column.as_ref()
+                    ) || Some(c) == file_column.as_ref()
                         || Some(c) == input.caption_column.as_ref()
                         || Some(c) == input.label_column.as_ref()
                 } else {
@@ -182,12 +239,18 @@ impl Pipeline {
                     columns.push(c.clone());
                 }
             }
-            let files = if format == InputFormat::Images && Path::new(&input.path).is_dir() {
-                match walk_images(Path::new(&input.path)) {
+            let walked = format.is_media_files() && Path::new(&input.path).is_dir();
+            let files = match (walked, media) {
+                (true, Some(m)) => match walk_media(Path::new(&input.path), m) {
                     Ok(f) if f.is_empty() => {
                         return Err(source.error(
                             &key("path"),
-                            format!("no image files under `{}`", input.path),
+                            format!(
+                                "no {} files ({}) under `{}`",
+                                m.name(),
+                                m.extensions().join(", "),
+                                input.path
+                            ),
                         ));
                     }
                     Ok(f) => f,
@@ -195,13 +258,12 @@ impl Pipeline {
                         return Err(source
                             .error(&key("path"), format!("cannot list `{}`: {e}", input.path)));
                     }
-                }
-            } else {
-                expand(&input.path).map_err(|m| source.error(&key("path"), m))?
+                },
+                _ => expand(&input.path).map_err(|m| source.error(&key("path"), m))?,
             };
             let mut spec = InputSpec::from_config(input, format);
-            if image {
-                let labels = if format == InputFormat::Images {
+            if let Some(media) = media {
+                let labels = if format.is_media_files() {
                     input.labels
                 } else {
                     LabelSource::None
@@ -212,11 +274,11 @@ impl Pipeline {
                         let names = folder_classes(&files);
                         if files
                             .iter()
-                            .any(|f| sources::image::folder_label(f).is_none())
+                            .any(|f| sources::media::folder_label(f).is_none())
                         {
                             return Err(source.error(
                                 &key("labels"),
-                                "some images are in no folder to name their class; set labels = \"none\" or use a folder per class",
+                                format!("some {} files are in no folder to name their class; set labels = \"none\" or use a folder per class", media.name()),
                             ));
                         }
                         names
@@ -239,17 +301,18 @@ impl Pipeline {
                     || format == InputFormat::Tar
                     || input.label_column.is_some();
                 has_caption |= format == InputFormat::Tar || input.caption_column.is_some();
-                let root = match &input.image_root {
+                let root = match input.image_root.as_ref().or(input.audio_root.as_ref()) {
                     Some(r) => PathBuf::from(r),
                     None => Path::new(files.first().map(String::as_str).unwrap_or("."))
                         .parent()
                         .map(Path::to_path_buf)
                         .unwrap_or_default(),
                 };
-                spec.image = Some(ImageSpec {
+                spec.media = Some(MediaSpec {
+                    media,
                     labels,
-                    image_column: input.image_column.clone(),
-                    image_root: root,
+                    file_column,
+                    root,
                     caption_column: input.caption_column.clone(),
                     label_column: input.label_column.clone(),
                     classes: Arc::new(Vec::new()),
@@ -257,29 +320,36 @@ impl Pipeline {
             }
             inputs.push(ResolvedInput { spec, files });
         }
-        if any_image && any_text {
+        let media = pipeline_media.and_then(|(m, _)| m);
+        if audio_stages && media != Some(Media::Audio) {
+            let i = config
+                .stages
+                .iter()
+                .position(StageConfig::is_audio)
+                .expect("there is one");
             return Err(source.error(
-                "inputs",
-                "a pipeline reads either text inputs or image inputs (images, tar shards, tables with image_column), not both",
+                &format!("stages[{i}].type"),
+                "audio stages need audio inputs (audio files, tar shards, tables with audio_column)",
             ));
         }
         let classes = classes.map(|(c, _)| c).unwrap_or_default();
         let shared = Arc::new(classes.clone());
         for input in &mut inputs {
-            if let Some(img) = &mut input.spec.image {
-                img.classes = shared.clone();
+            if let Some(m) = &mut input.spec.media {
+                m.classes = shared.clone();
             }
         }
-        let kind: &'static KindSchema = if any_image {
-            &schema::IMAGE
-        } else {
-            &schema::TEXT
+        let kind: &'static KindSchema = match media {
+            Some(Media::Image) => &schema::IMAGE,
+            Some(Media::Audio) => &schema::AUDIO,
+            None => &schema::TEXT,
         };
-        let record_schema = if any_image {
-            let s = image_record_schema(&columns, has_label, has_caption);
-            with_class_names(&s, &classes)
-        } else {
-            sources::record_schema(&columns)
+        let record_schema = match media {
+            Some(m) => {
+                let s = media_record_schema(m, &columns, has_label, has_caption);
+                with_class_names(&s, &classes)
+            }
+            None => sources::record_schema(&columns),
         };
 
         let mut schema = record_schema.clone();
@@ -401,6 +471,14 @@ impl Pipeline {
                 StageConfig::ToTensor(t) => Arc::new(
                     TensorStage::build(t, &schema).map_err(|e| source.error(&key("type"), e))?,
                 ),
+                StageConfig::DecodeAudio(d) => Arc::new(
+                    DecodeAudioStage::new(d, config.limits.max_audio_seconds).map_err(keyed)?,
+                ),
+                StageConfig::MelSpectrogram(m) => {
+                    Arc::new(MelStage::build(m, &schema).map_err(keyed)?)
+                }
+                StageConfig::SpecAugment(a) => Arc::new(SpecAugmentStage::build(a).map_err(keyed)?),
+                StageConfig::EncodeAudio(e) => Arc::new(EncodeAudioStage::new(e)),
             };
             schema = built
                 .output_schema(&schema)

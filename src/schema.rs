@@ -39,6 +39,17 @@ pub static IMAGE: LazyLock<KindSchema> = LazyLock::new(|| {
         .expect("schemas/image.json is valid")
 });
 
+pub static AUDIO: LazyLock<KindSchema> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("../schemas/audio.json"))
+        .expect("schemas/audio.json is valid")
+});
+
+/// Field metadata key naming the `datasets` feature a struct column is
+/// (`Image` or `Audio`, whose Arrow types are the same).
+pub const HF_FEATURE: &str = "kiln.hf_feature";
+/// Field metadata key of an `Audio` column's sample rate.
+pub const SAMPLE_RATE: &str = "kiln.sample_rate";
+
 /// Field metadata key holding a class label's names (a JSON list).
 pub const CLASS_NAMES: &str = "kiln.class_names";
 
@@ -47,6 +58,7 @@ fn parse_type(ty: &str) -> DataType {
         "string" => DataType::Utf8,
         "uint32" => DataType::UInt32,
         "uint64" => DataType::UInt64,
+        "int32" => DataType::Int32,
         "int64" => DataType::Int64,
         "float32" => DataType::Float32,
         t if t.starts_with("list<") && t.ends_with('>') => DataType::List(Arc::new(Field::new(
@@ -71,10 +83,13 @@ pub fn image_struct_type() -> DataType {
 
 /// Whether `ty` is what the schema type `spec` promises. Besides the plain
 /// types: `fixed_list<T>` is a fixed-size list of any length,
-/// `tensor<T>` fixed-size lists nested to any depth, `image` the struct of
-/// datasets' Image feature.
+/// `tensor<T>` fixed-size lists nested to any depth, `image` and `audio`
+/// the struct of datasets' Image and Audio features.
 fn type_matches(spec: &str, ty: &DataType) -> bool {
     let inner = |prefix: &str| spec.strip_prefix(prefix).and_then(|t| t.strip_suffix('>'));
+    if let Some(item) = inner("list<") {
+        return matches!(ty, DataType::List(f) if type_matches(item, f.data_type()));
+    }
     if let Some(item) = inner("fixed_list<") {
         return matches!(ty, DataType::FixedSizeList(f, _) if type_matches(item, f.data_type()));
     }
@@ -86,7 +101,7 @@ fn type_matches(spec: &str, ty: &DataType) -> bool {
             _ => false,
         };
     }
-    if spec == "image" {
+    if spec == "image" || spec == "audio" {
         return ty == &image_struct_type();
     }
     ty == &parse_type(spec)
@@ -171,12 +186,17 @@ pub fn class_names(field: &Field) -> Option<Vec<String>> {
 }
 
 /// HuggingFace `datasets` feature description of a column: `ClassLabel`
-/// when the field carries class names, `Image` for the image struct.
+/// when the field carries class names, `Image` or `Audio` for their struct.
 pub fn hf_field_feature(field: &Field) -> Value {
     if let Some(names) = class_names(field) {
         return json!({ "names": names, "_type": "ClassLabel" });
     }
     if field.data_type() == &image_struct_type() {
+        let meta = field.metadata();
+        if meta.get(HF_FEATURE).map(String::as_str) == Some("Audio") {
+            let rate: Option<u32> = meta.get(SAMPLE_RATE).and_then(|r| r.parse().ok());
+            return json!({ "sampling_rate": rate, "decode": true, "_type": "Audio" });
+        }
         return json!({ "_type": "Image" });
     }
     hf_feature(field.data_type())

@@ -11,9 +11,9 @@
 //! a whole file, or a range of Parquet row groups.
 
 mod csv;
-pub mod image;
 mod jsonl;
 mod lines;
+pub mod media;
 mod parquet;
 mod text;
 
@@ -52,8 +52,9 @@ pub struct InputSpec {
     pub text_field: String,
     pub columns: Vec<String>,
     pub delimiter: u8,
-    /// Image inputs: where labels and captions come from.
-    pub image: Option<image::ImageSpec>,
+    /// Image and audio inputs: the media, and where labels and captions
+    /// come from.
+    pub media: Option<media::MediaSpec>,
 }
 
 impl InputSpec {
@@ -72,7 +73,7 @@ impl InputSpec {
             text_field: cfg.text_field.clone(),
             columns: cfg.columns.clone(),
             delimiter: cfg.delimiter.as_bytes().first().copied().unwrap_or(b','),
-            image: None,
+            media: None,
         }
     }
 }
@@ -106,53 +107,53 @@ pub struct ReadOptions {
     /// this many bytes (RGB), when a stage keeps full-size pixels.
     pub pixel_budget: Option<u64>,
     /// Read captions only, not the media files (to train a tokenizer): the
-    /// image bytes are left empty.
+    /// media bytes are left empty.
     pub captions_only: bool,
 }
 
-/// Consecutive splits read by one reader: whole image files of one input
-/// (so that their images share batches); any other split alone.
+/// Consecutive splits read by one reader: whole media files of one input
+/// (so that their samples share batches); any other split alone.
 pub fn groups<'a>(
     splits: &'a [Split],
     spec_of: impl Fn(&Split) -> &'a InputSpec,
 ) -> Vec<&'a [Split]> {
     splits
-        .chunk_by(|a, b| a.input == b.input && spec_of(a).format == InputFormat::Images)
+        .chunk_by(|a, b| a.input == b.input && spec_of(a).format.is_media_files())
         .collect()
 }
 
 /// A reader of a group of splits (see [`groups`]).
 pub fn open_group(splits: &[Split], spec: &InputSpec, opts: &ReadOptions) -> Box<dyn SourceReader> {
-    match &spec.image {
-        Some(img) if spec.format == InputFormat::Images => {
-            Box::new(image::ImageFileReader::new(splits, img, opts))
+    match &spec.media {
+        Some(m) if spec.format.is_media_files() => {
+            Box::new(media::MediaFileReader::new(splits, m, opts))
         }
         _ => {
-            assert_eq!(splits.len(), 1, "only image files are read in groups");
+            assert_eq!(splits.len(), 1, "only media files are read in groups");
             open(&splits[0], spec, opts)
         }
     }
 }
 
 pub fn open(split: &Split, spec: &InputSpec, opts: &ReadOptions) -> Box<dyn SourceReader> {
-    if let Some(img) = &spec.image {
+    if let Some(img) = &spec.media {
         match spec.format {
-            InputFormat::Images => {
-                return Box::new(image::ImageFileReader::new(
+            InputFormat::Images | InputFormat::Audio => {
+                return Box::new(media::MediaFileReader::new(
                     std::slice::from_ref(split),
                     img,
                     opts,
                 ));
             }
-            InputFormat::Tar => return Box::new(image::TarReader::new(split, img, opts)),
+            InputFormat::Tar => return Box::new(media::TarReader::new(split, img, opts)),
             _ => {
-                // The table's own reader, with the image column (or a
+                // The table's own reader, with the file column (or a
                 // caption named `text`) as its text.
                 let columns = img.inner_columns(&spec.columns);
                 let inner_spec = InputSpec {
                     text_field: img.inner_text_field(),
                     columns: columns.clone(),
-                    image: None,
+                    media: None,
                     ..spec.clone()
                 };
                 let inner_opts = ReadOptions {
@@ -160,7 +161,7 @@ pub fn open(split: &Split, spec: &InputSpec, opts: &ReadOptions) -> Box<dyn Sour
                     ..opts.clone()
                 };
                 let inner = open(split, &inner_spec, &inner_opts);
-                return Box::new(image::TableImageReader::new(inner, img, opts));
+                return Box::new(media::TableMediaReader::new(inner, img, opts));
             }
         }
     }
@@ -177,8 +178,8 @@ pub fn open(split: &Split, spec: &InputSpec, opts: &ReadOptions) -> Box<dyn Sour
         (InputFormat::Parquet, _) => {
             Box::new(parquet::ParquetReader::new(split, spec, opts, builder))
         }
-        (InputFormat::Images | InputFormat::Tar, _) => {
-            unreachable!("image inputs carry an ImageSpec")
+        (InputFormat::Images | InputFormat::Tar | InputFormat::Audio, _) => {
+            unreachable!("media inputs carry a MediaSpec")
         }
     }
 }
@@ -191,6 +192,7 @@ pub fn stage_name(format: InputFormat) -> &'static str {
         InputFormat::Csv => "read_csv",
         InputFormat::Parquet => "read_parquet",
         InputFormat::Images => "read_image",
+        InputFormat::Audio => "read_audio",
         InputFormat::Tar => "read_tar",
     }
 }

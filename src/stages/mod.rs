@@ -14,6 +14,7 @@
 //! | image stages | `decode_image`, `resize_image`, `image_features`, `mix`, `encode_image`, `to_tensor` | see [`image`] |
 
 pub mod audio;
+pub mod columns;
 pub mod image;
 pub mod sql;
 pub mod text;

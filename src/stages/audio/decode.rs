@@ -13,7 +13,20 @@ use symphonia::core::formats::{FormatOptions, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::SchemaRef;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::{CHANNELS, WAVE, WaveShape};
+use crate::config::{DecodeAudioConfig, TrimMode};
+use crate::error::{Error, Result};
 use crate::rejects::Rejection;
+use crate::stages::columns::{batch_with, keep_ok, sample_seeds, schema_with};
+use crate::stages::{BatchContext, Stage};
 
 /// Decoded audio: `channels` planes of `frames` samples each, one after
 /// the other (one plane when downmixed).
@@ -31,7 +44,11 @@ impl Audio {
 }
 
 /// Decode `bytes`; `mono` averages the channels.
-pub fn decode(bytes: Vec<u8>, max_seconds: f64, mono: bool) -> Result<Audio, Rejection> {
+pub fn decode(
+    bytes: Vec<u8>,
+    max_seconds: f64,
+    mono: bool,
+) -> std::result::Result<Audio, Rejection> {
     if bytes.is_empty() {
         return Err(("empty_file", "the file is empty".into()));
     }
@@ -74,6 +91,7 @@ pub fn decode(bytes: Vec<u8>, max_seconds: f64, mono: bool) -> Result<Audio, Rej
         ));
     }
     let track_id = track.id;
+    let track = track.clone();
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(|e| ("unsupported_codec", e.to_string()))?;
@@ -120,6 +138,17 @@ pub fn decode(bytes: Vec<u8>, max_seconds: f64, mono: bool) -> Result<Audio, Rej
         }
     }
     let frames = planes.first().map_or(0, Vec::len);
+    // A file cut short: the stream ends well before the length its header
+    // declares (lossy codecs may be off by a frame or two of padding).
+    if let Some(declared) = track.num_frames
+        && frames > 0
+        && (frames as u64) + (declared / 50).max(2048) < declared
+    {
+        return Err((
+            "truncated",
+            format!("the header declares {declared} samples, the stream ends after {frames}"),
+        ));
+    }
     if frames == 0 {
         let why = if bad_packets > 0 {
             format!("no packet decoded ({bad_packets} failed)")
@@ -144,6 +173,135 @@ pub fn decode(bytes: Vec<u8>, max_seconds: f64, mono: bool) -> Result<Audio, Rej
         samples: planes.concat(),
         rate,
     })
+}
+
+/// Decode, then resample and trim or pad, as `decode_audio` is configured.
+pub fn prepare(
+    bytes: &[u8],
+    cfg: &DecodeAudioConfig,
+    max_seconds: f64,
+    seed: u64,
+) -> std::result::Result<Audio, Rejection> {
+    let owned = bytes.to_vec();
+    // Hostile bytes must not take the run down with a decoder's panic.
+    let audio = std::panic::catch_unwind(move || decode(owned, max_seconds, cfg.mono))
+        .unwrap_or_else(|_| Err(("corrupt_audio", "the decoder failed on this file".into())))?;
+    let audio = match cfg.sample_rate {
+        Some(rate) => super::resample::resample(audio, rate)?,
+        None => audio,
+    };
+    Ok(match cfg.duration {
+        Some(seconds) => fit(audio, seconds, cfg.trim, seed),
+        None => audio,
+    })
+}
+
+/// Trim (keeping the start, the centre or a random window) or pad with
+/// zeros at the end to `seconds`.
+pub fn fit(audio: Audio, seconds: f64, trim: TrimMode, seed: u64) -> Audio {
+    let want = (seconds * audio.rate as f64).round() as usize;
+    let frames = audio.frames();
+    let channels = audio.channels.max(1);
+    let start = match trim {
+        _ if frames <= want => 0,
+        TrimMode::Start => 0,
+        TrimMode::Center => (frames - want) / 2,
+        TrimMode::Random => ChaCha8Rng::seed_from_u64(seed).random_range(0..=frames - want),
+    };
+    let mut samples = Vec::with_capacity(want * channels);
+    for plane in audio.samples.chunks_exact(frames.max(1)).take(channels) {
+        let kept = &plane[start.min(plane.len())..(start + want).min(plane.len())];
+        samples.extend_from_slice(kept);
+        samples.resize(samples.len() + want - kept.len(), 0.0);
+    }
+    if audio.samples.is_empty() {
+        samples.resize(want * channels, 0.0);
+    }
+    Audio {
+        samples,
+        channels,
+        rate: audio.rate,
+    }
+}
+
+/// `decode_audio`: the `_audio` bytes to `_wave`, `_channels`,
+/// `sample_rate` and `num_samples`.
+pub struct DecodeAudioStage {
+    cfg: DecodeAudioConfig,
+    max_seconds: f64,
+}
+
+impl DecodeAudioStage {
+    pub fn new(
+        cfg: &DecodeAudioConfig,
+        max_seconds: f64,
+    ) -> std::result::Result<Self, (String, String)> {
+        if cfg.sample_rate == Some(0) {
+            return Err(("sample_rate".into(), "sample_rate must be above 0".into()));
+        }
+        if let Some(d) = cfg.duration
+            && !(d.is_finite() && d > 0.0 && d <= max_seconds)
+        {
+            return Err((
+                "duration".into(),
+                format!(
+                    "duration must be above 0 and at most limits.max_audio_seconds = {max_seconds}"
+                ),
+            ));
+        }
+        Ok(DecodeAudioStage {
+            cfg: cfg.clone(),
+            max_seconds,
+        })
+    }
+}
+
+impl Stage for DecodeAudioStage {
+    fn name(&self) -> &str {
+        "decode_audio"
+    }
+
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        if input.field_with_name("_audio").is_err() {
+            return Err(Error::Config(
+                "decode_audio reads audio inputs (audio files, tar shards, tables with audio_column)".into(),
+            ));
+        }
+        let shape = WaveShape {
+            rate: self.cfg.sample_rate,
+            channels: self.cfg.mono.then_some(1),
+        };
+        Ok(schema_with(input, &["_audio"], &shape.fields()))
+    }
+
+    fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
+        let bytes = batch
+            .column_by_name("_audio")
+            .ok_or_else(|| Error::Execution("decode_audio: no `_audio` column".into()))?
+            .as_binary::<i32>()
+            .clone();
+        let seeds = sample_seeds(&batch, cx)?;
+        let results: Vec<_> = (0..batch.num_rows())
+            .into_par_iter()
+            .map(|row| prepare(bytes.value(row), &self.cfg, self.max_seconds, seeds[row]))
+            .collect();
+        let (batch, clips) = keep_ok(batch, results, cx)?;
+        let schema = self.output_schema(&batch.schema())?;
+        let wave = super::f32_lists(clips.iter().map(|a| a.samples.as_slice()));
+        let channels = UInt32Array::from_iter_values(clips.iter().map(|a| a.channels as u32));
+        let rates = UInt32Array::from_iter_values(clips.iter().map(|a| a.rate));
+        let frames = UInt32Array::from_iter_values(clips.iter().map(|a| a.frames() as u32));
+        batch_with(
+            &batch,
+            &schema,
+            vec![
+                (WAVE, wave),
+                (CHANNELS, Arc::new(channels)),
+                ("sample_rate", Arc::new(rates)),
+                ("num_samples", Arc::new(frames)),
+            ],
+        )
+    }
 }
 
 #[cfg(test)]

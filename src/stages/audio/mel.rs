@@ -6,9 +6,19 @@
 //! (`n_mels` rows of `frames` values), like librosa's arrays.
 
 use std::f64::consts::PI;
+use std::sync::Arc;
 
-use realfft::RealFftPlanner;
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rayon::prelude::*;
+use realfft::{RealFftPlanner, RealToComplex};
 use serde::{Deserialize, Serialize};
+
+use super::{Waves, require_wave};
+use crate::config::{MelLog, MelNorm, MelSpectrogramConfig};
+use crate::error::Result;
+use crate::stages::columns::{batch_with, schema_with};
+use crate::stages::{BatchContext, Stage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -142,77 +152,248 @@ fn window(p: &MelParams) -> Vec<f64> {
     out
 }
 
+/// What a spectrogram needs besides the waveform, computed once: the
+/// window, the FFT plan, and each filter's non-zero weights.
+pub struct MelPlan {
+    params: MelParams,
+    window: Vec<f64>,
+    fft: Arc<dyn RealToComplex<f64>>,
+    /// Per mel band: the first FFT bin with a weight, and the weights.
+    filters: Vec<(usize, Vec<f64>)>,
+}
+
+impl MelPlan {
+    pub fn new(p: &MelParams) -> Self {
+        let filters = filterbank(p)
+            .into_iter()
+            .map(|row| {
+                let first = row.iter().position(|&w| w != 0.0).unwrap_or(0);
+                let last = row.iter().rposition(|&w| w != 0.0).map_or(0, |i| i + 1);
+                (first, row[first..last.max(first)].to_vec())
+            })
+            .collect();
+        MelPlan {
+            params: p.clone(),
+            window: window(p),
+            fft: RealFftPlanner::<f64>::new().plan_fft_forward(p.n_fft),
+            filters,
+        }
+    }
+
+    /// The mel spectrogram of `wave` (mel-major) and its frame count.
+    pub fn compute(&self, wave: &[f32]) -> (Vec<f32>, usize) {
+        let p = &self.params;
+        let half = p.n_fft / 2;
+        let mut y: Vec<f64> = wave.iter().map(|&v| v as f64).collect();
+        if p.center {
+            let n = y.len();
+            let pad = |i: isize| -> f64 {
+                match p.pad_mode {
+                    PadMode::Constant => 0.0,
+                    PadMode::Reflect if n > 1 => {
+                        // Reflect without repeating the edge sample.
+                        let period = 2 * (n as isize - 1);
+                        let mut j = i.rem_euclid(period);
+                        if j >= n as isize {
+                            j = period - j;
+                        }
+                        y[j as usize]
+                    }
+                    PadMode::Reflect => 0.0,
+                }
+            };
+            let mut padded = Vec::with_capacity(n + 2 * half);
+            padded.extend((0..half).map(|k| pad(k as isize - half as isize)));
+            padded.extend_from_slice(&y);
+            padded.extend((0..half).map(|k| pad((n + k) as isize)));
+            y = padded;
+        }
+        let frames = if y.len() >= p.n_fft {
+            1 + (y.len() - p.n_fft) / p.hop_length
+        } else {
+            0
+        };
+        let bins = half + 1;
+        let mut input = self.fft.make_input_vec();
+        let mut spectrum = self.fft.make_output_vec();
+        let mut scratch = self.fft.make_scratch_vec();
+        let mut mel = vec![0f64; p.n_mels * frames];
+        let mut power = vec![0f64; bins];
+        for t in 0..frames {
+            let start = t * p.hop_length;
+            for ((v, &x), &w) in input.iter_mut().zip(&y[start..]).zip(&self.window) {
+                *v = x * w;
+            }
+            self.fft
+                .process_with_scratch(&mut input, &mut spectrum, &mut scratch)
+                .expect("sizes match the plan");
+            for (s, c) in power.iter_mut().zip(&spectrum) {
+                let sq = c.norm_sqr();
+                *s = if p.power == 2.0 {
+                    sq
+                } else if p.power == 1.0 {
+                    sq.sqrt()
+                } else {
+                    sq.sqrt().powf(p.power)
+                };
+            }
+            for (m, (first, weights)) in self.filters.iter().enumerate() {
+                mel[m * frames + t] = weights
+                    .iter()
+                    .zip(&power[*first..])
+                    .map(|(w, s)| w * s)
+                    .sum();
+            }
+        }
+        match p.log {
+            None => {}
+            Some(LogScale::Log { eps }) => mel.iter_mut().for_each(|v| *v = (*v + eps).ln()),
+            Some(LogScale::Db { amin, top_db }) => {
+                mel.iter_mut().for_each(|v| *v = 10.0 * v.max(amin).log10());
+                if let Some(top) = top_db {
+                    let max = mel.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    mel.iter_mut().for_each(|v| *v = v.max(max - top));
+                }
+            }
+        }
+        (mel.into_iter().map(|v| v as f32).collect(), frames)
+    }
+}
+
 /// The mel spectrogram of `wave` and its frame count.
 pub fn mel_spectrogram(wave: &[f32], p: &MelParams) -> (Vec<f32>, usize) {
-    let half = p.n_fft / 2;
-    let mut y: Vec<f64> = wave.iter().map(|&v| v as f64).collect();
-    if p.center {
-        let n = y.len();
-        let pad = |i: isize| -> f64 {
-            match p.pad_mode {
-                PadMode::Constant => 0.0,
-                PadMode::Reflect if n > 1 => {
-                    // Reflect without repeating the edge sample.
-                    let period = 2 * (n as isize - 1);
-                    let mut j = i.rem_euclid(period);
-                    if j >= n as isize {
-                        j = period - j;
-                    }
-                    y[j as usize]
-                }
-                PadMode::Reflect => 0.0,
-            }
+    MelPlan::new(p).compute(wave)
+}
+
+/// `mel_spectrogram`: `mel` and `mel_frames` from the mono waveform.
+pub struct MelStage {
+    plan: MelPlan,
+}
+
+impl MelStage {
+    /// Checks the parameters against what the decoded audio shares.
+    pub fn build(
+        cfg: &MelSpectrogramConfig,
+        input: &Schema,
+    ) -> std::result::Result<Self, (String, String)> {
+        let err = |k: &str, m: String| Err((k.to_string(), m));
+        let shape =
+            require_wave(input, "mel_spectrogram").map_err(|e| ("type".into(), e.to_string()))?;
+        let Some(rate) = shape.rate else {
+            return err(
+                "type",
+                "a mel filterbank is for one sample rate: set `sample_rate` on the decode_audio stage".into(),
+            );
         };
-        let mut padded = Vec::with_capacity(n + 2 * half);
-        padded.extend((0..half).map(|k| pad(k as isize - half as isize)));
-        padded.extend_from_slice(&y);
-        padded.extend((0..half).map(|k| pad((n + k) as isize)));
-        y = padded;
-    }
-    let frames = if y.len() >= p.n_fft {
-        1 + (y.len() - p.n_fft) / p.hop_length
-    } else {
-        0
-    };
-    let win = window(p);
-    let bank = filterbank(p);
-    let bins = half + 1;
-    let fft = RealFftPlanner::<f64>::new().plan_fft_forward(p.n_fft);
-    let mut input = fft.make_input_vec();
-    let mut spectrum = fft.make_output_vec();
-    let mut mel = vec![0f64; p.n_mels * frames];
-    let mut power = vec![0f64; bins];
-    for t in 0..frames {
-        let start = t * p.hop_length;
-        for (k, v) in input.iter_mut().enumerate() {
-            *v = y[start + k] * win[k];
+        if shape.channels != Some(1) {
+            return err(
+                "type",
+                "mel_spectrogram works on one channel: set `mono = true` on the decode_audio stage"
+                    .into(),
+            );
         }
-        fft.process(&mut input, &mut spectrum)
-            .expect("sizes match the plan");
-        for (b, c) in spectrum.iter().enumerate() {
-            let mag = c.norm();
-            power[b] = if p.power == 2.0 {
-                mag * mag
-            } else {
-                mag.powf(p.power)
-            };
+        if !(2..=1 << 16).contains(&cfg.n_fft) {
+            return err("n_fft", "n_fft must be from 2 to 65536".into());
         }
-        for (m, row) in bank.iter().enumerate() {
-            mel[m * frames + t] = row.iter().zip(&power).map(|(w, s)| w * s).sum();
+        let hop = cfg.hop_length.unwrap_or(cfg.n_fft / 4);
+        if hop == 0 {
+            return err("hop_length", "hop_length must be above 0".into());
         }
-    }
-    match p.log {
-        None => {}
-        Some(LogScale::Log { eps }) => mel.iter_mut().for_each(|v| *v = (*v + eps).ln()),
-        Some(LogScale::Db { amin, top_db }) => {
-            mel.iter_mut().for_each(|v| *v = 10.0 * v.max(amin).log10());
-            if let Some(top) = top_db {
-                let max = mel.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                mel.iter_mut().for_each(|v| *v = v.max(max - top));
+        let win = cfg.win_length.unwrap_or(cfg.n_fft);
+        if win == 0 || win > cfg.n_fft {
+            return err("win_length", "win_length must be from 1 to n_fft".into());
+        }
+        if cfg.n_mels == 0 {
+            return err("n_mels", "n_mels must be above 0".into());
+        }
+        let nyquist = rate as f64 / 2.0;
+        let fmax = cfg.fmax.unwrap_or(nyquist);
+        if !(cfg.fmin >= 0.0 && cfg.fmin < fmax) {
+            return err(
+                "fmin",
+                format!("fmin must be from 0 to below fmax ({fmax})"),
+            );
+        }
+        if fmax > nyquist {
+            return err(
+                "fmax",
+                format!("fmax is above half the sample rate ({nyquist} Hz)"),
+            );
+        }
+        if !(cfg.power.is_finite() && cfg.power > 0.0) {
+            return err(
+                "power",
+                "power must be above 0 (2 for power, 1 for magnitude)".into(),
+            );
+        }
+        let log = match cfg.log {
+            MelLog::None => None,
+            MelLog::Log if cfg.eps.is_finite() && cfg.eps > 0.0 => {
+                Some(LogScale::Log { eps: cfg.eps })
             }
-        }
+            MelLog::Log => return err("eps", "eps must be above 0".into()),
+            MelLog::Db if cfg.amin.is_finite() && cfg.amin > 0.0 && cfg.top_db >= 0.0 => {
+                Some(LogScale::Db {
+                    amin: cfg.amin,
+                    top_db: (cfg.top_db > 0.0).then_some(cfg.top_db),
+                })
+            }
+            MelLog::Db => return err("amin", "amin must be above 0 and top_db at least 0".into()),
+        };
+        let params = MelParams {
+            sample_rate: rate,
+            n_fft: cfg.n_fft,
+            hop_length: hop,
+            win_length: win,
+            window: cfg.window,
+            center: cfg.center,
+            pad_mode: cfg.pad_mode,
+            n_mels: cfg.n_mels,
+            fmin: cfg.fmin,
+            fmax,
+            scale: cfg.scale,
+            slaney_norm: cfg.norm == MelNorm::Slaney,
+            power: cfg.power,
+            log,
+        };
+        Ok(MelStage {
+            plan: MelPlan::new(&params),
+        })
     }
-    (mel.into_iter().map(|v| v as f32).collect(), frames)
+}
+
+impl Stage for MelStage {
+    fn name(&self) -> &str {
+        "mel_spectrogram"
+    }
+
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        require_wave(input, "mel_spectrogram")?;
+        Ok(schema_with(
+            input,
+            &[],
+            &[
+                Field::new("mel", super::mel_type(), false),
+                Field::new("mel_frames", DataType::UInt32, false),
+            ],
+        ))
+    }
+
+    fn process(&self, batch: RecordBatch, _cx: &mut BatchContext) -> Result<RecordBatch> {
+        let waves = Waves::of(&batch)?;
+        let mels: Vec<(Vec<f32>, usize)> = (0..batch.num_rows())
+            .into_par_iter()
+            .map(|row| self.plan.compute(waves.get(row).0))
+            .collect();
+        let schema = self.output_schema(&batch.schema())?;
+        let frames = UInt32Array::from_iter_values(mels.iter().map(|(_, f)| *f as u32));
+        let mel = super::mel_lists(mels.iter().map(|(m, f)| (m.as_slice(), *f)));
+        batch_with(
+            &batch,
+            &schema,
+            vec![("mel", mel), ("mel_frames", Arc::new(frames))],
+        )
+    }
 }
 
 #[cfg(test)]

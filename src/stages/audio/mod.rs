@@ -1,10 +1,189 @@
-//! Audio: the signal processing of the audio path. `decode` turns files
-//! into samples with symphonia; `resample` changes their rate; `mel` computes mel
-//! spectrograms as librosa does (its reference values are the tests);
-//! `specaugment` masks and warps them as Park et al. (2019) describe.
-//! Audio sources and the stages that use these are built on them.
+//! Audio stages, and the signal processing under them: `decode` turns files
+//! into samples with symphonia; `resample` changes their rate (rubato);
+//! `mel` computes mel spectrograms as librosa does (its reference values
+//! are the tests); `specaugment` masks and warps them as Park et al. (2019)
+//! describe.
+//!
+//! Stages pass the decoded waveform between them as working columns that
+//! are never stored: `_wave` (float32 samples, one channel after the other)
+//! and `_channels`. `sample_rate` and `num_samples` (per channel) are
+//! stored. What every clip shares after `decode_audio` (one channel, a
+//! resampled rate, a fixed duration) travels in `_wave`'s field metadata,
+//! so a stage that needs it (a mel filterbank is for one rate) refuses the
+//! pipeline before any data is read.
+//!
+//! | stage | what it does |
+//! |---|---|
+//! | `decode_audio` | encoded bytes to samples; downmix, resample, trim or pad; limits on duration |
+//! | `mel_spectrogram` | `mel` (n_mels lists of frames) and `mel_frames`, as librosa |
+//! | `spec_augment` | SpecAugment copies of `mel`, with what each copy drew |
+//! | `encode_audio` | the waveform as WAV bytes in datasets' `Audio` layout |
 
 pub mod decode;
+pub mod encode;
 pub mod mel;
 pub mod resample;
 pub mod specaugment;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float32Array, ListArray, RecordBatch, UInt32Array};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, Schema, UInt32Type};
+
+use crate::error::{Error, Result};
+
+pub const WAVE: &str = "_wave";
+pub const CHANNELS: &str = "_channels";
+const RATE_KEY: &str = "kiln.sample_rate";
+const CHANNELS_KEY: &str = "kiln.channels";
+
+/// What every clip of the pipeline shares after decoding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WaveShape {
+    /// The rate every clip was resampled to.
+    pub rate: Option<u32>,
+    /// 1 when downmixed.
+    pub channels: Option<u32>,
+}
+
+impl WaveShape {
+    pub fn of(schema: &Schema) -> Option<Self> {
+        let meta = schema.field_with_name(WAVE).ok()?.metadata();
+        Some(WaveShape {
+            rate: meta.get(RATE_KEY).and_then(|v| v.parse().ok()),
+            channels: meta.get(CHANNELS_KEY).and_then(|v| v.parse().ok()),
+        })
+    }
+
+    /// The working fields, and the stored `sample_rate` and `num_samples`.
+    pub fn fields(&self) -> [Field; 4] {
+        let mut meta = HashMap::new();
+        if let Some(r) = self.rate {
+            meta.insert(RATE_KEY.to_string(), r.to_string());
+        }
+        if let Some(c) = self.channels {
+            meta.insert(CHANNELS_KEY.to_string(), c.to_string());
+        }
+        [
+            Field::new(WAVE, f32_list_type(), false).with_metadata(meta),
+            Field::new(CHANNELS, DataType::UInt32, false),
+            Field::new("sample_rate", DataType::UInt32, false),
+            Field::new("num_samples", DataType::UInt32, false),
+        ]
+    }
+}
+
+/// Error unless the input has decoded audio; what it shares.
+pub fn require_wave(input: &Schema, stage: &str) -> Result<WaveShape> {
+    WaveShape::of(input).ok_or_else(|| {
+        Error::Config(format!(
+            "{stage} works on decoded audio: put a `decode_audio` stage before it"
+        ))
+    })
+}
+
+/// `list<float32>`.
+pub fn f32_list_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Float32, true)))
+}
+
+/// The decoded audio of a batch.
+pub struct Waves<'a> {
+    samples: &'a ListArray,
+    values: &'a [f32],
+    channels: &'a UInt32Array,
+    rates: &'a UInt32Array,
+}
+
+impl<'a> Waves<'a> {
+    pub fn of(batch: &'a RecordBatch) -> Result<Self> {
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| Error::Execution(format!("no `{name}` column")))
+        };
+        let samples = col(WAVE)?.as_list::<i32>();
+        Ok(Waves {
+            samples,
+            values: samples
+                .values()
+                .as_primitive::<arrow::datatypes::Float32Type>()
+                .values(),
+            channels: col(CHANNELS)?.as_primitive::<UInt32Type>(),
+            rates: col("sample_rate")?.as_primitive::<UInt32Type>(),
+        })
+    }
+
+    /// `(samples, channels, rate)` of a row; channels one after the other.
+    pub fn get(&self, row: usize) -> (&'a [f32], usize, u32) {
+        let offsets = self.samples.value_offsets();
+        let (a, b) = (offsets[row] as usize, offsets[row + 1] as usize);
+        (
+            &self.values[a..b],
+            self.channels.value(row) as usize,
+            self.rates.value(row),
+        )
+    }
+}
+
+/// A `list<float32>` column from each row's values.
+pub fn f32_lists<'a>(rows: impl IntoIterator<Item = &'a [f32]>) -> ArrayRef {
+    let mut values = Vec::new();
+    let mut lengths = Vec::new();
+    for r in rows {
+        values.extend_from_slice(r);
+        lengths.push(r.len());
+    }
+    Arc::new(ListArray::new(
+        Arc::new(Field::new("item", DataType::Float32, true)),
+        OffsetBuffer::from_lengths(lengths),
+        Arc::new(Float32Array::from(values)),
+        None,
+    ))
+}
+
+/// `list<list<float32>>`: the type of `mel`.
+pub fn mel_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", f32_list_type(), true)))
+}
+
+/// The `mel` column: each row's mel-major values cut into `n_mels` lists.
+pub fn mel_lists<'a>(rows: impl IntoIterator<Item = (&'a [f32], usize)>) -> ArrayRef {
+    let mut values = Vec::new();
+    let mut inner = Vec::new();
+    let mut outer = Vec::new();
+    for (mel, frames) in rows {
+        values.extend_from_slice(mel);
+        let n_mels = mel.len().checked_div(frames).unwrap_or(0);
+        inner.extend(std::iter::repeat_n(frames, n_mels));
+        outer.push(n_mels);
+    }
+    let rows = ListArray::new(
+        Arc::new(Field::new("item", DataType::Float32, true)),
+        OffsetBuffer::from_lengths(inner),
+        Arc::new(Float32Array::from(values)),
+        None,
+    );
+    Arc::new(ListArray::new(
+        Arc::new(Field::new("item", f32_list_type(), true)),
+        OffsetBuffer::from_lengths(outer),
+        Arc::new(rows),
+        None,
+    ))
+}
+
+/// A row of `mel`: its values, mel-major, and its frame count.
+pub fn mel_row(mel: &ListArray, frames: &UInt32Array, row: usize) -> (Vec<f32>, usize) {
+    let rows = mel.value(row);
+    let rows = rows.as_list::<i32>();
+    let values = rows
+        .values()
+        .as_primitive::<arrow::datatypes::Float32Type>();
+    let (a, b) = (
+        rows.value_offsets()[0] as usize,
+        rows.value_offsets()[rows.len()] as usize,
+    );
+    (values.values()[a..b].to_vec(), frames.value(row) as usize)
+}

@@ -10,8 +10,24 @@
 //! linearly (output frame `a + w` is input frame `a`, the ends stay), and
 //! values between input frames are interpolated linearly.
 
-use rand::Rng;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, AsArray, FixedSizeListArray, Float32Array, Int32Array, ListArray, RecordBatch,
+    StringArray, UInt32Array,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, SchemaRef, UInt32Type};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use super::{CHANNELS, WAVE};
+use crate::config::SpecAugmentConfig;
+use crate::error::{Error, Result};
+use crate::stages::columns::{batch_with, fixed_list_type, schema_with};
+use crate::stages::{BatchContext, Stage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,6 +156,203 @@ pub fn apply(
         done.time.push((t0 as u32, t as u32));
     }
     done
+}
+
+/// `spec_augment`: every sample as itself (`augment = 0`), then `copies`
+/// augmented copies (`augment = K`, sample id `ID#specaugK`), each drawn
+/// from a generator seeded by (run seed, `ID#specaugK`, stage), with what
+/// was drawn in `warp_anchor`, `warp_shift`, `freq_masks`, `time_masks` and
+/// `mask_value`. The waveform is not copied: `encode_audio` goes before.
+pub struct SpecAugmentStage {
+    params: SpecAugmentParams,
+    copies: u32,
+}
+
+impl SpecAugmentStage {
+    pub fn build(cfg: &SpecAugmentConfig) -> std::result::Result<Self, (String, String)> {
+        let mut p = cfg.policy.unwrap_or(Policy::LB).params();
+        let set = |v: Option<u32>, into: &mut u32| {
+            if let Some(v) = v {
+                *into = v;
+            }
+        };
+        set(cfg.time_warp, &mut p.time_warp);
+        set(cfg.freq_mask, &mut p.freq_mask);
+        set(cfg.freq_masks, &mut p.freq_masks);
+        set(cfg.time_mask, &mut p.time_mask);
+        set(cfg.time_masks, &mut p.time_masks);
+        if let Some(r) = cfg.time_mask_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err((
+                    "time_mask_ratio".into(),
+                    "time_mask_ratio (p) must be from 0 to 1".into(),
+                ));
+            }
+            p.time_mask_ratio = r;
+        }
+        if let Some(v) = cfg.mask_value {
+            p.mask_value = v;
+        }
+        if cfg.copies == 0 {
+            return Err((
+                "copies".into(),
+                "copies must be at least 1 (leave the stage out for none)".into(),
+            ));
+        }
+        Ok(SpecAugmentStage {
+            params: p,
+            copies: cfg.copies,
+        })
+    }
+}
+
+fn pairs_type() -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "item",
+        fixed_list_type(DataType::UInt32, 2),
+        true,
+    )))
+}
+
+/// A `list<fixed_list<uint32, 2>>` column.
+fn pairs_column(rows: &[&[(u32, u32)]]) -> Result<ArrayRef> {
+    let values: Vec<u32> = rows
+        .iter()
+        .flat_map(|r| r.iter().flat_map(|&(a, b)| [a, b]))
+        .collect();
+    let pairs = FixedSizeListArray::try_new(
+        Arc::new(Field::new("item", DataType::UInt32, true)),
+        2,
+        Arc::new(UInt32Array::from(values)),
+        None,
+    )?;
+    Ok(Arc::new(ListArray::try_new(
+        Arc::new(Field::new(
+            "item",
+            fixed_list_type(DataType::UInt32, 2),
+            true,
+        )),
+        OffsetBuffer::from_lengths(rows.iter().map(|r| r.len())),
+        Arc::new(pairs),
+        None,
+    )?))
+}
+
+impl Stage for SpecAugmentStage {
+    fn name(&self) -> &str {
+        "spec_augment"
+    }
+
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        if input.field_with_name("mel").is_err() {
+            return Err(Error::Config(
+                "spec_augment works on `mel`: put a `mel_spectrogram` stage before it".into(),
+            ));
+        }
+        Ok(schema_with(
+            input,
+            &[WAVE, CHANNELS],
+            &[
+                Field::new("augment", DataType::UInt32, false),
+                Field::new("warp_anchor", DataType::UInt32, true),
+                Field::new("warp_shift", DataType::Int32, true),
+                Field::new("freq_masks", pairs_type(), false),
+                Field::new("time_masks", pairs_type(), false),
+                Field::new("mask_value", DataType::Float32, true),
+            ],
+        ))
+    }
+
+    fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| Error::Execution(format!("spec_augment: no `{name}` column")))
+        };
+        let ids = col("sample_id")?.as_string::<i32>().clone();
+        let mel = col("mel")?.as_list::<i32>().clone();
+        let frames = col("mel_frames")?.as_primitive::<UInt32Type>().clone();
+        let per = self.copies as usize + 1;
+        let rows = batch.num_rows();
+        let copy_ids: Vec<String> = (0..rows)
+            .flat_map(|r| {
+                let id = ids.value(r);
+                (0..per).map(move |k| match k {
+                    0 => id.to_string(),
+                    k => format!("{id}#specaug{k}"),
+                })
+            })
+            .collect();
+        let seeds: Vec<u64> = copy_ids.iter().map(|id| cx.sample_seed(id)).collect();
+        // Per output row: the spectrogram, its frames and what was drawn.
+        let out: Vec<(Vec<f32>, usize, Option<Applied>)> = (0..rows * per)
+            .into_par_iter()
+            .map(|i| {
+                let (row, k) = (i / per, i % per);
+                let (mut values, t) = super::mel_row(&mel, &frames, row);
+                if k == 0 {
+                    return (values, t, None);
+                }
+                let n_mels = values.len().checked_div(t).unwrap_or(0);
+                let mut rng = ChaCha8Rng::seed_from_u64(seeds[i]);
+                let done = apply(&mut values, n_mels, t, &self.params, &mut rng);
+                (values, t, Some(done))
+            })
+            .collect();
+        let schema = self.output_schema(&batch.schema())?;
+        let take = UInt32Array::from_iter_values((0..rows * per).map(|i| (i / per) as u32));
+        let mut rest = batch.clone();
+        for name in [WAVE, CHANNELS, "mel"] {
+            if let Ok(i) = rest.schema().index_of(name) {
+                rest.remove_column(i);
+            }
+        }
+        let taken = arrow::compute::take_record_batch(&rest, &take)?;
+        let empty: &[(u32, u32)] = &[];
+        let freq: Vec<&[(u32, u32)]> = out
+            .iter()
+            .map(|(_, _, a)| a.as_ref().map_or(empty, |a| a.freq.as_slice()))
+            .collect();
+        let time: Vec<&[(u32, u32)]> = out
+            .iter()
+            .map(|(_, _, a)| a.as_ref().map_or(empty, |a| a.time.as_slice()))
+            .collect();
+        let applied = || out.iter().map(|(_, _, a)| a.as_ref());
+        let added: Vec<(&str, ArrayRef)> = vec![
+            ("sample_id", Arc::new(StringArray::from(copy_ids))),
+            (
+                "augment",
+                Arc::new(UInt32Array::from_iter_values(
+                    (0..rows * per).map(|i| (i % per) as u32),
+                )),
+            ),
+            (
+                "mel",
+                super::mel_lists(out.iter().map(|(m, t, _)| (m.as_slice(), *t))),
+            ),
+            (
+                "warp_anchor",
+                Arc::new(UInt32Array::from_iter(
+                    applied().map(|a| a.and_then(|a| a.warp).map(|w| w.0)),
+                )),
+            ),
+            (
+                "warp_shift",
+                Arc::new(Int32Array::from_iter(
+                    applied().map(|a| a.and_then(|a| a.warp).map(|w| w.1)),
+                )),
+            ),
+            ("freq_masks", pairs_column(&freq)?),
+            ("time_masks", pairs_column(&time)?),
+            (
+                "mask_value",
+                Arc::new(Float32Array::from_iter(
+                    applied().map(|a| a.map(|a| a.mask_value)),
+                )),
+            ),
+        ];
+        batch_with(&taken, &schema, added)
+    }
 }
 
 #[cfg(test)]

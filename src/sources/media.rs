@@ -1,13 +1,15 @@
-//! Image readers: image files (a folder or a glob, labelled by their parent
-//! folder as torchvision's ImageFolder does), WebDataset-style tar shards,
-//! and metadata tables (JSONL/CSV/Parquet) joined with the files they name.
+//! Media readers: image or audio files (a folder or a glob, labelled by
+//! their parent folder as torchvision's ImageFolder and datasets'
+//! AudioFolder do), WebDataset-style tar shards, and metadata tables
+//! (JSONL/CSV/Parquet) joined with the files they name.
 //!
-//! They all produce the *image record schema*: `sample_id`, `source`,
-//! `position`, `path`, `_image` (the encoded bytes, not decoded here),
-//! optionally `label` (a class id) and `text` (a caption), then the input's
-//! extra columns as strings. A file that cannot be read, is over
-//! `limits.max_file_bytes`, or has an unknown label is a reject; batches are
-//! cut by bytes so that a batch of large files stays small.
+//! They all produce the *media record schema*: `sample_id`, `source`,
+//! `position`, `path`, the encoded bytes (`_image` or `_audio`, not decoded
+//! here), optionally `label` (a class id) and `text` (a caption or
+//! transcript), then the input's extra columns as strings. A file that
+//! cannot be read, is over `limits.max_file_bytes`, or has an unknown label
+//! is a reject; batches are cut by bytes so that a batch of large files
+//! stays small.
 
 use std::fs::File;
 use std::io::Read;
@@ -25,28 +27,68 @@ use crate::config::{LabelSource, Limits};
 use crate::error::Result;
 use crate::rejects::{Reject, RejectSink, Rejection};
 
-/// Extensions of the image formats kiln decodes.
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
-
-pub fn is_image_extension(ext: &str) -> bool {
-    IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
+/// What the files of a media input hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    Image,
+    Audio,
 }
 
-fn has_image_extension(path: &str) -> bool {
-    Path::new(path)
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(is_image_extension)
+impl Media {
+    /// Extensions of the formats kiln decodes.
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Media::Image => &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"],
+            Media::Audio => &["wav", "flac", "mp3", "ogg", "oga"],
+        }
+    }
+
+    pub fn has_extension(self, ext: &str) -> bool {
+        self.extensions()
+            .contains(&ext.to_ascii_lowercase().as_str())
+    }
+
+    fn is_file(self, path: &str) -> bool {
+        Path::new(path)
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| self.has_extension(e))
+    }
+
+    /// The working column that carries the encoded bytes.
+    pub fn bytes_column(self) -> &'static str {
+        match self {
+            Media::Image => "_image",
+            Media::Audio => "_audio",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Media::Image => "image",
+            Media::Audio => "audio",
+        }
+    }
+
+    /// The stage name of the file readers' rejects.
+    fn read_stage(self) -> &'static str {
+        match self {
+            Media::Image => "read_image",
+            Media::Audio => "read_audio",
+        }
+    }
 }
 
-/// Where an image record's label and caption come from, and the class names.
+/// The media of a record, where its label and caption come from, and the
+/// class names.
 #[derive(Debug, Clone)]
-pub struct ImageSpec {
+pub struct MediaSpec {
+    pub media: Media,
     pub labels: LabelSource,
-    /// Tables: the column naming the image file.
-    pub image_column: Option<String>,
-    /// Tables: the folder relative image paths start from.
-    pub image_root: PathBuf,
+    /// Tables: the column naming the media file.
+    pub file_column: Option<String>,
+    /// Tables: the folder relative file paths start from.
+    pub root: PathBuf,
     pub caption_column: Option<String>,
     pub label_column: Option<String>,
     /// The dataset's class names, in id order.
@@ -57,9 +99,9 @@ pub struct ImageSpec {
 /// cannot be read into.
 pub const TABLE_OWN_COLUMNS: [&str; 4] = ["sample_id", "source", "position", "text"];
 
-impl ImageSpec {
+impl MediaSpec {
     /// A caption column named like a column the table reader fills (most
-    /// often `text`) is read as the table's text, and the image path as an
+    /// often `text`) is read as the table's text, and the file path as an
     /// extra column instead.
     pub fn caption_is_text(&self) -> bool {
         self.caption_column
@@ -71,14 +113,14 @@ impl ImageSpec {
     pub fn inner_text_field(&self) -> String {
         match self.caption_is_text() {
             true => self.caption_column.clone().unwrap_or_default(),
-            false => self.image_column.clone().unwrap_or_default(),
+            false => self.file_column.clone().unwrap_or_default(),
         }
     }
 
-    /// The column of the table reader's batches that holds the image path.
+    /// The column of the table reader's batches that holds the file path.
     fn inner_path_column(&self) -> String {
         match self.caption_is_text() {
-            true => self.image_column.clone().unwrap_or_default(),
+            true => self.file_column.clone().unwrap_or_default(),
             false => "text".into(),
         }
     }
@@ -96,7 +138,7 @@ impl ImageSpec {
         let mut out = columns.to_vec();
         let path = self
             .caption_is_text()
-            .then(|| self.image_column.clone())
+            .then(|| self.file_column.clone())
             .flatten();
         let caption = (!self.caption_is_text())
             .then(|| self.caption_column.clone())
@@ -134,15 +176,15 @@ impl ImageSpec {
     }
 }
 
-/// The image record schema. `label` and `text` are there when some input
+/// The media record schema. `label` and `text` are there when some input
 /// provides them.
-pub fn image_record_schema(columns: &[String], label: bool, text: bool) -> SchemaRef {
+pub fn media_record_schema(media: Media, columns: &[String], label: bool, text: bool) -> SchemaRef {
     let mut fields = vec![
         Field::new("sample_id", DataType::Utf8, false),
         Field::new("source", DataType::Utf8, false),
         Field::new("position", DataType::UInt64, false),
         Field::new("path", DataType::Utf8, false),
-        Field::new("_image", DataType::Binary, false),
+        Field::new(media.bytes_column(), DataType::Binary, false),
     ];
     if label {
         fields.push(Field::new("label", DataType::Int64, true));
@@ -154,7 +196,7 @@ pub fn image_record_schema(columns: &[String], label: bool, text: bool) -> Schem
     Arc::new(Schema::new(fields))
 }
 
-/// The class name an image file gets from its folder.
+/// The class name a media file gets from its folder.
 pub fn folder_label(path: &str) -> Option<String> {
     Path::new(path)
         .parent()?
@@ -163,8 +205,8 @@ pub fn folder_label(path: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Image files under a folder, recursively, sorted.
-pub fn walk_images(dir: &Path) -> std::io::Result<Vec<String>> {
+/// Files of `media` under a folder, recursively, sorted.
+pub fn walk_media(dir: &Path, media: Media) -> std::io::Result<Vec<String>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -174,7 +216,7 @@ pub fn walk_images(dir: &Path) -> std::io::Result<Vec<String>> {
             if entry.file_type()?.is_dir() {
                 stack.push(path);
             } else if let Some(s) = path.to_str()
-                && has_image_extension(s)
+                && media.is_file(s)
             {
                 out.push(s.to_string());
             }
@@ -215,21 +257,21 @@ fn file_too_large(size: u64, max: u64) -> Rejection {
     )
 }
 
-/// Builds batches in the image record schema.
-struct ImageRecordBuilder {
+/// Builds batches in the media record schema.
+struct MediaRecordBuilder {
     schema: SchemaRef,
     sample_id: StringBuilder,
     source: StringBuilder,
     position: UInt64Builder,
     path: StringBuilder,
-    image: BinaryBuilder,
+    bytes_column: BinaryBuilder,
     label: Option<Int64Builder>,
     text: Option<StringBuilder>,
     /// Extra columns by name, in schema order.
     extras: Vec<(String, StringBuilder)>,
     rows: usize,
     bytes: usize,
-    /// Decoded bytes the images' headers claim, when counted.
+    /// Decoded bytes the images' headers claim, when counted (images only).
     pixel_bytes: u64,
     pixel_budget: Option<u64>,
     max_pixels: u64,
@@ -243,15 +285,15 @@ struct Record<'a> {
     source: &'a str,
     position: u64,
     path: &'a str,
-    image: &'a [u8],
+    data: &'a [u8],
     label: Option<i64>,
     text: Option<&'a str>,
     /// Values of the extra columns, in the builder's order (see
-    /// [`ImageRecordBuilder::extra_names`]); missing ones are null.
+    /// [`MediaRecordBuilder::extra_names`]); missing ones are null.
     extras: &'a [Option<&'a str>],
 }
 
-impl ImageRecordBuilder {
+impl MediaRecordBuilder {
     fn new(opts: &ReadOptions) -> Self {
         let schema = opts.schema.clone();
         let label = schema
@@ -267,13 +309,13 @@ impl ImageRecordBuilder {
             .filter(|f| !matches!(f.name().as_str(), "label" | "text"))
             .map(|f| (f.name().clone(), StringBuilder::new()))
             .collect();
-        ImageRecordBuilder {
+        MediaRecordBuilder {
             schema,
             sample_id: StringBuilder::new(),
             source: StringBuilder::new(),
             position: UInt64Builder::new(),
             path: StringBuilder::new(),
-            image: BinaryBuilder::new(),
+            bytes_column: BinaryBuilder::new(),
             label,
             text,
             extras,
@@ -290,7 +332,7 @@ impl ImageRecordBuilder {
         self.source.append_value(r.source);
         self.position.append_value(r.position);
         self.path.append_value(r.path);
-        self.image.append_value(r.image);
+        self.bytes_column.append_value(r.data);
         if let Some(b) = &mut self.label {
             b.append_option(r.label);
         }
@@ -301,12 +343,12 @@ impl ImageRecordBuilder {
             b.append_option(r.extras.get(i).copied().flatten());
         }
         self.rows += 1;
-        self.bytes += r.image.len();
+        self.bytes += r.data.len();
         if self.pixel_budget.is_some() {
             // Only the header is read; a claim over the limit is rejected
             // at decoding, so it counts as the limit.
             let header = || {
-                image::ImageReader::new(std::io::Cursor::new(r.image))
+                image::ImageReader::new(std::io::Cursor::new(r.data))
                     .with_guessed_format()
                     .ok()
                     .and_then(|i| i.into_dimensions().ok())
@@ -340,7 +382,7 @@ impl ImageRecordBuilder {
             Arc::new(self.source.finish()),
             Arc::new(self.position.finish()),
             Arc::new(self.path.finish()),
-            Arc::new(self.image.finish()),
+            Arc::new(self.bytes_column.finish()),
         ];
         if let Some(b) = &mut self.label {
             columns.push(Arc::new(b.finish()));
@@ -376,22 +418,21 @@ fn reject(
     }
 }
 
-/// One image file (a split of an `images` input).
-/// Image files: the whole-file splits of an `images` input that follow one
-/// another in a task, read into batches of many images (so that stages
-/// batch, and mixing finds partners, across files).
-pub struct ImageFileReader {
+/// Media files: the whole-file splits of an `images` or `audio` input that
+/// follow one another in a task, read into batches of many samples (so that
+/// stages batch, and mixing finds partners, across files).
+pub struct MediaFileReader {
     paths: std::vec::IntoIter<String>,
-    spec: ImageSpec,
+    spec: MediaSpec,
     limits: Limits,
     batch_rows: usize,
-    builder: ImageRecordBuilder,
+    builder: MediaRecordBuilder,
     captions_only: bool,
 }
 
-impl ImageFileReader {
-    pub fn new(splits: &[Split], spec: &ImageSpec, opts: &ReadOptions) -> Self {
-        ImageFileReader {
+impl MediaFileReader {
+    pub fn new(splits: &[Split], spec: &MediaSpec, opts: &ReadOptions) -> Self {
+        MediaFileReader {
             paths: splits
                 .iter()
                 .map(|s| s.path.clone())
@@ -400,14 +441,15 @@ impl ImageFileReader {
             spec: spec.clone(),
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
-            builder: ImageRecordBuilder::new(opts),
+            builder: MediaRecordBuilder::new(opts),
             captions_only: opts.captions_only,
         }
     }
 
     fn read(&mut self, path: &str, rejects: &mut RejectSink) -> Result<()> {
         let id = super::sample_id(path, 0);
-        let fail = |kind: &str, msg: String| reject("read_image", id.clone(), path, 0, kind, msg);
+        let stage = self.spec.media.read_stage();
+        let fail = |kind: &str, msg: String| reject(stage, id.clone(), path, 0, kind, msg);
         let label = match self.spec.labels {
             LabelSource::None => None,
             LabelSource::Folder => {
@@ -424,7 +466,7 @@ impl ImageFileReader {
                 source: path,
                 position: 0,
                 path,
-                image: &bytes,
+                data: &bytes,
                 label,
                 text: None,
                 extras: &[],
@@ -435,10 +477,10 @@ impl ImageFileReader {
     }
 }
 
-impl SourceReader for ImageFileReader {
+impl SourceReader for MediaFileReader {
     fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
         if self.captions_only {
-            // Image files carry no captions.
+            // Media files carry no captions.
             return Ok(None);
         }
         while !self.builder.is_full(self.batch_rows) {
@@ -451,15 +493,16 @@ impl SourceReader for ImageFileReader {
 
 /// A WebDataset-style tar shard: consecutive members sharing a key (the
 /// member name up to the first dot of its file name) are one sample. The
-/// image is the member with an image extension; `.txt` is the caption,
+/// image or audio is the member with an extension of the input's media
+/// (`.jpg`, `.flac`...); `.txt` is the caption or transcript,
 /// `.cls` the class id, `.json` an object whose fields fill the input's
 /// extra columns.
 pub struct TarReader {
     path: String,
-    spec: ImageSpec,
+    spec: MediaSpec,
     limits: Limits,
     batch_rows: usize,
-    builder: ImageRecordBuilder,
+    builder: MediaRecordBuilder,
     /// Offset of the next member header.
     offset: u64,
     /// Keys already emitted: a key must not come back.
@@ -496,13 +539,13 @@ fn tar_key(name: &str) -> (String, String) {
 }
 
 impl TarReader {
-    pub fn new(split: &Split, spec: &ImageSpec, opts: &ReadOptions) -> Self {
+    pub fn new(split: &Split, spec: &MediaSpec, opts: &ReadOptions) -> Self {
         TarReader {
             path: split.path.clone(),
             spec: spec.clone(),
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
-            builder: ImageRecordBuilder::new(opts),
+            builder: MediaRecordBuilder::new(opts),
             offset: 0,
             keys: Default::default(),
             pending: None,
@@ -535,7 +578,8 @@ impl TarReader {
         let fail = |kind: &str, msg: String| {
             reject("read_tar", id.clone(), &self.path, s.position, kind, msg)
         };
-        let mut image: Option<(&str, &[u8])> = None;
+        let media = self.spec.media;
+        let mut file: Option<(&str, &[u8])> = None;
         let mut text = None;
         let mut label = None;
         let mut json: Option<serde_json::Map<String, serde_json::Value>> = None;
@@ -547,7 +591,7 @@ impl TarReader {
                 }
             };
             match ext.as_str() {
-                e if is_image_extension(e) && image.is_none() => image = Some((e, data)),
+                e if media.has_extension(e) && file.is_none() => file = Some((e, data)),
                 "txt" => match std::str::from_utf8(data) {
                     Ok(t) => text = Some(t.trim_end_matches(['\n', '\r'])),
                     Err(_) => {
@@ -577,13 +621,14 @@ impl TarReader {
                 _ => {}
             }
         }
-        let Some((ext, bytes)) = image else {
+        let Some((ext, bytes)) = file else {
             return rejects.push(fail(
-                "no_image",
+                &format!("no_{}", media.name()),
                 format!(
-                    "key `{}` has no image member ({})",
+                    "key `{}` has no {} member ({})",
                     s.key,
-                    IMAGE_EXTENSIONS.join(", ")
+                    media.name(),
+                    media.extensions().join(", ")
                 ),
             ));
         };
@@ -604,7 +649,7 @@ impl TarReader {
             source: &self.path,
             position: s.position,
             path: &member,
-            image: bytes,
+            data: bytes,
             label,
             text,
             extras: &extras,
@@ -615,12 +660,13 @@ impl TarReader {
 
 impl TarReader {
     /// Whether a member of `sample` with extension `ext` is worth reading:
-    /// the first image, `.txt`, `.cls`, `.json`; others are skipped unread.
-    fn wanted(sample: Option<&TarSample>, ext: &str) -> bool {
+    /// the first image or audio file, `.txt`, `.cls`, `.json`; others are
+    /// skipped unread.
+    fn wanted(media: Media, sample: Option<&TarSample>, ext: &str) -> bool {
         let seen =
             |f: &dyn Fn(&str) -> bool| sample.is_some_and(|s| s.members.iter().any(|(e, _)| f(e)));
-        if is_image_extension(ext) {
-            return !seen(&|e: &str| is_image_extension(e));
+        if media.has_extension(ext) {
+            return !seen(&|e: &str| media.has_extension(e));
         }
         matches!(ext, "txt" | "cls" | "json") && !seen(&|e: &str| e == ext)
     }
@@ -661,8 +707,8 @@ impl TarReader {
                 self.emit(done, rejects)?;
             }
             let sample = self.pending.as_ref().filter(|p| p.key == key);
-            if Self::wanted(sample, &ext) {
-                let data = if self.captions_only && is_image_extension(&ext) {
+            if Self::wanted(self.spec.media, sample, &ext) {
+                let data = if self.captions_only && self.spec.media.has_extension(&ext) {
                     Ok(Vec::new())
                 } else if size > max {
                     Err(file_too_large(size, max))
@@ -756,28 +802,29 @@ fn finish_with(
     r.builder.finish()
 }
 
-/// A metadata table joined with the image files its `image_column` names:
+/// A metadata table joined with the media files its `image_column` or
+/// `audio_column` names:
 /// the table is read by the table's own reader (which rejects bad rows),
 /// then each row's file is read.
-pub struct TableImageReader {
+pub struct TableMediaReader {
     inner: Box<dyn SourceReader>,
-    spec: ImageSpec,
+    spec: MediaSpec,
     limits: Limits,
     batch_rows: usize,
-    builder: ImageRecordBuilder,
+    builder: MediaRecordBuilder,
     /// A table batch not yet fully read, and the next row of it.
     pending: Option<(RecordBatch, usize)>,
     captions_only: bool,
 }
 
-impl TableImageReader {
-    pub fn new(inner: Box<dyn SourceReader>, spec: &ImageSpec, opts: &ReadOptions) -> Self {
-        TableImageReader {
+impl TableMediaReader {
+    pub fn new(inner: Box<dyn SourceReader>, spec: &MediaSpec, opts: &ReadOptions) -> Self {
+        TableMediaReader {
             inner,
             spec: spec.clone(),
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
-            builder: ImageRecordBuilder::new(opts),
+            builder: MediaRecordBuilder::new(opts),
             pending: None,
             captions_only: opts.captions_only,
         }
@@ -801,12 +848,12 @@ impl TableImageReader {
             .column_by_name("position")
             .map(|c| c.as_primitive::<arrow::datatypes::UInt64Type>().value(row))
             .unwrap_or_default();
-        let stage = "read_image";
+        let stage = self.spec.media.read_stage();
         let file = string(&self.spec.inner_path_column()).unwrap_or_default();
         let full = if Path::new(file).is_absolute() {
             PathBuf::from(file)
         } else {
-            self.spec.image_root.join(file)
+            self.spec.root.join(file)
         };
         let full_str = full.to_string_lossy().into_owned();
         let label = match self.spec.label_column.as_deref().and_then(string) {
@@ -842,7 +889,7 @@ impl TableImageReader {
             source,
             position,
             path: &full_str,
-            image: &bytes,
+            data: &bytes,
             label,
             text,
             extras: &extras,
@@ -851,7 +898,7 @@ impl TableImageReader {
     }
 }
 
-impl SourceReader for TableImageReader {
+impl SourceReader for TableMediaReader {
     fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
         loop {
             if self.pending.is_none() {
@@ -898,10 +945,11 @@ mod tests {
 
     #[test]
     fn labels_by_name_or_id() {
-        let spec = ImageSpec {
+        let spec = MediaSpec {
+            media: Media::Image,
             labels: LabelSource::Folder,
-            image_column: None,
-            image_root: PathBuf::new(),
+            file_column: None,
+            root: PathBuf::new(),
             caption_column: None,
             label_column: None,
             classes: Arc::new(vec!["bird".into(), "cat".into()]),
