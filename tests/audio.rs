@@ -1,0 +1,444 @@
+//! The audio path end to end: every bad file rejected with its reason,
+//! SpecAugment copies within their bounds and byte-identical at any thread
+//! count, tables and tar shards joined with their clips, a killed run
+//! resumed to the same bytes, and configurations refused before any data
+//! is read.
+
+mod common;
+
+use std::path::Path;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float32Type, Int32Type, UInt32Type};
+use common::*;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(rel: &str) -> String {
+    root()
+        .join("fixtures/audio")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+/// Run `pipeline` (a pipeline file without its `[output]`) in `s`, into
+/// the folder `name`, which it returns.
+fn build(s: &Scratch, name: &str, pipeline: &str, args: &[&str]) -> std::path::PathBuf {
+    let out = s.path(name);
+    let p = s.write(
+        &format!("{name}.toml"),
+        format!("{pipeline}\n[output]\npath = \"{}\"\n", out.display()),
+    );
+    let mut all = vec!["run", p.to_str().unwrap(), "-q"];
+    all.extend_from_slice(args);
+    assert_ok(&s.kiln(&all));
+    out
+}
+
+#[test]
+fn every_bad_file_is_rejected_with_its_reason() {
+    let s = Scratch::new();
+    let pipeline = format!(
+        r#"
+[[inputs]]
+path = "{}"
+format = "audio"
+labels = "none"
+
+[[stages]]
+type = "decode_audio"
+
+[limits]
+max_audio_seconds = 20
+"#,
+        fixture("bad")
+    );
+    let out = build(&s, "bad", &pipeline, &[]);
+    let m = manifest(&out);
+    assert_eq!(m["totals"]["samples_in"], 9);
+    assert_eq!(m["totals"]["samples_out"], 0);
+    let mut got: Vec<(String, String)> = rejects(&out)
+        .into_iter()
+        .map(|(id, stage, kind)| {
+            let file = id.rsplit('/').next().unwrap().trim_end_matches(":0");
+            assert_eq!(stage, "decode_audio");
+            (file.to_string(), kind)
+        })
+        .collect();
+    got.sort();
+    let want = [
+        ("adpcm.wav", "unsupported_codec"),
+        ("empty.wav", "empty_file"),
+        ("garbage.wav", "unknown_format"),
+        ("huge_header.wav", "too_long"),
+        ("image.wav", "unknown_format"),
+        ("long.flac", "too_long"),
+        ("truncated.flac", "truncated"),
+        ("truncated.wav", "truncated"),
+        ("zero_frames.wav", "empty_audio"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// `(n_mels, frames, values)` of a `mel` row.
+fn mel_of(b: &arrow::array::RecordBatch, row: usize) -> (usize, usize, Vec<f32>) {
+    let mel = b.column_by_name("mel").unwrap().as_list::<i32>();
+    let rows = mel.value(row);
+    let rows = rows.as_list::<i32>();
+    let mut values = Vec::new();
+    for m in 0..rows.len() {
+        values.extend_from_slice(rows.value(m).as_primitive::<Float32Type>().values());
+    }
+    let frames = b
+        .column_by_name("mel_frames")
+        .unwrap()
+        .as_primitive::<UInt32Type>()
+        .value(row) as usize;
+    (rows.len(), frames, values)
+}
+
+fn pairs(b: &arrow::array::RecordBatch, name: &str, row: usize) -> Vec<(usize, usize)> {
+    let col = b.column_by_name(name).unwrap().as_list::<i32>();
+    let v = col.value(row);
+    let v = v.as_fixed_size_list();
+    (0..v.len())
+        .map(|i| {
+            let p = v.value(i);
+            let p = p.as_primitive::<UInt32Type>();
+            (p.value(0) as usize, p.value(1) as usize)
+        })
+        .collect()
+}
+
+#[test]
+fn specaugment_copies_stay_in_bounds_and_are_byte_identical_at_any_thread_count() {
+    let s = Scratch::new();
+    let mut shas = Vec::new();
+    for threads in ["1", "4"] {
+        let out = s.path(&format!("sa{threads}"));
+        let o = kiln()
+            .current_dir(root())
+            .args([
+                "run",
+                "pipelines/audio_specaug.toml",
+                "--output",
+                out.to_str().unwrap(),
+                "--threads",
+                threads,
+                "-q",
+            ])
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        let m = manifest(&out);
+        assert_eq!(m["totals"]["samples_in"], 9);
+        assert_eq!(m["totals"]["samples_out"], 9);
+        assert_eq!(m["totals"]["rows"], 27);
+        shas.push(
+            m["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["sha256"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>(),
+        );
+        // The SM policy: W 40, F 15, mF 2, T 70, p 0.2, mT 2.
+        let mut original = Vec::new();
+        let mut warped = 0;
+        for b in read_dataset(&out) {
+            let augment = b
+                .column_by_name("augment")
+                .unwrap()
+                .as_primitive::<UInt32Type>();
+            let anchor = b
+                .column_by_name("warp_anchor")
+                .unwrap()
+                .as_primitive::<UInt32Type>();
+            let shift = b
+                .column_by_name("warp_shift")
+                .unwrap()
+                .as_primitive::<Int32Type>();
+            let value = b
+                .column_by_name("mask_value")
+                .unwrap()
+                .as_primitive::<Float32Type>();
+            let ids = b.column_by_name("sample_id").unwrap().as_string::<i32>();
+            for r in 0..b.num_rows() {
+                let (n_mels, frames, mel) = mel_of(&b, r);
+                assert_eq!((n_mels, frames), (80, 101), "1 s at 16 kHz, hop 160");
+                let k = augment.value(r);
+                if k == 0 {
+                    assert!(anchor.is_null(r) && value.is_null(r));
+                    assert!(pairs(&b, "freq_masks", r).is_empty());
+                    original = mel;
+                    continue;
+                }
+                assert!(ids.value(r).ends_with(&format!("#specaug{k}")));
+                assert_ne!(mel, original, "a copy differs from its sample");
+                if !anchor.is_null(r) {
+                    warped += 1;
+                    let (a, w) = (anchor.value(r) as i64, shift.value(r) as i64);
+                    assert!(a > 40 && a < frames as i64 - 40, "anchor {a}");
+                    assert!(w.abs() <= 40, "shift {w}");
+                }
+                let v = value.value(r);
+                let freq = pairs(&b, "freq_masks", r);
+                let time = pairs(&b, "time_masks", r);
+                assert_eq!((freq.len(), time.len()), (2, 2));
+                for &(f0, f) in &freq {
+                    assert!(f <= 15 && f0 + f <= n_mels);
+                    for m in f0..f0 + f {
+                        assert!(mel[m * frames..(m + 1) * frames].iter().all(|&x| x == v));
+                    }
+                }
+                for &(t0, t) in &time {
+                    assert!(t <= 20 && t0 + t <= frames, "p * frames caps the width");
+                    for m in 0..n_mels {
+                        assert!(
+                            mel[m * frames + t0..m * frames + t0 + t]
+                                .iter()
+                                .all(|&x| x == v)
+                        );
+                    }
+                }
+            }
+        }
+        assert!(warped >= 9, "most copies are warped: {warped} of 18");
+    }
+    assert_eq!(shas[0], shas[1]);
+}
+
+#[test]
+fn tables_and_tar_shards_join_their_clips_with_transcripts_and_labels() {
+    let s = Scratch::new();
+    for table in ["transcripts.jsonl", "transcripts.csv"] {
+        let pipeline = format!(
+            r#"
+[[inputs]]
+path = "{}"
+audio_column = "audio"
+transcript_column = "transcript"
+label_column = "label"
+classes = ["no", "yes"]
+
+[[inputs]]
+path = "{}"
+classes = ["no", "yes"]
+
+[[stages]]
+type = "decode_audio"
+sample_rate = 8000
+duration = 0.5
+trim = "random"
+"#,
+            fixture(table),
+            fixture("shard-000000.tar")
+        );
+        let out = build(&s, table.split('.').nth(1).unwrap(), &pipeline, &[]);
+        let rejects = rejects(&out);
+        assert_eq!(rejects.len(), 1, "{rejects:?}");
+        assert_eq!(rejects[0].1, "read_audio");
+        assert_eq!(rejects[0].2, "missing_file");
+        let mut rows = Vec::new();
+        for b in read_dataset(&out) {
+            let text = b.column_by_name("text").unwrap().as_string::<i32>();
+            let label = b
+                .column_by_name("label")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>();
+            let n = b
+                .column_by_name("num_samples")
+                .unwrap()
+                .as_primitive::<UInt32Type>();
+            let rate = b
+                .column_by_name("sample_rate")
+                .unwrap()
+                .as_primitive::<UInt32Type>();
+            for r in 0..b.num_rows() {
+                assert_eq!((n.value(r), rate.value(r)), (4000, 8000));
+                rows.push((text.value(r).to_string(), label.value(r)));
+            }
+        }
+        let want = [
+            ("yes", 1),
+            ("yes", 1),
+            ("no", 0),
+            ("no", 0),
+            ("no", 0),
+            ("hello world", 0),
+            ("good morning", 1),
+            ("thank you", 0),
+        ];
+        let want: Vec<(String, i64)> = want.iter().map(|(t, l)| (t.to_string(), *l)).collect();
+        assert_eq!(rows, want);
+    }
+}
+
+#[test]
+fn killed_audio_run_resumes_to_the_same_bytes() {
+    let s = Scratch::new();
+    let pipeline = format!(
+        r#"seed = 5
+
+[[inputs]]
+path = "{}"
+
+[[stages]]
+type = "decode_audio"
+sample_rate = 16000
+duration = 0.75
+trim = "random"
+
+[[stages]]
+type = "mel_spectrogram"
+n_fft = 512
+hop_length = 128
+n_mels = 64
+log = "log"
+
+[[stages]]
+type = "spec_augment"
+policy = "LD"
+time_warp = 20
+mask_value = "mean"
+
+[output]
+path = "unused"
+max_shard_rows = 4
+
+[plan]
+task_bytes = 40000
+batch_rows = 2
+"#,
+        fixture("folder")
+    );
+    s.write("p.toml", pipeline);
+    assert_ok(&s.kiln(&["run", "p.toml", "-q", "--output", "reference"]));
+    let out = s.path("killed");
+    let mut child = kiln()
+        .current_dir(s.dir.path())
+        .env("KILN_THROTTLE_MS", "40")
+        .args([
+            "run",
+            "p.toml",
+            "-q",
+            "--output",
+            "killed",
+            "--threads",
+            "2",
+        ])
+        .spawn()
+        .unwrap();
+    let markers = || {
+        std::fs::read_dir(out.join(".kiln/tasks"))
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while markers() < 2 && child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed().as_secs() < 120, "two tasks finished");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    child.kill().ok();
+    child.wait().unwrap();
+    assert!(killed, "the run was killed before it finished");
+    assert_ok(&s.kiln(&["run", "p.toml", "-q", "--output", "killed"]));
+    assert_same_dataset(&s.path("reference"), &out);
+    let m = manifest(&out);
+    assert_eq!(m["totals"]["samples_in"], 9);
+    assert_eq!(m["totals"]["rows"], 18);
+}
+
+fn refused(pipeline: &str) -> String {
+    let s = Scratch::new();
+    let p = s.write("p.toml", pipeline);
+    let o = s.kiln(&["run", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!s.path("out").exists(), "nothing is written");
+    stderr(&o)
+}
+
+fn with_stages(stages: &str) -> String {
+    format!(
+        "[[inputs]]\npath = \"{}\"\nformat = \"audio\"\n\n{stages}\n[output]\npath = \"out\"\n",
+        fixture("folder")
+    )
+}
+
+#[test]
+fn audio_configs_are_refused_before_reading_naming_key_and_line() {
+    let cases: [(String, &[&str]); 9] = [
+        (
+            with_stages(
+                "[[stages]]\ntype = \"decode_audio\"\n\n[[stages]]\ntype = \"mel_spectrogram\"\n",
+            ),
+            &["line 9", "stages[1].type", "sample_rate"],
+        ),
+        (
+            with_stages(
+                "[[stages]]\ntype = \"decode_audio\"\nsample_rate = 16000\nmono = false\n\n[[stages]]\ntype = \"mel_spectrogram\"\n",
+            ),
+            &["stages[1].type", "mono = true"],
+        ),
+        (
+            with_stages(
+                "[[stages]]\ntype = \"decode_audio\"\nsample_rate = 8000\n\n[[stages]]\ntype = \"mel_spectrogram\"\nfmax = 6000.0\n",
+            ),
+            &["line 11", "stages[1].fmax", "4000"],
+        ),
+        (
+            with_stages(
+                "[[stages]]\ntype = \"decode_audio\"\n\n[[stages]]\ntype = \"spec_augment\"\n",
+            ),
+            &["stages[1].type", "mel_spectrogram"],
+        ),
+        (
+            with_stages(
+                "[[stages]]\ntype = \"decode_audio\"\nsample_rate = 16000\n\n[[stages]]\ntype = \"mel_spectrogram\"\n\n[[stages]]\ntype = \"spec_augment\"\ncopies = 0\n",
+            ),
+            &["line 14", "stages[2].copies"],
+        ),
+        (
+            with_stages("[[stages]]\ntype = \"decode_audio\"\nduration = 900.0\n"),
+            &["line 7", "stages[0].duration", "max_audio_seconds"],
+        ),
+        (
+            with_stages(
+                "[[stages]]\ntype = \"decode_audio\"\nsample_rate = 16000\n\n[[stages]]\ntype = \"spec_augment\"\npolicy = \"XL\"\n",
+            ),
+            &["line 11", "stages[1].policy"],
+        ),
+        (
+            format!(
+                "[[inputs]]\npath = \"{}\"\nformat = \"images\"\n\n[[stages]]\ntype = \"decode_audio\"\n\n[output]\npath = \"out\"\n",
+                root().join("fixtures/images/folder").display()
+            ),
+            &["stages[0].type", "audio inputs"],
+        ),
+        (
+            format!(
+                "[[inputs]]\npath = \"{}\"\nimage_column = \"audio\"\naudio_column = \"audio\"\n\n[output]\npath = \"out\"\n",
+                fixture("transcripts.jsonl")
+            ),
+            &["line 4", "inputs[0].audio_column"],
+        ),
+    ];
+    for (pipeline, needles) in cases {
+        let e = refused(&pipeline);
+        for n in needles {
+            assert!(e.contains(n), "`{n}` not in: {e}\n{pipeline}");
+        }
+    }
+}
