@@ -149,9 +149,9 @@ pub fn inspect(dir: &Path, samples: usize) -> Result<String> {
     Ok(out)
 }
 
-/// An image row: label (by name), the stored image or tensor, features,
-/// mixing.
-fn describe_image_row(batch: &RecordBatch, row: usize, id: &str) -> String {
+/// An image or audio row: label (by name), the stored image, tensor or
+/// waveform, features, spectrogram, augmentation.
+fn describe_media_row(batch: &RecordBatch, row: usize, id: &str) -> String {
     use arrow::array::Array;
     let mut parts = Vec::new();
     let class = |name: &str| {
@@ -206,6 +206,77 @@ fn describe_image_row(batch: &RecordBatch, row: usize, id: &str) -> String {
             None => parts.push(format!("image ({} bytes)", bytes.len())),
         }
     }
+    let u32_of = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_primitive_opt::<UInt32Type>().map(|c| c.value(row)))
+    };
+    if let (Some(rate), Some(n)) = (u32_of("sample_rate"), u32_of("num_samples")) {
+        let stored = batch
+            .column_by_name("audio")
+            .and_then(|c| c.as_struct_opt().cloned())
+            .map(|a| {
+                format!(
+                    ", {} bytes of WAV",
+                    a.column(0).as_binary::<i32>().value(row).len()
+                )
+            })
+            .unwrap_or_default();
+        parts.push(format!(
+            "audio {:.2} s at {rate} Hz{stored}",
+            n as f64 / rate.max(1) as f64
+        ));
+    }
+    if let (Some(mel), Some(frames)) = (
+        batch
+            .column_by_name("mel")
+            .and_then(|c| c.as_list_opt::<i32>().cloned()),
+        u32_of("mel_frames"),
+    ) {
+        parts.push(format!("mel [{}x{frames}]", mel.value(row).len()));
+    }
+    if u32_of("augment").is_some_and(|k| k > 0) && batch.column_by_name("freq_masks").is_some() {
+        let pairs = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_list_opt::<i32>().cloned())
+                .map(|l| {
+                    let v = l.value(row);
+                    let v = v
+                        .as_fixed_size_list()
+                        .values()
+                        .as_primitive::<UInt32Type>()
+                        .clone();
+                    v.values()
+                        .chunks(2)
+                        .map(|p| format!("{}+{}", p[0], p[1]))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+        };
+        let warp = match (
+            u32_of("warp_anchor"),
+            batch
+                .column_by_name("warp_shift")
+                .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int32Type>().cloned()),
+        ) {
+            (Some(a), Some(w)) if !w.is_null(row) => format!("warp {a} by {}, ", w.value(row)),
+            _ => String::new(),
+        };
+        parts.push(format!(
+            "specaugment: {warp}freq masks [{}], time masks [{}]",
+            pairs("freq_masks"),
+            pairs("time_masks")
+        ));
+    }
+    if let Some(t) = batch
+        .column_by_name("text")
+        .and_then(|c| c.as_string_opt::<i32>().cloned())
+        .filter(|t| !t.is_null(row))
+    {
+        parts.push(format!("{:?}", t.value(row)));
+    }
     for name in ["pixel_values", "image_features", "logits"] {
         if let Some(c) = batch.column_by_name(name) {
             // The sizes of nested fixed-size lists: [3x224x224], [1280].
@@ -242,7 +313,7 @@ fn describe_row(
         .and_then(|c| c.as_string_opt::<i32>().map(|c| c.value(row).to_string()))
         .unwrap_or_default();
     if batch.column_by_name("path").is_some() && batch.column_by_name("input_ids").is_none() {
-        return describe_image_row(batch, row, &id);
+        return describe_media_row(batch, row, &id);
     }
     let window = batch
         .column_by_name("window")

@@ -49,6 +49,8 @@ pub enum TokenizerSource {
 
 /// Decoded bytes a batch of full-size images may claim.
 const PIXEL_BUDGET: u64 = 256 << 20;
+/// Decoded bytes (float32 samples) a batch of audio clips may claim.
+const AUDIO_BUDGET: u64 = 128 << 20;
 
 /// A stage as built: ready to run, or waiting for the tokenizer (which may
 /// have to be trained first).
@@ -61,8 +63,10 @@ pub struct Pipeline {
     pub source: ConfigSource,
     /// The dataset kind: what `schemas/` promises about the output.
     pub kind: &'static KindSchema,
-    /// Class names of the `label` column, in id order (image datasets).
+    /// Class names of the `label` column, in id order (media datasets).
     pub classes: Vec<String>,
+    /// What the records carry besides text: images or audio.
+    pub media: Option<Media>,
     built: Vec<BuiltStage>,
     /// A decode not followed by a resize keeps full-size pixels: image
     /// batches are then cut by the pixels their headers claim.
@@ -495,6 +499,7 @@ impl Pipeline {
             source,
             kind,
             classes,
+            media,
             built: built_stages,
             keeps_full_pixels,
             config,
@@ -544,7 +549,12 @@ impl Pipeline {
             schema: self.record_schema.clone(),
             limits: self.config.limits.clone(),
             batch_rows: self.config.plan.batch_rows.max(1),
-            pixel_budget: self.keeps_full_pixels.then_some(PIXEL_BUDGET),
+            media: self.media,
+            decoded_budget: match self.media {
+                Some(Media::Image) => self.keeps_full_pixels.then_some(PIXEL_BUDGET),
+                Some(Media::Audio) => Some(AUDIO_BUDGET),
+                None => None,
+            },
             captions_only: false,
         }
     }

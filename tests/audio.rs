@@ -211,6 +211,17 @@ fn specaugment_copies_stay_in_bounds_and_are_byte_identical_at_any_thread_count(
             }
         }
         assert!(warped >= 9, "most copies are warped: {warped} of 18");
+        let o = s.kiln(&["inspect", out.to_str().unwrap()]);
+        assert_ok(&o);
+        let text = String::from_utf8_lossy(&o.stdout);
+        for needle in [
+            "audio kind",
+            "audio 1.00 s at 16000 Hz",
+            "mel [80x101]",
+            "label 0 (no)",
+        ] {
+            assert!(text.contains(needle), "`{needle}` not in:\n{text}");
+        }
     }
     assert_eq!(shas[0], shas[1]);
 }

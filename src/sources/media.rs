@@ -271,10 +271,11 @@ struct MediaRecordBuilder {
     extras: Vec<(String, StringBuilder)>,
     rows: usize,
     bytes: usize,
-    /// Decoded bytes the images' headers claim, when counted (images only).
-    pixel_bytes: u64,
-    pixel_budget: Option<u64>,
-    max_pixels: u64,
+    /// Decoded bytes the files' headers claim, when counted.
+    decoded_bytes: u64,
+    decoded_budget: Option<u64>,
+    media: Media,
+    limits: Limits,
 }
 
 /// Encoded bytes after which a batch is cut.
@@ -321,9 +322,10 @@ impl MediaRecordBuilder {
             extras,
             rows: 0,
             bytes: 0,
-            pixel_bytes: 0,
-            pixel_budget: opts.pixel_budget,
-            max_pixels: opts.limits.max_image_pixels,
+            decoded_bytes: 0,
+            decoded_budget: opts.decoded_budget,
+            media: opts.media.unwrap_or(Media::Image),
+            limits: opts.limits.clone(),
         }
     }
 
@@ -344,21 +346,35 @@ impl MediaRecordBuilder {
         }
         self.rows += 1;
         self.bytes += r.data.len();
-        if self.pixel_budget.is_some() {
-            // Only the header is read; a claim over the limit is rejected
-            // at decoding, so it counts as the limit.
-            let header = || {
-                image::ImageReader::new(std::io::Cursor::new(r.data))
-                    .with_guessed_format()
+        if self.decoded_budget.is_some() {
+            self.decoded_bytes += self.claimed_bytes(r.data);
+        }
+    }
+
+    /// What a file's header says it decodes to, in bytes. Only the header
+    /// is read; a claim over the limits is rejected at decoding, so it
+    /// counts as the limit.
+    fn claimed_bytes(&self, data: &[u8]) -> u64 {
+        match self.media {
+            Media::Image => {
+                let header = || {
+                    image::ImageReader::new(std::io::Cursor::new(data))
+                        .with_guessed_format()
+                        .ok()
+                        .and_then(|i| i.into_dimensions().ok())
+                };
+                // Hostile bytes are the decoder's to reject, not the reader's.
+                let claimed = std::panic::catch_unwind(header)
                     .ok()
-                    .and_then(|i| i.into_dimensions().ok())
-            };
-            // Hostile bytes are the decoder's to reject, not the reader's.
-            let claimed = std::panic::catch_unwind(header)
-                .ok()
-                .flatten()
-                .map_or(0, |(w, h)| (w as u64 * h as u64).min(self.max_pixels));
-            self.pixel_bytes += claimed * 3;
+                    .flatten()
+                    .map_or(0, |(w, h)| {
+                        (w as u64 * h as u64).min(self.limits.max_image_pixels)
+                    });
+                claimed * 3
+            }
+            Media::Audio => {
+                crate::stages::audio::decode::claimed_bytes(data, self.limits.max_audio_seconds)
+            }
         }
     }
 
@@ -370,7 +386,7 @@ impl MediaRecordBuilder {
     fn is_full(&self, batch_rows: usize) -> bool {
         self.rows >= batch_rows
             || self.bytes >= BATCH_BYTES
-            || self.pixel_budget.is_some_and(|b| self.pixel_bytes >= b)
+            || self.decoded_budget.is_some_and(|b| self.decoded_bytes >= b)
     }
 
     fn finish(&mut self) -> Result<Option<RecordBatch>> {
@@ -395,7 +411,7 @@ impl MediaRecordBuilder {
         }
         self.rows = 0;
         self.bytes = 0;
-        self.pixel_bytes = 0;
+        self.decoded_bytes = 0;
         Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
     }
 }

@@ -103,9 +103,12 @@ pub struct ReadOptions {
     pub schema: SchemaRef,
     pub limits: Limits,
     pub batch_rows: usize,
-    /// Images: cut a batch once the pixels its images' headers claim reach
-    /// this many bytes (RGB), when a stage keeps full-size pixels.
-    pub pixel_budget: Option<u64>,
+    /// The media of the records, if any.
+    pub media: Option<media::Media>,
+    /// Media: cut a batch once what its files' headers claim they decode
+    /// to reaches this many bytes (images when a stage keeps full-size
+    /// pixels: RGB; audio: float32 samples).
+    pub decoded_budget: Option<u64>,
     /// Read captions only, not the media files (to train a tokenizer): the
     /// media bytes are left empty.
     pub captions_only: bool,

@@ -175,6 +175,40 @@ pub fn decode(
     })
 }
 
+/// What `bytes` decode to, in bytes of float32 samples, as their header
+/// claims: frames times channels, at most `max_seconds` long. Only the
+/// first 64 KiB are probed; a stream that does not declare its length
+/// (an OGG, an MP3 without a Xing header) counts as 16 times its size.
+pub fn claimed_bytes(bytes: &[u8], max_seconds: f64) -> u64 {
+    let guess = bytes.len() as u64 * 16;
+    let head = bytes[..bytes.len().min(64 << 10)].to_vec();
+    let probe = move || {
+        let mss = MediaSourceStream::new(Box::new(Cursor::new(head)), Default::default());
+        let format = symphonia::default::get_probe()
+            .probe(
+                &Hint::new(),
+                mss,
+                FormatOptions::default(),
+                MetadataOptions::default(),
+            )
+            .ok()?;
+        let track = format.default_track(TrackType::Audio)?;
+        let params = track.codec_params.as_ref()?.audio()?.clone();
+        let rate = params.sample_rate? as u64;
+        let channels = params.channels.as_ref().map_or(1, |c| c.count()).max(1) as u64;
+        let cap = (max_seconds * rate as f64) as u64;
+        Some(match track.num_frames {
+            Some(frames) => frames.min(cap) * channels * 4,
+            None => guess.min(cap * channels * 4),
+        })
+    };
+    // Hostile bytes are the decoder's to reject, not the reader's.
+    std::panic::catch_unwind(probe)
+        .ok()
+        .flatten()
+        .unwrap_or(guess)
+}
+
 /// Decode, then resample and trim or pad, as `decode_audio` is configured.
 pub fn prepare(
     bytes: &[u8],
@@ -306,9 +340,12 @@ impl Stage for DecodeAudioStage {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
-    /// A WAV file: 16-bit PCM (`format` 1) or 32-bit float (3).
+    /// A WAV file: 16-bit PCM (`format` 1) or 32-bit float (3) of
+    /// interleaved `frames`, its data size `declared` if given.
     fn wav(
         rate: u32,
         channels: u16,
@@ -316,33 +353,36 @@ mod tests {
         frames: &[Vec<f32>],
         declared: Option<u32>,
     ) -> Vec<u8> {
-        let bits: u16 = if format == 1 { 16 } else { 32 };
-        let mut data = Vec::new();
-        for frame in frames {
-            for &s in frame {
-                if format == 1 {
-                    data.extend_from_slice(&((s * 32767.0).round() as i16).to_le_bytes());
-                } else {
-                    data.extend_from_slice(&s.to_le_bytes());
-                }
-            }
+        let channels = channels as usize;
+        let planes: Vec<f32> = (0..channels)
+            .flat_map(|c| frames.iter().map(move |f| f[c]))
+            .collect();
+        let format = match format {
+            1 => crate::config::SampleFormat::Pcm16,
+            _ => crate::config::SampleFormat::Float32,
+        };
+        let mut out = super::super::encode::wav(&planes, channels, rate, format);
+        if let Some(size) = declared {
+            out[4..8].copy_from_slice(&(36 + size).to_le_bytes());
+            out[40..44].copy_from_slice(&size.to_le_bytes());
         }
-        let block = channels * bits / 8;
-        let size = declared.unwrap_or(data.len() as u32);
-        let mut out = b"RIFF".to_vec();
-        out.extend_from_slice(&(36 + size).to_le_bytes());
-        out.extend_from_slice(b"WAVEfmt ");
-        out.extend_from_slice(&16u32.to_le_bytes());
-        out.extend_from_slice(&format.to_le_bytes());
-        out.extend_from_slice(&channels.to_le_bytes());
-        out.extend_from_slice(&rate.to_le_bytes());
-        out.extend_from_slice(&(rate * block as u32).to_le_bytes());
-        out.extend_from_slice(&block.to_le_bytes());
-        out.extend_from_slice(&bits.to_le_bytes());
-        out.extend_from_slice(b"data");
-        out.extend_from_slice(&size.to_le_bytes());
-        out.extend_from_slice(&data);
         out
+    }
+
+    #[test]
+    fn header_claims_count_frames_and_channels_up_to_the_limit() {
+        let frames = sine(1600);
+        assert_eq!(
+            claimed_bytes(&wav(16000, 2, 1, &frames, None), 60.0),
+            1600 * 2 * 4
+        );
+        // 149 hours declared: counted as the limit, 20 s of 8 kHz mono.
+        let huge = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/audio/bad/huge_header.wav"),
+        )
+        .unwrap();
+        assert_eq!(claimed_bytes(&huge, 20.0), 20 * 8000 * 4);
+        assert_eq!(claimed_bytes(b"not audio", 20.0), 9 * 16);
     }
 
     fn sine(n: usize) -> Vec<Vec<f32>> {
