@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::{OutputConfig, OutputFormat, ParquetCompression};
 use crate::error::{IoContext, Result};
@@ -30,10 +29,14 @@ pub struct ShardInfo {
     pub sha256: String,
 }
 
-/// Counts bytes and hashes them on the way to the file.
+/// Counts bytes and hashes them (SHA-256) on the way to the file.
+///
+/// ring's SHA-256 (BoringSSL's assembly, with AVX2 or the SHA extensions
+/// where the CPU has them) is about three times the portable one's speed
+/// here, and a shard of spectrograms is hundreds of megabytes.
 pub struct HashingWriter<W: Write> {
     inner: W,
-    hasher: Sha256,
+    hasher: ring::digest::Context,
     bytes: u64,
 }
 
@@ -41,7 +44,7 @@ impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
         HashingWriter {
             inner,
-            hasher: Sha256::new(),
+            hasher: ring::digest::Context::new(&ring::digest::SHA256),
             bytes: 0,
         }
     }
@@ -52,7 +55,7 @@ impl<W: Write> HashingWriter<W> {
 
     pub fn finish(mut self) -> std::io::Result<(W, u64, String)> {
         self.inner.flush()?;
-        Ok((self.inner, self.bytes, hex::encode(self.hasher.finalize())))
+        Ok((self.inner, self.bytes, hex::encode(self.hasher.finish())))
     }
 }
 

@@ -7,11 +7,20 @@
 //! default sizes) every output would come half an input sample early.
 
 use rubato::audioadapter::Adapter;
-use rubato::audioadapter_buffers::direct::SequentialSliceOfVecs;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use rubato::audioadapter_buffers::direct::SequentialSlice;
 use rubato::{Fft, FixedSync, Resampler, WindowFunction};
 
 use super::decode::Audio;
 use crate::rejects::Rejection;
+
+thread_local! {
+    static RESAMPLERS: RefCell<HashMap<(usize, usize, usize), Fft<f32>>> =
+        RefCell::new(HashMap::new());
+}
 
 /// Input frames of an FFT block: about 1024, an even multiple of the
 /// smallest block `from / gcd(from, to)`.
@@ -32,28 +41,32 @@ pub fn resample(audio: Audio, rate: u32) -> Result<Audio, Rejection> {
     }
     let channels = audio.channels.max(1);
     let frames = audio.frames();
-    let planes: Vec<Vec<f32>> = audio
-        .samples
-        .chunks_exact(frames)
-        .map(<[f32]>::to_vec)
-        .collect();
     let fail = |e: String| ("resample_failed", e);
     let (from, to) = (audio.rate as usize, rate as usize);
-    let mut resampler = Fft::<f32>::new_custom(
-        from,
-        to,
-        block_frames(from, to),
-        1,
-        channels,
-        WindowFunction::BlackmanHarris2,
-        FixedSync::Both,
-    )
-    .map_err(|e| fail(e.to_string()))?;
-    let input =
-        SequentialSliceOfVecs::new(&planes, channels, frames).map_err(|e| fail(e.to_string()))?;
-    let out = resampler
-        .process_all(&input, frames, None)
+    let input = SequentialSlice::new(audio.samples.as_slice(), channels, frames)
         .map_err(|e| fail(e.to_string()))?;
+    // A resampler (its filter and FFT plans) per thread and rate pair.
+    let out = RESAMPLERS.with_borrow_mut(|cache| {
+        let resampler = match cache.entry((from, to, channels)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(
+                Fft::<f32>::new_custom(
+                    from,
+                    to,
+                    block_frames(from, to),
+                    1,
+                    channels,
+                    WindowFunction::BlackmanHarris2,
+                    FixedSync::Both,
+                )
+                .map_err(|e| fail(e.to_string()))?,
+            ),
+        };
+        // process_all starts from a reset resampler.
+        resampler
+            .process_all(&input, frames, None)
+            .map_err(|e| fail(e.to_string()))
+    })?;
     let n = out.frames();
     let data = out.take_data();
     // Interleaved to planes.
