@@ -6,36 +6,17 @@
 
 mod common;
 
-use std::path::Path;
-
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float32Type, Int32Type, UInt32Type};
 use common::*;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn fixture(rel: &str) -> String {
-    root()
-        .join("fixtures/audio")
-        .join(rel)
-        .display()
-        .to_string()
+    fixture_path(&format!("audio/{rel}"))
 }
 
-/// Run `pipeline` (a pipeline file without its `[output]`) in `s`, into
-/// the folder `name`, which it returns.
-fn build(s: &Scratch, name: &str, pipeline: &str, args: &[&str]) -> std::path::PathBuf {
-    let out = s.path(name);
-    let p = s.write(
-        &format!("{name}.toml"),
-        format!("{pipeline}\n[output]\npath = \"{}\"\n", out.display()),
-    );
-    let mut all = vec!["run", p.to_str().unwrap(), "-q"];
-    all.extend_from_slice(args);
-    assert_ok(&s.kiln(&all));
-    out
+/// Run `pipeline` (without its `[output]`) in `s` into the folder `name`.
+fn build(s: &Scratch, name: &str, pipeline: &str) -> std::path::PathBuf {
+    build_in(s, name, pipeline, &[])
 }
 
 #[test]
@@ -56,7 +37,7 @@ max_audio_seconds = 20
 "#,
         fixture("bad")
     );
-    let out = build(&s, "bad", &pipeline, &[]);
+    let out = build(&s, "bad", &pipeline);
     let m = manifest(&out);
     assert_eq!(m["totals"]["samples_in"], 9);
     assert_eq!(m["totals"]["samples_out"], 0);
@@ -123,32 +104,12 @@ fn specaugment_copies_stay_in_bounds_and_are_byte_identical_at_any_thread_count(
     let mut shas = Vec::new();
     for threads in ["1", "4"] {
         let out = s.path(&format!("sa{threads}"));
-        let o = kiln()
-            .current_dir(root())
-            .args([
-                "run",
-                "pipelines/audio_specaug.toml",
-                "--output",
-                out.to_str().unwrap(),
-                "--threads",
-                threads,
-                "-q",
-            ])
-            .output()
-            .unwrap();
-        assert_ok(&o);
+        let out_shas = run_example("audio_specaug.toml", &out, threads);
         let m = manifest(&out);
         assert_eq!(m["totals"]["samples_in"], 9);
         assert_eq!(m["totals"]["samples_out"], 9);
         assert_eq!(m["totals"]["rows"], 27);
-        shas.push(
-            m["shards"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s["sha256"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>(),
-        );
+        shas.push(out_shas);
         // The SM policy: W 40, F 15, mF 2, T 70, p 0.2, mT 2.
         let mut original = Vec::new();
         let mut warped = 0;
@@ -252,7 +213,7 @@ trim = "random"
             fixture(table),
             fixture("shard-000000.tar")
         );
-        let out = build(&s, table.split('.').nth(1).unwrap(), &pipeline, &[]);
+        let out = build(&s, table.split('.').nth(1).unwrap(), &pipeline);
         let rejects = rejects(&out);
         assert_eq!(rejects.len(), 1, "{rejects:?}");
         assert_eq!(rejects[0].1, "read_audio");
@@ -332,53 +293,11 @@ batch_rows = 2
     );
     s.write("p.toml", pipeline);
     assert_ok(&s.kiln(&["run", "p.toml", "-q", "--output", "reference"]));
-    let out = s.path("killed");
-    let mut child = kiln()
-        .current_dir(s.dir.path())
-        .env("KILN_THROTTLE_MS", "40")
-        .args([
-            "run",
-            "p.toml",
-            "-q",
-            "--output",
-            "killed",
-            "--threads",
-            "2",
-        ])
-        .spawn()
-        .unwrap();
-    let markers = || {
-        std::fs::read_dir(out.join(".kiln/tasks"))
-            .map(|r| {
-                r.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    let start = std::time::Instant::now();
-    while markers() < 2 && child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed().as_secs() < 120, "two tasks finished");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let killed = child.try_wait().unwrap().is_none();
-    child.kill().ok();
-    child.wait().unwrap();
-    assert!(killed, "the run was killed before it finished");
-    assert_ok(&s.kiln(&["run", "p.toml", "-q", "--output", "killed"]));
+    let out = kill_after_tasks_then_rerun(&s, "killed", 2);
     assert_same_dataset(&s.path("reference"), &out);
     let m = manifest(&out);
     assert_eq!(m["totals"]["samples_in"], 9);
     assert_eq!(m["totals"]["rows"], 18);
-}
-
-fn refused(pipeline: &str) -> String {
-    let s = Scratch::new();
-    let p = s.write("p.toml", pipeline);
-    let o = s.kiln(&["run", p.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(!s.path("out").exists(), "nothing is written");
-    stderr(&o)
 }
 
 fn with_stages(stages: &str) -> String {

@@ -13,28 +13,13 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
 use common::*;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn fixture(rel: &str) -> String {
-    root()
-        .join("fixtures/images")
-        .join(rel)
-        .display()
-        .to_string()
+    fixture_path(&format!("images/{rel}"))
 }
 
-/// Run `pipeline` (a pipeline file without its `[output]`) in `s`, into
-/// the folder `name`, which it returns.
+/// Run `pipeline` (without its `[output]`) in `s` into the folder `name`.
 fn build(s: &Scratch, name: &str, pipeline: &str) -> std::path::PathBuf {
-    let out = s.path(name);
-    let p = s.write(
-        &format!("{name}.toml"),
-        format!("{pipeline}\n[output]\npath = \"{}\"\n", out.display()),
-    );
-    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
-    out
+    build_in(s, name, pipeline, &[])
 }
 
 /// `image_features` of every sample, by sample id, as raw bits.
@@ -123,29 +108,9 @@ fn mixed_dataset_is_byte_identical_at_any_thread_count() {
     let mut shas = Vec::new();
     for threads in ["1", "4"] {
         let out = s.path(&format!("mix{threads}"));
-        let o = kiln()
-            .current_dir(root())
-            .args([
-                "run",
-                "pipelines/image_mix.toml",
-                "--output",
-                out.to_str().unwrap(),
-                "--threads",
-                threads,
-                "-q",
-            ])
-            .output()
-            .unwrap();
-        assert_ok(&o);
+        let out_shas = run_example("image_mix.toml", &out, threads);
         let m = manifest(&out);
-        shas.push(
-            m["shards"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s["sha256"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>(),
-        );
+        shas.push(out_shas);
         // 10 tar samples: 8 good with 2 copies each, 2 rejected.
         assert_eq!(m["totals"]["samples_in"], 10);
         assert_eq!(m["totals"]["samples_out"], 8);
@@ -218,15 +183,6 @@ fn table_join_rejects_missing_and_bad_files_and_keeps_captions() {
         info["features"]["label"]["names"],
         serde_json::json!(["bird", "cat", "dog"])
     );
-}
-
-fn refused(pipeline: &str) -> String {
-    let s = Scratch::new();
-    let p = s.write("p.toml", pipeline);
-    let o = s.kiln(&["run", p.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(!s.path("out").exists(), "nothing is written");
-    stderr(&o)
 }
 
 fn with_stages(stages: &str) -> String {
@@ -329,40 +285,7 @@ batch_rows = 2
     );
     s.write("p.toml", pipeline);
     assert_ok(&s.kiln(&["run", "p.toml", "-q", "--output", "reference"]));
-    let out = s.path("killed");
-    let mut child = kiln()
-        .current_dir(s.dir.path())
-        .env("KILN_THROTTLE_MS", "40")
-        .args([
-            "run",
-            "p.toml",
-            "-q",
-            "--output",
-            "killed",
-            "--threads",
-            "2",
-        ])
-        .spawn()
-        .unwrap();
-    let markers = || {
-        std::fs::read_dir(out.join(".kiln/tasks"))
-            .map(|r| {
-                r.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    let start = std::time::Instant::now();
-    while markers() < 2 && child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed().as_secs() < 120, "two tasks finished");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let killed = child.try_wait().unwrap().is_none();
-    child.kill().ok();
-    child.wait().unwrap();
-    assert!(killed, "the run was killed before it finished");
-    assert_ok(&s.kiln(&["run", "p.toml", "-q", "--output", "killed"]));
+    let out = kill_after_tasks_then_rerun(&s, "killed", 2);
     assert_same_dataset(&s.path("reference"), &out);
     let m = manifest(&out);
     assert_eq!(m["totals"]["samples_in"], 13);

@@ -181,3 +181,96 @@ path = "{output}"
 "#
     )
 }
+
+/// Start `kiln run p.toml --output NAME` in `s` (throttled, two threads),
+/// SIGKILL it once `tasks` task markers are written, check it was still
+/// running, then run it again to the end. Returns the output folder.
+pub fn kill_after_tasks_then_rerun(s: &Scratch, name: &str, tasks: usize) -> std::path::PathBuf {
+    let out = s.path(name);
+    let mut child = kiln()
+        .current_dir(s.dir.path())
+        .env("KILN_THROTTLE_MS", "40")
+        .args(["run", "p.toml", "-q", "--output", name, "--threads", "2"])
+        .spawn()
+        .unwrap();
+    let markers = || {
+        std::fs::read_dir(out.join(".kiln/tasks"))
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while markers() < tasks && child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed().as_secs() < 120, "{tasks} tasks finished");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    child.kill().ok();
+    child.wait().unwrap();
+    assert!(killed, "the run was killed before it finished");
+    assert_ok(&s.kiln(&["run", "p.toml", "-q", "--output", name]));
+    out
+}
+
+/// The repository root, where pipelines/ and fixtures/ are.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file under fixtures/, as a string for pipeline files.
+pub fn fixture_path(rel: &str) -> String {
+    root().join("fixtures").join(rel).display().to_string()
+}
+
+/// Run `pipeline` (a pipeline file without its `[output]`) in `s`, into
+/// the folder `name`, which it returns; `args` go to `kiln run`.
+pub fn build_in(s: &Scratch, name: &str, pipeline: &str, args: &[&str]) -> PathBuf {
+    let out = s.path(name);
+    let p = s.write(
+        &format!("{name}.toml"),
+        format!("{pipeline}\n[output]\npath = \"{}\"\n", out.display()),
+    );
+    let mut all = vec!["run", p.to_str().unwrap(), "-q"];
+    all.extend_from_slice(args);
+    assert_ok(&s.kiln(&all));
+    out
+}
+
+/// Run the example `pipelines/NAME` from the repository root into `out`
+/// on `threads` threads; the SHA-256 of each shard, in order.
+pub fn run_example(name: &str, out: &Path, threads: &str) -> Vec<String> {
+    let o = kiln()
+        .current_dir(root())
+        .args([
+            "run",
+            &format!("pipelines/{name}"),
+            "--output",
+            out.to_str().unwrap(),
+            "--threads",
+            threads,
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    manifest(out)["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sha256"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Run `pipeline` (written with `[output] path = "out"`), which must be
+/// refused before anything is written; the error.
+pub fn refused(pipeline: &str) -> String {
+    let s = Scratch::new();
+    let p = s.write("p.toml", pipeline);
+    let o = s.kiln(&["run", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!s.path("out").exists(), "nothing is written");
+    stderr(&o)
+}
