@@ -68,6 +68,38 @@ max_audio_seconds = 20
     assert_eq!(got, want);
 }
 
+#[test]
+fn clips_with_no_frame_are_rejected_as_too_short() {
+    let s = Scratch::new();
+    let pipeline = format!(
+        r#"
+[[inputs]]
+path = "{}"
+
+[[stages]]
+type = "decode_audio"
+sample_rate = 8000
+
+[[stages]]
+type = "mel_spectrogram"
+n_fft = 8192
+center = false
+"#,
+        fixture("folder")
+    );
+    let out = build(&s, "short", &pipeline);
+    let m = manifest(&out);
+    assert_eq!(m["totals"]["samples_out"], 0);
+    let rejects = rejects(&out);
+    assert_eq!(rejects.len(), 9);
+    assert!(
+        rejects
+            .iter()
+            .all(|r| r.1 == "mel_spectrogram" && r.2 == "too_short"),
+        "{rejects:?}"
+    );
+}
+
 /// `(n_mels, frames, values)` of a `mel` row.
 fn mel_of(b: &arrow::array::RecordBatch, row: usize) -> (usize, usize, Vec<f32>) {
     let mel = b.column_by_name("mel").unwrap().as_list::<i32>();
@@ -309,7 +341,7 @@ fn with_stages(stages: &str) -> String {
 
 #[test]
 fn audio_configs_are_refused_before_reading_naming_key_and_line() {
-    let cases: [(String, &[&str]); 9] = [
+    let cases: [(String, &[&str]); 10] = [
         (
             with_stages(
                 "[[stages]]\ntype = \"decode_audio\"\n\n[[stages]]\ntype = \"mel_spectrogram\"\n",
@@ -363,6 +395,13 @@ fn audio_configs_are_refused_before_reading_naming_key_and_line() {
                 fixture("transcripts.jsonl")
             ),
             &["line 4", "inputs[0].audio_column"],
+        ),
+        (
+            format!(
+                "[[inputs]]\npath = \"{}\"\naudio_column = \"audio\"\ncolumns = [\"mel\"]\n\n[[stages]]\ntype = \"decode_audio\"\n\n[[stages]]\ntype = \"spec_augment\"\n\n[output]\npath = \"out\"\n",
+                fixture("transcripts.jsonl")
+            ),
+            &["stages[1].type", "mel_spectrogram"],
         ),
     ];
     for (pipeline, needles) in cases {

@@ -53,11 +53,27 @@ pub fn decode<B: AsRef<[u8]> + Send + Sync + 'static>(
     if bytes.as_ref().is_empty() {
         return Err(("empty_file", "the file is empty".into()));
     }
-    match decode_wav(bytes.as_ref(), max_seconds, mono) {
-        Some(audio) => Ok(audio),
-        None => decode_symphonia(bytes, max_seconds, mono),
+    let audio = match decode_wav(bytes.as_ref(), max_seconds, mono) {
+        Some(audio) => audio,
+        None => decode_symphonia(bytes, max_seconds, mono)?,
+    };
+    if !RATES.contains(&audio.rate) {
+        return Err((
+            "unsupported_rate",
+            format!(
+                "the sample rate is {} Hz, outside {} to {} Hz",
+                audio.rate,
+                RATES.start(),
+                RATES.end()
+            ),
+        ));
     }
+    Ok(audio)
 }
+
+/// The sample rates kiln reads: a header outside them is hostile or broken,
+/// and resampling from it would build absurd filters.
+pub const RATES: std::ops::RangeInclusive<u32> = 1_000..=768_000;
 
 /// Decode with symphonia, whatever the format.
 fn decode_symphonia<B: AsRef<[u8]> + Send + Sync + 'static>(
@@ -65,6 +81,7 @@ fn decode_symphonia<B: AsRef<[u8]> + Send + Sync + 'static>(
     max_seconds: f64,
     mono: bool,
 ) -> std::result::Result<Audio, Rejection> {
+    let lead = bytes.as_ref()[..bytes.as_ref().len().min(4)].to_vec();
     let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
     let mut format = symphonia::default::get_probe()
         .probe(
@@ -91,6 +108,18 @@ fn decode_symphonia<B: AsRef<[u8]> + Send + Sync + 'static>(
             "the track's codec is not audio".to_string(),
         ))?
         .clone();
+    if let Some(rate) = params.sample_rate
+        && !RATES.contains(&rate)
+    {
+        return Err((
+            "unsupported_rate",
+            format!(
+                "the header says {rate} Hz, outside {} to {} Hz",
+                RATES.start(),
+                RATES.end()
+            ),
+        ));
+    }
     if let (Some(frames), Some(rate)) = (track.num_frames, params.sample_rate)
         && rate > 0
         && frames as f64 / rate as f64 > max_seconds
@@ -163,11 +192,13 @@ fn decode_symphonia<B: AsRef<[u8]> + Send + Sync + 'static>(
         }
     }
     let frames = planes.first().map_or(0, Vec::len);
-    // A file cut short: the stream ends well before the length its header
-    // declares (lossy codecs may be off by a frame or two of padding).
+    // A file cut short: the stream ends before the length its header
+    // declares. WAV and FLAC headers are exact; lossy codecs may be off by
+    // a frame or two of padding.
+    let exact = matches!(lead.as_slice(), b"RIFF" | b"fLaC");
     if let Some(declared) = track.num_frames
-        && frames > 0
-        && (frames as u64) + (declared / 50).max(2048) < declared
+        && declared > 0
+        && (frames as u64) + if exact { 0 } else { (declared / 50).max(2048) } < declared
     {
         return Err((
             "truncated",
@@ -250,6 +281,10 @@ fn decode_wav(b: &[u8], max_seconds: f64, mono: bool) -> Option<Audio> {
     if b.get(0..4)? != b"RIFF" || b.get(8..12)? != b"WAVE" {
         return None;
     }
+    // The RIFF size must be the file's: anything else goes to symphonia.
+    if (u32_at(4)? as usize).checked_add(8)? != b.len() {
+        return None;
+    }
     // (float, bytes a sample, channels, rate)
     let mut fmt: Option<(bool, usize, usize, u32)> = None;
     let mut pos = 12usize;
@@ -259,7 +294,12 @@ fn decode_wav(b: &[u8], max_seconds: f64, mono: bool) -> Option<Audio> {
         let end = body.checked_add(size)?;
         match b.get(pos..pos + 4)? {
             b"fmt " => {
-                if size < 16 || end > b.len() {
+                if !matches!(size, 16 | 18 | 40) || end > b.len() {
+                    return None;
+                }
+                // The extension's size: none, or 22 bytes for EXTENSIBLE.
+                let extension = if size > 16 { u16_at(body + 16)? } else { 0 };
+                if extension != if size == 40 { 22 } else { 0 } {
                     return None;
                 }
                 let mut tag = u16_at(body)?;
@@ -268,12 +308,20 @@ fn decode_wav(b: &[u8], max_seconds: f64, mono: bool) -> Option<Audio> {
                 let align = u16_at(body + 12)? as usize;
                 let bits = u16_at(body + 14)?;
                 if tag == 0xFFFE {
-                    // WAVE_FORMAT_EXTENSIBLE: the sub-format's tag, and
-                    // every container bit valid.
-                    if size < 40 || u16_at(body + 18)? != bits {
+                    // WAVE_FORMAT_EXTENSIBLE: every container bit valid, a
+                    // speaker per channel, the KSDATAFORMAT sub-format GUID.
+                    const GUID_TAIL: [u8; 14] =
+                        [0, 0, 0, 0, 0x10, 0, 0x80, 0, 0, 0xAA, 0, 0x38, 0x9B, 0x71];
+                    if size != 40
+                        || u16_at(body + 18)? != bits
+                        || u32_at(body + 20)?.count_ones() as usize != channels
+                        || b.get(body + 26..body + 40)? != GUID_TAIL
+                    {
                         return None;
                     }
                     tag = u16_at(body + 24)?;
+                } else if size == 40 {
+                    return None;
                 }
                 let float = match (tag, bits) {
                     (1, 8 | 16 | 24 | 32) => false,
@@ -281,7 +329,10 @@ fn decode_wav(b: &[u8], max_seconds: f64, mono: bool) -> Option<Audio> {
                     _ => return None,
                 };
                 let width = bits as usize / 8;
-                if channels == 0 || rate == 0 || align != channels * width {
+                if !(1..=26).contains(&channels)
+                    || !RATES.contains(&rate)
+                    || align != channels * width
+                {
                     return None;
                 }
                 fmt = Some((float, width, channels, rate));
@@ -310,7 +361,10 @@ fn decode_wav(b: &[u8], max_seconds: f64, mono: bool) -> Option<Audio> {
                 };
                 return Some(assemble(planes, rate, mono));
             }
-            _ => {}
+            // A fact chunk holds one u32; any other chunk (LIST...) is
+            // left to symphonia, which checks it.
+            b"fact" if size == 4 => {}
+            _ => return None,
         }
         pos = end + (size & 1);
     }
@@ -368,16 +422,18 @@ pub fn prepare(
     seed: u64,
 ) -> std::result::Result<Audio, Rejection> {
     // Hostile bytes must not take the run down with a decoder's panic.
-    let audio = std::panic::catch_unwind(move || decode(InPlace(bytes), max_seconds, cfg.mono))
-        .unwrap_or_else(|_| Err(("corrupt_audio", "the decoder failed on this file".into())))?;
-    let audio = match cfg.sample_rate {
-        Some(rate) => super::resample::resample(audio, rate)?,
-        None => audio,
-    };
-    Ok(match cfg.duration {
-        Some(seconds) => fit(audio, seconds, cfg.trim, seed),
-        None => audio,
+    std::panic::catch_unwind(move || {
+        let audio = decode(InPlace(bytes), max_seconds, cfg.mono)?;
+        let audio = match cfg.sample_rate {
+            Some(rate) => super::resample::resample(audio, rate)?,
+            None => audio,
+        };
+        Ok(match cfg.duration {
+            Some(seconds) => fit(audio, seconds, cfg.trim, seed),
+            None => audio,
+        })
     })
+    .unwrap_or_else(|_| Err(("corrupt_audio", "the decoder failed on this file".into())))
 }
 
 /// Trim (keeping the start, the centre or a random window) or pad with
@@ -420,8 +476,17 @@ impl DecodeAudioStage {
         cfg: &DecodeAudioConfig,
         max_seconds: f64,
     ) -> std::result::Result<Self, (String, String)> {
-        if cfg.sample_rate == Some(0) {
-            return Err(("sample_rate".into(), "sample_rate must be above 0".into()));
+        if let Some(rate) = cfg.sample_rate
+            && !RATES.contains(&rate)
+        {
+            return Err((
+                "sample_rate".into(),
+                format!(
+                    "sample_rate must be from {} to {} Hz",
+                    RATES.start(),
+                    RATES.end()
+                ),
+            ));
         }
         if let Some(d) = cfg.duration
             && !(d.is_finite() && d > 0.0 && d <= max_seconds)
@@ -551,6 +616,57 @@ mod tests {
                 assert_eq!(fast, slow, "file {i}, mono {mono}");
             }
         }
+    }
+
+    #[test]
+    fn odd_headers_go_to_symphonia_and_absurd_rates_are_refused() {
+        let good = wav(
+            16000,
+            1,
+            1,
+            &sine(800).iter().map(|f| vec![f[0]]).collect::<Vec<_>>(),
+            None,
+        );
+        assert!(decode_wav(&good, 60.0, false).is_some());
+        // A RIFF size that is not the file's, a chunk the reader does not
+        // check: symphonia decides.
+        let mut riff = good.clone();
+        riff[4..8].copy_from_slice(&0u32.to_le_bytes());
+        assert!(decode_wav(&riff, 60.0, false).is_none());
+        // A LIST chunk between fmt and data.
+        let mut list = good[..36].to_vec();
+        list.extend_from_slice(b"LIST\x04\x00\x00\x00INFO");
+        list.extend_from_slice(&good[36..]);
+        let n = list.len() as u32 - 8;
+        list[4..8].copy_from_slice(&n.to_le_bytes());
+        assert!(decode_wav(&list, 60.0, false).is_none());
+        assert_eq!(decode(list, 60.0, false).unwrap().frames(), 800);
+        // 0 Hz and 4 GHz headers: rejected, not resampled.
+        for rate in [0u32, 4_294_967_291] {
+            let mut bad = good.clone();
+            bad[24..28].copy_from_slice(&rate.to_le_bytes());
+            let cfg = DecodeAudioConfig {
+                mono: true,
+                sample_rate: Some(16000),
+                duration: None,
+                trim: TrimMode::Start,
+            };
+            let buf = arrow::buffer::Buffer::from_vec(bad);
+            let e = prepare(buf, &cfg, 60.0, 0).unwrap_err();
+            assert!(
+                matches!(e.0, "unsupported_rate" | "unknown_format"),
+                "{rate}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wav_missing_a_few_samples_is_truncated() {
+        let frames: Vec<Vec<f32>> = sine(16000).iter().map(|f| vec![f[0]]).collect();
+        let mut cut = wav(16000, 1, 1, &frames, None);
+        cut.truncate(cut.len() - 200);
+        // The RIFF size no longer fits: symphonia reads what is there.
+        assert_eq!(decode(cut, 60.0, false).unwrap_err().0, "truncated");
     }
 
     #[test]

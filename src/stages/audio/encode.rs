@@ -14,8 +14,12 @@ use super::{WaveShape, Waves, require_wave};
 use crate::config::{EncodeAudioConfig, SampleFormat};
 use crate::error::{Error, Result};
 use crate::schema::{HF_FEATURE, SAMPLE_RATE, image_struct_type};
-use crate::stages::columns::{batch_with, schema_with};
+use crate::stages::columns::{batch_with, keep_ok, schema_with};
 use crate::stages::{BatchContext, Stage};
+
+/// The largest WAV `encode_audio` stores (an Arrow binary column holds at
+/// most 2 GiB a batch, a WAV header counts to 4 GiB).
+const MAX_WAV_BYTES: usize = 1 << 30;
 
 /// A WAV file of `samples` (channels one after the other) at `rate`.
 pub fn wav(samples: &[f32], channels: usize, rate: u32, format: SampleFormat) -> Vec<u8> {
@@ -34,7 +38,8 @@ pub fn wav(samples: &[f32], channels: usize, rate: u32, format: SampleFormat) ->
     out.extend_from_slice(&tag.to_le_bytes());
     out.extend_from_slice(&(channels as u16).to_le_bytes());
     out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * (channels * width) as u32).to_le_bytes());
+    let byte_rate = (rate as u64 * (channels * width) as u64).min(u32::MAX as u64) as u32;
+    out.extend_from_slice(&byte_rate.to_le_bytes());
     out.extend_from_slice(&((channels * width) as u16).to_le_bytes());
     out.extend_from_slice(&(8 * width as u16).to_le_bytes());
     out.extend_from_slice(b"data");
@@ -82,15 +87,26 @@ impl Stage for EncodeAudioStage {
         Ok(schema_with(input, &[], &[field]))
     }
 
-    fn process(&self, batch: RecordBatch, _cx: &mut BatchContext) -> Result<RecordBatch> {
+    fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
         let waves = Waves::of(&batch)?;
-        let files: Vec<Vec<u8>> = (0..batch.num_rows())
+        let width = match self.format {
+            SampleFormat::Pcm16 => 2,
+            SampleFormat::Float32 => 4,
+        };
+        let results: Vec<_> = (0..batch.num_rows())
             .into_par_iter()
             .map(|row| {
                 let (samples, channels, rate) = waves.get(row);
-                wav(samples, channels, rate, self.format)
+                match 44 + samples.len() * width {
+                    n if n > MAX_WAV_BYTES => Err((
+                        "too_large_to_store",
+                        format!("the WAV would be {n} bytes, over {MAX_WAV_BYTES}"),
+                    )),
+                    _ => Ok(wav(samples, channels, rate, self.format)),
+                }
             })
             .collect();
+        let (batch, files) = keep_ok(batch, results, cx)?;
         let paths = batch
             .column_by_name("path")
             .cloned()

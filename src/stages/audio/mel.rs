@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{Waves, require_wave};
 use crate::config::{MelLog, MelNorm, MelSpectrogramConfig};
 use crate::error::Result;
-use crate::stages::columns::{batch_with, schema_with};
+use crate::stages::columns::{batch_with, keep_ok, schema_with};
 use crate::stages::{BatchContext, Stage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -199,6 +199,9 @@ impl MelPlan {
                         }
                         y[j as usize]
                     }
+                    // numpy repeats a single sample; nothing to reflect
+                    // in an empty clip.
+                    PadMode::Reflect if n == 1 => y[0],
                     PadMode::Reflect => 0.0,
                 }
             };
@@ -382,12 +385,20 @@ impl Stage for MelStage {
         ))
     }
 
-    fn process(&self, batch: RecordBatch, _cx: &mut BatchContext) -> Result<RecordBatch> {
+    fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
         let waves = Waves::of(&batch)?;
-        let mels: Vec<(Vec<f32>, usize)> = (0..batch.num_rows())
+        let n_fft = self.plan.params.n_fft;
+        let results: Vec<_> = (0..batch.num_rows())
             .into_par_iter()
-            .map(|row| self.plan.compute(waves.get(row).0))
+            .map(|row| match self.plan.compute(waves.get(row).0) {
+                (_, 0) => Err((
+                    "too_short",
+                    format!("the clip is shorter than n_fft = {n_fft} samples and center = false: no frame"),
+                )),
+                mel => Ok(mel),
+            })
             .collect();
+        let (batch, mels) = keep_ok(batch, results, cx)?;
         let schema = self.output_schema(&batch.schema())?;
         let frames = UInt32Array::from_iter_values(mels.iter().map(|(_, f)| *f as u32));
         let mel = super::mel_lists(mels.iter().map(|(m, f)| (m.as_slice(), *f)));

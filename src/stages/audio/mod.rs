@@ -77,11 +77,16 @@ impl WaveShape {
 
 /// Error unless the input has decoded audio; what it shares.
 pub fn require_wave(input: &Schema, stage: &str) -> Result<WaveShape> {
-    WaveShape::of(input).ok_or_else(|| {
-        Error::Config(format!(
+    let decoded = input
+        .field_with_name(WAVE)
+        .is_ok_and(|f| f.data_type() == &f32_list_type())
+        && input.field_with_name(CHANNELS).is_ok();
+    match WaveShape::of(input) {
+        Some(shape) if decoded => Ok(shape),
+        _ => Err(Error::Config(format!(
             "{stage} works on decoded audio: put a `decode_audio` stage before it"
-        ))
-    })
+        ))),
+    }
 }
 
 /// `list<float32>`.

@@ -47,6 +47,10 @@ pub fn resample(audio: Audio, rate: u32) -> Result<Audio, Rejection> {
         .map_err(|e| fail(e.to_string()))?;
     // A resampler (its filter and FFT plans) per thread and rate pair.
     let out = RESAMPLERS.with_borrow_mut(|cache| {
+        // A few rate pairs at a time: odd rates must not pile up filters.
+        if cache.len() >= 8 && !cache.contains_key(&(from, to, channels)) {
+            cache.clear();
+        }
         let resampler = match cache.entry((from, to, channels)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(

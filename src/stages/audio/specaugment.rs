@@ -244,7 +244,11 @@ impl Stage for SpecAugmentStage {
     }
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
-        if input.field_with_name("mel").is_err() {
+        let spectrogram = input
+            .field_with_name("mel")
+            .is_ok_and(|f| f.data_type() == &super::mel_type())
+            && input.field_with_name("mel_frames").is_ok();
+        if !spectrogram {
             return Err(Error::Config(
                 "spec_augment works on `mel`: put a `mel_spectrogram` stage before it".into(),
             ));
