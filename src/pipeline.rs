@@ -555,6 +555,10 @@ impl Pipeline {
                 Some(Media::Audio) => Some(AUDIO_BUDGET),
                 None => None,
             },
+            resample_to: self.config.stages.iter().find_map(|s| match s {
+                StageConfig::DecodeAudio(d) => d.sample_rate,
+                _ => None,
+            }),
             captions_only: false,
         }
     }

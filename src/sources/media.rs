@@ -276,6 +276,8 @@ struct MediaRecordBuilder {
     decoded_budget: Option<u64>,
     media: Media,
     limits: Limits,
+    /// Audio: the rate decoding resamples to.
+    resample_to: Option<u32>,
 }
 
 /// Encoded bytes after which a batch is cut.
@@ -326,6 +328,7 @@ impl MediaRecordBuilder {
             decoded_budget: opts.decoded_budget,
             media: opts.media.unwrap_or(Media::Image),
             limits: opts.limits.clone(),
+            resample_to: opts.resample_to,
         }
     }
 
@@ -372,9 +375,11 @@ impl MediaRecordBuilder {
                     });
                 claimed * 3
             }
-            Media::Audio => {
-                crate::stages::audio::decode::claimed_bytes(data, self.limits.max_audio_seconds)
-            }
+            Media::Audio => crate::stages::audio::decode::claimed_bytes(
+                data,
+                self.limits.max_audio_seconds,
+                self.resample_to,
+            ),
         }
     }
 

@@ -109,6 +109,8 @@ pub struct ReadOptions {
     /// to reaches this many bytes (images when a stage keeps full-size
     /// pixels: RGB; audio: float32 samples).
     pub decoded_budget: Option<u64>,
+    /// Audio: the rate `decode_audio` resamples to, which the budget counts.
+    pub resample_to: Option<u32>,
     /// Read captions only, not the media files (to train a tokenizer): the
     /// media bytes are left empty.
     pub captions_only: bool,

@@ -372,10 +372,11 @@ fn decode_wav(b: &[u8], max_seconds: f64, mono: bool) -> Option<Audio> {
 }
 
 /// What `bytes` decode to, in bytes of float32 samples, as their header
-/// claims: frames times channels, at most `max_seconds` long. Only the
+/// claims: frames times channels, at most `max_seconds` long, and as many
+/// again times the ratio when resampled up to `resample_to`. Only the
 /// first 64 KiB are probed; a stream that does not declare its length
 /// (an OGG, an MP3 without a Xing header) counts as 16 times its size.
-pub fn claimed_bytes(bytes: &[u8], max_seconds: f64) -> u64 {
+pub fn claimed_bytes(bytes: &[u8], max_seconds: f64, resample_to: Option<u32>) -> u64 {
     let guess = bytes.len() as u64 * 16;
     let head = bytes[..bytes.len().min(64 << 10)].to_vec();
     let probe = move || {
@@ -393,10 +394,12 @@ pub fn claimed_bytes(bytes: &[u8], max_seconds: f64) -> u64 {
         let rate = params.sample_rate? as u64;
         let channels = params.channels.as_ref().map_or(1, |c| c.count()).max(1) as u64;
         let cap = (max_seconds * rate as f64) as u64;
-        Some(match track.num_frames {
+        let decoded = match track.num_frames {
             Some(frames) => frames.min(cap) * channels * 4,
             None => guess.min(cap * channels * 4),
-        })
+        };
+        let up = resample_to.map_or(1.0, |to| (to as f64 / rate.max(1) as f64).max(1.0));
+        Some((decoded as f64 * up) as u64)
     };
     // Hostile bytes are the decoder's to reject, not the reader's.
     std::panic::catch_unwind(probe)
@@ -673,7 +676,7 @@ mod tests {
     fn header_claims_count_frames_and_channels_up_to_the_limit() {
         let frames = sine(1600);
         assert_eq!(
-            claimed_bytes(&wav(16000, 2, 1, &frames, None), 60.0),
+            claimed_bytes(&wav(16000, 2, 1, &frames, None), 60.0, None),
             1600 * 2 * 4
         );
         // 149 hours declared: counted as the limit, 20 s of 8 kHz mono.
@@ -681,8 +684,11 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/audio/bad/huge_header.wav"),
         )
         .unwrap();
-        assert_eq!(claimed_bytes(&huge, 20.0), 20 * 8000 * 4);
-        assert_eq!(claimed_bytes(b"not audio", 20.0), 9 * 16);
+        assert_eq!(claimed_bytes(&huge, 20.0, None), 20 * 8000 * 4);
+        // Resampled up to 48 kHz: six times the samples.
+        assert_eq!(claimed_bytes(&huge, 20.0, Some(48000)), 6 * 20 * 8000 * 4);
+        assert_eq!(claimed_bytes(&huge, 20.0, Some(4000)), 20 * 8000 * 4);
+        assert_eq!(claimed_bytes(b"not audio", 20.0, None), 9 * 16);
     }
 
     fn sine(n: usize) -> Vec<Vec<f32>> {
