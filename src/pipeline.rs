@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use crate::config::{
@@ -82,10 +81,6 @@ pub struct Pipeline {
     pub tokenize: Option<(TokenizeConfig, TokenizerSource)>,
     /// Terms added to the tokenizer, and the hash of the file they came from.
     pub domain_vocab: Option<(Vec<String>, String)>,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 impl Pipeline {
@@ -412,7 +407,7 @@ impl Pipeline {
                             }
                             TokenizerSource::File {
                                 path: PathBuf::from(path),
-                                sha256: sha256_hex(&bytes),
+                                sha256: crate::sinks::sha256_hex(&bytes),
                             }
                         }
                         (None, Some(train)) => {
@@ -432,7 +427,7 @@ impl Pipeline {
                         let terms = tokenize::read_domain_vocab(Path::new(path)).map_err(|e| {
                             source.error(&key("domain_vocab"), format!("cannot read {path}: {e}"))
                         })?;
-                        domain_vocab = Some((terms, sha256_hex(&bytes)));
+                        domain_vocab = Some((terms, crate::sinks::sha256_hex(&bytes)));
                     }
                     tokenize = Some((t.clone(), from));
                     let placeholder = TokenizeStage::new(

@@ -135,7 +135,7 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
             rows: 0,
             documents: 0,
             bytes: bytes.len() as u64,
-            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            sha256: crate::sinks::sha256_hex(&bytes),
         });
     }
     let rejects_file = "rejects.arrow".to_string();

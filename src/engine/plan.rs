@@ -9,7 +9,6 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::{InputFormat, OutputFormat};
 use crate::error::{Error, IoContext, Result};
@@ -176,7 +175,7 @@ fn plan_hash(pipeline: &Pipeline, inputs: &[Fingerprint], tasks: &[Task]) -> Res
         "tokenizer": tokenizer,
         "domain_vocab": domain,
     });
-    Ok(hex::encode(Sha256::digest(serde_json::to_vec(&doc)?)))
+    Ok(crate::sinks::sha256_hex(&serde_json::to_vec(&doc)?))
 }
 
 /// Write `bytes` to `path` so that readers see the old file or the new one,

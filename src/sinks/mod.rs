@@ -29,6 +29,12 @@ pub struct ShardInfo {
     pub sha256: String,
 }
 
+/// The SHA-256 of `bytes`, in hex: shard checksums, the plan's hash, the
+/// tokenizer's.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
 /// Counts bytes and hashes them (SHA-256) on the way to the file.
 ///
 /// ring's SHA-256 (BoringSSL's assembly, with AVX2 or the SHA extensions

@@ -21,7 +21,6 @@ pub mod text;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
-use sha2::{Digest, Sha256};
 
 use crate::error::Result;
 use crate::rejects::{Reject, RejectSink};
@@ -82,12 +81,12 @@ impl BatchContext<'_> {
     /// the run seed, the sample id and the stage name only, never of thread,
     /// batch or attempt.
     pub fn sample_seed(&self, sample_id: &str) -> u64 {
-        let mut h = Sha256::new();
-        h.update(self.seed.to_le_bytes());
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        h.update(&self.seed.to_le_bytes());
         h.update(self.stage.as_bytes());
-        h.update([0]);
+        h.update(&[0]);
         h.update(sample_id.as_bytes());
-        let d = h.finalize();
-        u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+        let d = h.finish();
+        u64::from_le_bytes(d.as_ref()[..8].try_into().expect("8 bytes"))
     }
 }
