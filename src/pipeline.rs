@@ -544,7 +544,6 @@ impl Pipeline {
             schema: self.record_schema.clone(),
             limits: self.config.limits.clone(),
             batch_rows: self.config.plan.batch_rows.max(1),
-            media: self.media,
             decoded_budget: match self.media {
                 Some(Media::Image) => self.keeps_full_pixels.then_some(PIXEL_BUDGET),
                 Some(Media::Audio) => Some(AUDIO_BUDGET),

@@ -297,7 +297,7 @@ struct Record<'a> {
 }
 
 impl MediaRecordBuilder {
-    fn new(opts: &ReadOptions) -> Self {
+    fn new(media: Media, opts: &ReadOptions) -> Self {
         let schema = opts.schema.clone();
         let label = schema
             .column_with_name("label")
@@ -326,7 +326,7 @@ impl MediaRecordBuilder {
             bytes: 0,
             decoded_bytes: 0,
             decoded_budget: opts.decoded_budget,
-            media: opts.media.unwrap_or(Media::Image),
+            media,
             limits: opts.limits.clone(),
             resample_to: opts.resample_to,
         }
@@ -462,7 +462,7 @@ impl MediaFileReader {
             spec: spec.clone(),
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
-            builder: MediaRecordBuilder::new(opts),
+            builder: MediaRecordBuilder::new(spec.media, opts),
             captions_only: opts.captions_only,
         }
     }
@@ -566,7 +566,7 @@ impl TarReader {
             spec: spec.clone(),
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
-            builder: MediaRecordBuilder::new(opts),
+            builder: MediaRecordBuilder::new(spec.media, opts),
             offset: 0,
             keys: Default::default(),
             pending: None,
@@ -845,7 +845,7 @@ impl TableMediaReader {
             spec: spec.clone(),
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
-            builder: MediaRecordBuilder::new(opts),
+            builder: MediaRecordBuilder::new(spec.media, opts),
             pending: None,
             captions_only: opts.captions_only,
         }

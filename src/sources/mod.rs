@@ -103,8 +103,6 @@ pub struct ReadOptions {
     pub schema: SchemaRef,
     pub limits: Limits,
     pub batch_rows: usize,
-    /// The media of the records, if any.
-    pub media: Option<media::Media>,
     /// Media: cut a batch once what its files' headers claim they decode
     /// to reaches this many bytes (images when a stage keeps full-size
     /// pixels: RGB; audio: float32 samples).
