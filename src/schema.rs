@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -70,15 +70,33 @@ fn parse_type(ty: &str) -> DataType {
     }
 }
 
-/// The Arrow type of an HF `Image` feature.
-pub fn image_struct_type() -> DataType {
-    DataType::Struct(
-        vec![
-            Field::new("bytes", DataType::Binary, true),
-            Field::new("path", DataType::Utf8, true),
-        ]
-        .into(),
-    )
+fn media_struct_fields() -> arrow::datatypes::Fields {
+    vec![
+        Field::new("bytes", DataType::Binary, true),
+        Field::new("path", DataType::Utf8, true),
+    ]
+    .into()
+}
+
+/// The Arrow type of an HF `Image` or `Audio` feature: encoded file bytes
+/// and a path.
+pub fn media_struct_type() -> DataType {
+    DataType::Struct(media_struct_fields())
+}
+
+/// A column of that type: each row's encoded `files`, with the batch's
+/// `path` column beside them.
+pub fn media_struct_column(batch: &RecordBatch, files: Vec<Vec<u8>>) -> Result<ArrayRef> {
+    let paths = batch
+        .column_by_name("path")
+        .cloned()
+        .ok_or_else(|| Error::Execution("no `path` column beside the encoded files".into()))?;
+    let bytes = arrow::array::BinaryArray::from_iter_values(files);
+    Ok(Arc::new(arrow::array::StructArray::try_new(
+        media_struct_fields(),
+        vec![Arc::new(bytes) as ArrayRef, paths],
+        None,
+    )?))
 }
 
 /// Whether `ty` is what the schema type `spec` promises. Besides the plain
@@ -102,7 +120,7 @@ fn type_matches(spec: &str, ty: &DataType) -> bool {
         };
     }
     if spec == "image" || spec == "audio" {
-        return ty == &image_struct_type();
+        return ty == &media_struct_type();
     }
     ty == &parse_type(spec)
 }
@@ -191,7 +209,7 @@ pub fn hf_field_feature(field: &Field) -> Value {
     if let Some(names) = class_names(field) {
         return json!({ "names": names, "_type": "ClassLabel" });
     }
-    if field.data_type() == &image_struct_type() {
+    if field.data_type() == &media_struct_type() {
         let meta = field.metadata();
         if meta.get(HF_FEATURE).map(String::as_str) == Some("Audio") {
             let rate: Option<u32> = meta.get(SAMPLE_RATE).and_then(|r| r.parse().ok());

@@ -4,16 +4,15 @@
 //! feature (the field carries the sample rate when every clip shares one).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryArray, RecordBatch, StructArray};
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, SchemaRef};
 use rayon::prelude::*;
 
 use super::{WaveShape, Waves, require_wave};
 use crate::config::{EncodeAudioConfig, SampleFormat};
-use crate::error::{Error, Result};
-use crate::schema::{HF_FEATURE, SAMPLE_RATE, image_struct_type};
+use crate::error::Result;
+use crate::schema::{HF_FEATURE, SAMPLE_RATE, media_struct_column, media_struct_type};
 use crate::stages::columns::{batch_with, keep_ok, schema_with};
 use crate::stages::{BatchContext, Stage};
 
@@ -83,7 +82,7 @@ impl Stage for EncodeAudioStage {
         if let Some(rate) = shape.rate {
             meta.insert(SAMPLE_RATE.to_string(), rate.to_string());
         }
-        let field = Field::new("audio", image_struct_type(), false).with_metadata(meta);
+        let field = Field::new("audio", media_struct_type(), false).with_metadata(meta);
         Ok(schema_with(input, &[], &[field]))
     }
 
@@ -107,21 +106,9 @@ impl Stage for EncodeAudioStage {
             })
             .collect();
         let (batch, files) = keep_ok(batch, results, cx)?;
-        let paths = batch
-            .column_by_name("path")
-            .cloned()
-            .ok_or_else(|| Error::Execution("encode_audio: no `path` column".into()))?;
-        let bytes = BinaryArray::from_iter_values(files.iter());
-        let audio = StructArray::try_new(
-            match image_struct_type() {
-                arrow::datatypes::DataType::Struct(f) => f,
-                _ => unreachable!("a struct"),
-            },
-            vec![Arc::new(bytes) as ArrayRef, paths],
-            None,
-        )?;
+        let audio = media_struct_column(&batch, files)?;
         let schema = self.output_schema(&batch.schema())?;
-        batch_with(&batch, &schema, vec![("audio", Arc::new(audio))])
+        batch_with(&batch, &schema, vec![("audio", audio)])
     }
 }
 

@@ -8,9 +8,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BinaryBuilder, FixedSizeListArray, Float32Array, RecordBatch, StructArray,
-};
+use arrow::array::{FixedSizeListArray, Float32Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use image::ImageEncoder;
 use image::codecs::jpeg::JpegEncoder;
@@ -22,7 +20,7 @@ use super::{
 };
 use crate::config::{EncodeImageConfig, ImageCodec, ToTensorConfig};
 use crate::error::{Error, Result};
-use crate::schema::image_struct_type;
+use crate::schema::{media_struct_column, media_struct_type};
 use crate::stages::{BatchContext, Stage};
 
 const PIXEL_COLUMNS: [&str; 3] = [PIXELS, WIDTH, HEIGHT];
@@ -75,7 +73,7 @@ impl Stage for EncodeStage {
         Ok(schema_with(
             input,
             &PIXEL_COLUMNS,
-            &[Field::new("image", image_struct_type(), false)],
+            &[Field::new("image", media_struct_type(), false)],
         ))
     }
 
@@ -90,24 +88,9 @@ impl Stage for EncodeStage {
             })
             .collect();
         let (batch, encoded) = super::keep_ok(batch, encoded, cx)?;
-        let mut bytes = BinaryBuilder::new();
-        for b in encoded {
-            bytes.append_value(b);
-        }
-        let paths = batch
-            .column_by_name("path")
-            .cloned()
-            .ok_or_else(|| Error::Execution("encode_image: no `path` column".into()))?;
-        let DataType::Struct(fields) = image_struct_type() else {
-            unreachable!("the image type is a struct")
-        };
-        let image = StructArray::try_new(
-            fields,
-            vec![Arc::new(bytes.finish()) as ArrayRef, paths],
-            None,
-        )?;
+        let image = media_struct_column(&batch, encoded)?;
         let schema = self.output_schema(&batch.schema())?;
-        super::batch_with(&batch, &schema, vec![("image", Arc::new(image))])
+        super::batch_with(&batch, &schema, vec![("image", image)])
     }
 }
 
