@@ -5,14 +5,6 @@
 //! out, so an absurd declared or real length never fills memory.
 
 use std::io::Cursor;
-
-use symphonia::core::codecs::audio::AudioDecoderOptions;
-use symphonia::core::errors::Error as SymphoniaError;
-use symphonia::core::formats::probe::Hint;
-use symphonia::core::formats::{FormatOptions, TrackType};
-use symphonia::core::io::MediaSourceStream;
-use symphonia::core::meta::MetadataOptions;
-
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
@@ -20,6 +12,12 @@ use arrow::datatypes::SchemaRef;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+use symphonia::core::codecs::audio::AudioDecoderOptions;
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
 
 use super::{CHANNELS, WAVE, WaveShape};
 use crate::config::{DecodeAudioConfig, TrimMode};
@@ -57,23 +55,40 @@ pub fn decode<B: AsRef<[u8]> + Send + Sync + 'static>(
         Some(audio) => audio,
         None => decode_symphonia(bytes, max_seconds, mono)?,
     };
-    if !RATES.contains(&audio.rate) {
-        return Err((
-            "unsupported_rate",
-            format!(
-                "the sample rate is {} Hz, outside {} to {} Hz",
-                audio.rate,
-                RATES.start(),
-                RATES.end()
-            ),
-        ));
-    }
+    check_rate(audio.rate)?;
     Ok(audio)
 }
 
 /// The sample rates kiln reads: a header outside them is hostile or broken,
 /// and resampling from it would build absurd filters.
 pub const RATES: std::ops::RangeInclusive<u32> = 1_000..=768_000;
+
+fn check_rate(rate: u32) -> std::result::Result<(), Rejection> {
+    if RATES.contains(&rate) {
+        return Ok(());
+    }
+    Err((
+        "unsupported_rate",
+        format!(
+            "the sample rate is {rate} Hz, outside {} to {} Hz",
+            RATES.start(),
+            RATES.end()
+        ),
+    ))
+}
+
+/// symphonia's reader of whatever format `bytes` are in.
+fn probe<B: AsRef<[u8]> + Send + Sync + 'static>(
+    bytes: B,
+) -> std::result::Result<Box<dyn FormatReader>, SymphoniaError> {
+    let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
+    symphonia::default::get_probe().probe(
+        &Hint::new(),
+        mss,
+        FormatOptions::default(),
+        MetadataOptions::default(),
+    )
+}
 
 /// Decode with symphonia, whatever the format.
 fn decode_symphonia<B: AsRef<[u8]> + Send + Sync + 'static>(
@@ -82,20 +97,12 @@ fn decode_symphonia<B: AsRef<[u8]> + Send + Sync + 'static>(
     mono: bool,
 ) -> std::result::Result<Audio, Rejection> {
     let lead = bytes.as_ref()[..bytes.as_ref().len().min(4)].to_vec();
-    let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
-    let mut format = symphonia::default::get_probe()
-        .probe(
-            &Hint::new(),
-            mss,
-            FormatOptions::default(),
-            MetadataOptions::default(),
+    let mut format = probe(bytes).map_err(|e| {
+        (
+            "unknown_format",
+            format!("not audio in a supported format (WAV, FLAC, MP3, OGG Vorbis): {e}"),
         )
-        .map_err(|e| {
-            (
-                "unknown_format",
-                format!("not audio in a supported format (WAV, FLAC, MP3, OGG Vorbis): {e}"),
-            )
-        })?;
+    })?;
     let track = format
         .default_track(TrackType::Audio)
         .ok_or(("no_audio_track", "the file has no audio track".to_string()))?;
@@ -108,17 +115,8 @@ fn decode_symphonia<B: AsRef<[u8]> + Send + Sync + 'static>(
             "the track's codec is not audio".to_string(),
         ))?
         .clone();
-    if let Some(rate) = params.sample_rate
-        && !RATES.contains(&rate)
-    {
-        return Err((
-            "unsupported_rate",
-            format!(
-                "the header says {rate} Hz, outside {} to {} Hz",
-                RATES.start(),
-                RATES.end()
-            ),
-        ));
+    if let Some(rate) = params.sample_rate {
+        check_rate(rate)?;
     }
     if let (Some(frames), Some(rate)) = (track.num_frames, params.sample_rate)
         && rate > 0
@@ -380,15 +378,7 @@ pub fn claimed_bytes(bytes: &[u8], max_seconds: f64, resample_to: Option<u32>) -
     let guess = bytes.len() as u64 * 16;
     let head = bytes[..bytes.len().min(64 << 10)].to_vec();
     let probe = move || {
-        let mss = MediaSourceStream::new(Box::new(Cursor::new(head)), Default::default());
-        let format = symphonia::default::get_probe()
-            .probe(
-                &Hint::new(),
-                mss,
-                FormatOptions::default(),
-                MetadataOptions::default(),
-            )
-            .ok()?;
+        let format = probe(head).ok()?;
         let track = format.default_track(TrackType::Audio)?;
         let params = track.codec_params.as_ref()?.audio()?.clone();
         let rate = params.sample_rate? as u64;
