@@ -141,8 +141,11 @@ pub fn f32_lists<'a>(rows: impl IntoIterator<Item = &'a [f32]>) -> ArrayRef {
         values.extend_from_slice(r);
         lengths.push(r.len());
     }
+    let DataType::List(item) = f32_list_type() else {
+        unreachable!("a list type")
+    };
     Arc::new(ListArray::new(
-        Arc::new(Field::new("item", DataType::Float32, true)),
+        item,
         OffsetBuffer::from_lengths(lengths),
         Arc::new(Float32Array::from(values)),
         None,
@@ -154,27 +157,21 @@ pub fn mel_type() -> DataType {
     DataType::List(Arc::new(Field::new("item", f32_list_type(), true)))
 }
 
-/// The `mel` column: each row's mel-major values cut into `n_mels` lists.
+/// The `mel` column: each row's mel-major values cut into `n_mels` lists
+/// of `frames` values.
 pub fn mel_lists<'a>(rows: impl IntoIterator<Item = (&'a [f32], usize)>) -> ArrayRef {
-    let mut values = Vec::new();
-    let mut inner = Vec::new();
-    let mut outer = Vec::new();
-    for (mel, frames) in rows {
-        values.extend_from_slice(mel);
-        let n_mels = mel.len().checked_div(frames).unwrap_or(0);
-        inner.extend(std::iter::repeat_n(frames, n_mels));
-        outer.push(n_mels);
-    }
-    let rows = ListArray::new(
-        Arc::new(Field::new("item", DataType::Float32, true)),
-        OffsetBuffer::from_lengths(inner),
-        Arc::new(Float32Array::from(values)),
-        None,
+    let rows: Vec<(&[f32], usize)> = rows.into_iter().collect();
+    let bands = f32_lists(
+        rows.iter()
+            .flat_map(|(mel, frames)| mel.chunks((*frames).max(1))),
     );
     Arc::new(ListArray::new(
         Arc::new(Field::new("item", f32_list_type(), true)),
-        OffsetBuffer::from_lengths(outer),
-        Arc::new(rows),
+        OffsetBuffer::from_lengths(
+            rows.iter()
+                .map(|(mel, frames)| mel.len().checked_div(*frames).unwrap_or(0)),
+        ),
+        bands,
         None,
     ))
 }

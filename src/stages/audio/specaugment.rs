@@ -206,12 +206,17 @@ impl SpecAugmentStage {
     }
 }
 
-fn pairs_type() -> DataType {
-    DataType::List(Arc::new(Field::new(
+/// The item of `freq_masks` and `time_masks`: `[first, width]`.
+fn pair_field() -> Arc<Field> {
+    Arc::new(Field::new(
         "item",
         fixed_list_type(DataType::UInt32, 2),
         true,
-    )))
+    ))
+}
+
+fn pairs_type() -> DataType {
+    DataType::List(pair_field())
 }
 
 /// A `list<fixed_list<uint32, 2>>` column.
@@ -227,11 +232,7 @@ fn pairs_column(rows: &[&[(u32, u32)]]) -> Result<ArrayRef> {
         None,
     )?;
     Ok(Arc::new(ListArray::try_new(
-        Arc::new(Field::new(
-            "item",
-            fixed_list_type(DataType::UInt32, 2),
-            true,
-        )),
+        pair_field(),
         OffsetBuffer::from_lengths(rows.iter().map(|r| r.len())),
         Arc::new(pairs),
         None,
