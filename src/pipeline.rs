@@ -3,6 +3,7 @@
 //! of it happens before any data is read, and every failure names the file,
 //! the key and the line.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use crate::stages::image::encode::{EncodeStage, TensorStage};
 use crate::stages::image::features::FeaturesStage;
 use crate::stages::image::mix::MixStage;
 use crate::stages::sql::SqlStage;
+use crate::stages::text::augment::{self, AugmentTextStage};
 use crate::stages::text::chunk::ChunkStage;
 use crate::stages::text::tokenize::{self, TokenizeStage};
 
@@ -56,6 +58,8 @@ const AUDIO_BUDGET: u64 = 128 << 20;
 enum BuiltStage {
     Ready(Arc<dyn Stage>),
     Tokenize(TokenizeConfig),
+    /// Waiting for the input's label counts (`[stages.balance]`).
+    Balance(Arc<AugmentTextStage>),
 }
 
 pub struct Pipeline {
@@ -478,6 +482,26 @@ impl Pipeline {
                 }
                 StageConfig::SpecAugment(a) => Arc::new(SpecAugmentStage::build(a).map_err(keyed)?),
                 StageConfig::EncodeAudio(e) => Arc::new(EncodeAudioStage::new(e)),
+                StageConfig::AugmentText(a) => {
+                    if config.stages[..i]
+                        .iter()
+                        .any(|s| matches!(s, StageConfig::Tokenize(_)))
+                    {
+                        return Err(source.error(
+                            &key("type"),
+                            "augment_text works on text: put it before the tokenize stage",
+                        ));
+                    }
+                    let stage = Arc::new(augment::build(a).map_err(keyed)?);
+                    if stage.balance().is_some() {
+                        schema = stage
+                            .output_schema(&schema)
+                            .map_err(|e| source.error(&key("balance.label_column"), e))?;
+                        built_stages.push(BuiltStage::Balance(stage));
+                        continue;
+                    }
+                    stage
+                }
             };
             schema = built
                 .output_schema(&schema)
@@ -507,8 +531,22 @@ impl Pipeline {
         })
     }
 
-    /// The stages that run on every batch, in order, given the tokenizer.
-    pub fn stages(&self, tokenizer: Option<Arc<Tokenizer>>) -> Vec<Arc<dyn Stage>> {
+    /// The label column whose counts over the whole input a stage needs
+    /// before the tasks run (`[stages.balance]`).
+    pub fn balance_column(&self) -> Option<&str> {
+        self.built.iter().find_map(|s| match s {
+            BuiltStage::Balance(b) => b.balance().map(|b| b.label_column.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The stages that run on every batch, in order, given the tokenizer
+    /// and the label counts.
+    pub fn stages(
+        &self,
+        tokenizer: Option<Arc<Tokenizer>>,
+        label_counts: Option<&HashMap<String, u64>>,
+    ) -> Vec<Arc<dyn Stage>> {
         let mut out: Vec<Arc<dyn Stage>> = Vec::new();
         if let Some(sql) = &self.sql {
             out.push(sql.clone());
@@ -522,6 +560,11 @@ impl Pipeline {
                     out.push(Arc::new(TokenizeStage::new(t, tok)));
                 }
                 BuiltStage::Ready(s) => out.push(s.clone()),
+                BuiltStage::Balance(s) => {
+                    let counts = label_counts
+                        .expect("a pipeline with [stages.balance] is run with its label counts");
+                    out.push(Arc::new(s.with_counts(counts)));
+                }
             }
         }
         out
@@ -533,7 +576,7 @@ impl Pipeline {
             .iter()
             .filter_map(|s| match s {
                 BuiltStage::Ready(s) => s.report(),
-                BuiltStage::Tokenize(_) => None,
+                BuiltStage::Tokenize(_) | BuiltStage::Balance(_) => None,
             })
             .collect()
     }

@@ -21,6 +21,7 @@ pub mod plan;
 pub mod progress;
 pub mod task;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -201,7 +202,26 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
         .build_global();
     let tokenizer = prepare_tokenizer(pipeline, &plan, &out, threads, opts.quiet)?;
     prepare_empty_shard(pipeline, &out)?;
-    let stages = pipeline.stages(tokenizer);
+    let label_counts = match pipeline.balance_column() {
+        Some(column) => {
+            if !opts.quiet {
+                eprintln!("kiln: counting `{column}` labels to balance them");
+            }
+            Some(label_counts(pipeline, &plan, threads, column)?)
+        }
+        None => None,
+    };
+    let stages = pipeline.stages(tokenizer, label_counts.as_ref());
+    if label_counts.is_some() && !opts.quiet {
+        // The copies each label gets, known only now.
+        for line in stages
+            .iter()
+            .filter(|s| s.name() == "augment_text")
+            .filter_map(|s| s.report())
+        {
+            eprintln!("kiln: {line}");
+        }
+    }
 
     let todo: Vec<&Task> = plan
         .tasks
@@ -399,24 +419,75 @@ fn prepare_tokenizer(
 }
 
 /// Stream the corpus (after SQL) into `tx`, reading tasks on `threads`
-/// threads. Rejects are not recorded here: the tasks record them.
+/// threads.
 fn corpus(
     pipeline: &Pipeline,
     plan: &Plan,
     threads: usize,
     tx: std::sync::mpsc::SyncSender<Vec<String>>,
 ) -> Result<()> {
-    let next = AtomicUsize::new(0);
     let opts = sources::ReadOptions {
         captions_only: true,
         ..pipeline.read_options()
     };
     let column = pipeline.text_column();
+    scan(pipeline, plan, threads, &opts, &|batch| {
+        let Some(col) = batch
+            .column_by_name(column)
+            .and_then(|c| c.as_string_opt::<i32>())
+        else {
+            return true;
+        };
+        let texts = col.iter().flatten().map(str::to_string).collect();
+        tx.send(texts).is_ok()
+    })
+}
+
+/// How many samples carry each value of `column` (after SQL), for stages
+/// that balance labels. Null labels are not counted.
+pub fn label_counts(
+    pipeline: &Pipeline,
+    plan: &Plan,
+    threads: usize,
+    column: &str,
+) -> Result<HashMap<String, u64>> {
+    let counts: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::new());
+    scan(
+        pipeline,
+        plan,
+        threads,
+        &pipeline.read_options(),
+        &|batch| {
+            if let Some(col) = batch
+                .column_by_name(column)
+                .and_then(|c| c.as_string_opt::<i32>())
+            {
+                let mut counts = counts.lock().expect("not poisoned");
+                for label in col.iter().flatten() {
+                    *counts.entry(label.to_string()).or_default() += 1;
+                }
+            }
+            true
+        },
+    )?;
+    Ok(counts.into_inner().expect("not poisoned"))
+}
+
+/// Read every task's batches (after SQL) on `threads` threads and hand
+/// them to `each`, which returns false to stop. Rejects are not recorded
+/// here: the tasks record them.
+fn scan(
+    pipeline: &Pipeline,
+    plan: &Plan,
+    threads: usize,
+    opts: &sources::ReadOptions,
+    each: &(dyn Fn(&arrow::array::RecordBatch) -> bool + Sync),
+) -> Result<()> {
+    let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let tx = tx.clone();
-                let (next, opts) = (&next, &opts);
+                let next = &next;
                 s.spawn(move || -> Result<()> {
                     let mut rejects = RejectSink::discard();
                     while let Some(task) = plan.tasks.get(next.fetch_add(1, Ordering::Relaxed)) {
@@ -433,14 +504,7 @@ fn corpus(
                                     };
                                     batch = sql.process(batch, &mut cx)?;
                                 }
-                                let Some(col) = batch
-                                    .column_by_name(column)
-                                    .and_then(|c| c.as_string_opt::<i32>())
-                                else {
-                                    continue;
-                                };
-                                let texts = col.iter().flatten().map(str::to_string).collect();
-                                if tx.send(texts).is_err() {
+                                if !each(&batch) {
                                     return Ok(());
                                 }
                             }
@@ -450,10 +514,9 @@ fn corpus(
                 })
             })
             .collect();
-        drop(tx);
         for h in handles {
             h.join()
-                .map_err(|_| Error::Execution("corpus reader panicked".into()))??;
+                .map_err(|_| Error::Execution("input reader panicked".into()))??;
         }
         Ok(())
     })

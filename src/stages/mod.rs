@@ -9,6 +9,7 @@
 //! | stage | config | what it does |
 //! |---|---|---|
 //! | `sql` | top-level `sql` | DataFusion filter/projection over the table `input` |
+//! | `augment_text` | `[[stages]] type = "augment_text"` | synonym and back-translated copies, balanced per label; see [`text::augment`] |
 //! | `tokenize` | `[[stages]] type = "tokenize"` | byte-level BPE, `text` to `input_ids` + `length` |
 //! | `chunk` | `[[stages]] type = "chunk"` | sliding windows of `input_ids`, one row per window |
 //! | image stages | `decode_image`, `resize_image`, `image_features`, `mix`, `encode_image`, `to_tensor` | see [`image`] |

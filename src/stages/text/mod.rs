@@ -1,7 +1,10 @@
-//! Text stages: byte-level BPE tokenization and sliding-window chunking;
-//! `wordnet` reads WordNet 3.0 for synonym replacement.
+//! Text stages: byte-level BPE tokenization, sliding-window chunking, and
+//! augmentation (WordNet synonyms, back-translation) before them.
 
+pub mod augment;
 pub mod bytelevel;
 pub mod chunk;
+pub mod synonym;
 pub mod tokenize;
+pub mod translate;
 pub mod wordnet;

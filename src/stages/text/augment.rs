@@ -1,0 +1,645 @@
+//! `augment_text`: every sample as itself (`augment = 0`), then augmented
+//! copies (`augment = K`, sample id `ID#augK`) made by synonym replacement
+//! or back-translation, copy K by `methods[(K - 1) % methods.len()]`.
+//!
+//! How many copies: `copies` per sample, or, with `[balance]`, per label
+//! from the label counts of the whole input (read before the tasks run), so
+//! that rare labels reach a target count.
+//!
+//! Provenance in every row: `augmentation` (null for the sample itself,
+//! else the method), `augmented_from` (the source sample's id) and
+//! `augment_note`, which says why a copy's text is unchanged (empty text,
+//! no synonym, too long, the translator returned it as it was).
+//!
+//! Synonym copies draw from a generator seeded by (run seed, `ID#augK`,
+//! stage). Back-translation is deterministic, so a sample's second
+//! back-translated copy repeats its first (said in the note). A batch the
+//! translator fails twice rejects its samples (`translation_failed`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, SchemaRef};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::synonym::{SynonymParams, SynonymReplacer};
+use super::translate::{ProcessTranslator, Translator};
+use super::wordnet::WordNet;
+use crate::config::{
+    AugmentMethod, AugmentTextConfig, BackTranslationConfig, SynonymConfig, TranslatorBackend,
+};
+use crate::error::{Error, Result};
+use crate::stages::columns::{batch_with, schema_with};
+use crate::stages::{BatchContext, Stage};
+
+/// Back-translation as the stage runs it.
+pub struct BackTranslation {
+    pub translator: Box<dyn Translator>,
+    pub batch_size: usize,
+    pub max_chars: usize,
+}
+
+pub enum Method {
+    Synonym(Arc<SynonymReplacer>),
+    BackTranslation(Arc<BackTranslation>),
+}
+
+impl Method {
+    fn kind(&self) -> AugmentMethod {
+        match self {
+            Method::Synonym(_) => AugmentMethod::Synonym,
+            Method::BackTranslation(_) => AugmentMethod::BackTranslation,
+        }
+    }
+}
+
+/// Copies per label, from the input's label counts.
+#[derive(Debug, Clone)]
+pub struct Balance {
+    pub label_column: String,
+    pub target: Option<u64>,
+    pub target_ratio: Option<f64>,
+    pub max_multiplier: u32,
+}
+
+impl Balance {
+    /// The rows each label should reach, given every label's count.
+    pub fn target(&self, counts: &HashMap<String, u64>) -> u64 {
+        match (self.target, self.target_ratio) {
+            (Some(t), _) => t,
+            (None, Some(r)) => {
+                let max = counts.values().copied().max().unwrap_or(0);
+                (r * max as f64).ceil() as u64
+            }
+            (None, None) => counts.values().copied().max().unwrap_or(0),
+        }
+    }
+
+    /// Copies per sample of each label: `ceil(target / count) - 1`, at most
+    /// `max_multiplier - 1`.
+    pub fn copies(&self, counts: &HashMap<String, u64>) -> HashMap<String, u32> {
+        let target = self.target(counts);
+        counts
+            .iter()
+            .map(|(label, &c)| {
+                let n = target.div_ceil(c.max(1)).saturating_sub(1);
+                let n = n.min(self.max_multiplier.saturating_sub(1) as u64) as u32;
+                (label.clone(), n)
+            })
+            .collect()
+    }
+}
+
+pub struct AugmentTextStage {
+    text_column: String,
+    methods: Vec<Method>,
+    copies: u32,
+    balance: Option<(Balance, Arc<HashMap<String, u32>>)>,
+}
+
+/// One output copy's text, or why the sample is rejected.
+enum Made {
+    Text(String, Option<String>),
+    Failed(String),
+}
+
+impl AugmentTextStage {
+    pub fn new(
+        text_column: String,
+        methods: Vec<Method>,
+        copies: u32,
+        balance: Option<Balance>,
+    ) -> Self {
+        AugmentTextStage {
+            text_column,
+            methods,
+            copies,
+            balance: balance.map(|b| (b, Arc::new(HashMap::new()))),
+        }
+    }
+
+    /// The label column whose counts the stage needs before it runs.
+    pub fn balance(&self) -> Option<&Balance> {
+        self.balance.as_ref().map(|(b, _)| b)
+    }
+
+    /// The stage with the input's label counts.
+    pub fn with_counts(&self, counts: &HashMap<String, u64>) -> AugmentTextStage {
+        AugmentTextStage {
+            text_column: self.text_column.clone(),
+            methods: self
+                .methods
+                .iter()
+                .map(|m| match m {
+                    Method::Synonym(s) => Method::Synonym(s.clone()),
+                    Method::BackTranslation(b) => Method::BackTranslation(b.clone()),
+                })
+                .collect(),
+            copies: self.copies,
+            balance: self
+                .balance
+                .as_ref()
+                .map(|(b, _)| (b.clone(), Arc::new(b.copies(counts)))),
+        }
+    }
+
+    fn copies_of(&self, label: Option<&str>) -> u32 {
+        match &self.balance {
+            None => self.copies,
+            Some((_, per)) => label.and_then(|l| per.get(l)).copied().unwrap_or(0),
+        }
+    }
+
+    /// Back-translations of `texts` (index into them), chunked and run in
+    /// parallel; `Err` for the texts of a failed chunk.
+    fn back_translate(
+        bt: &BackTranslation,
+        texts: &[&str],
+    ) -> Vec<std::result::Result<String, String>> {
+        let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        let chunks: Vec<&[String]> = owned.chunks(bt.batch_size.max(1)).collect();
+        chunks
+            .into_par_iter()
+            .flat_map_iter(|chunk| match bt.translator.translate(chunk) {
+                Ok(out) => out.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e); chunk.len()],
+            })
+            .collect()
+    }
+}
+
+/// A config error: the key under the stage and the message.
+type Keyed = (String, String);
+
+/// Build the stage from its config: WordNet read, the translator started
+/// and probed, every key checked, before any data is read.
+pub fn build(cfg: &AugmentTextConfig) -> std::result::Result<AugmentTextStage, Keyed> {
+    let keyed = |k: &str, m: String| (k.to_string(), m);
+    let kinds: Vec<AugmentMethod> = match &cfg.methods {
+        Some(m) if m.is_empty() => {
+            return Err(keyed("methods", "list at least one method".into()));
+        }
+        Some(m) => m.clone(),
+        None => {
+            let mut m = Vec::new();
+            if cfg.synonym.is_some() {
+                m.push(AugmentMethod::Synonym);
+            }
+            if cfg.back_translation.is_some() {
+                m.push(AugmentMethod::BackTranslation);
+            }
+            if m.is_empty() {
+                return Err(keyed(
+                    "type",
+                    "augment_text needs a method: add [stages.synonym] or [stages.back_translation], or set methods".into(),
+                ));
+            }
+            m
+        }
+    };
+    let mut methods = Vec::new();
+    for kind in &kinds {
+        if methods.iter().any(|m: &Method| m.kind() == *kind) {
+            methods.push(match methods.iter().find(|m: &&Method| m.kind() == *kind) {
+                Some(Method::Synonym(s)) => Method::Synonym(s.clone()),
+                Some(Method::BackTranslation(b)) => Method::BackTranslation(b.clone()),
+                None => unreachable!("found above"),
+            });
+            continue;
+        }
+        methods.push(match kind {
+            AugmentMethod::Synonym => {
+                let s = cfg.synonym.clone().unwrap_or_default();
+                Method::Synonym(Arc::new(build_synonym(&s)?))
+            }
+            AugmentMethod::BackTranslation => {
+                let b = cfg.back_translation.clone().unwrap_or_default();
+                Method::BackTranslation(Arc::new(build_back_translation(&b)?))
+            }
+        });
+    }
+    let balance = match &cfg.balance {
+        None => None,
+        Some(b) => {
+            if cfg.copies.is_some() {
+                return Err(keyed(
+                    "copies",
+                    "set either `copies` or [stages.balance], which decides copies per label"
+                        .into(),
+                ));
+            }
+            match (b.target, b.target_ratio) {
+                (Some(_), Some(_)) => {
+                    return Err(keyed(
+                        "balance.target_ratio",
+                        "set either target or target_ratio".into(),
+                    ));
+                }
+                (Some(0), _) => {
+                    return Err(keyed("balance.target", "target must be at least 1".into()));
+                }
+                (_, Some(r)) if !(r > 0.0 && r <= 1.0) => {
+                    return Err(keyed(
+                        "balance.target_ratio",
+                        "target_ratio must be above 0 and at most 1 (of the largest label)".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if b.max_multiplier < 1 {
+                return Err(keyed(
+                    "balance.max_multiplier",
+                    "max_multiplier must be at least 1 (the sample itself)".into(),
+                ));
+            }
+            Some(Balance {
+                label_column: b.label_column.clone(),
+                target: b.target,
+                target_ratio: b.target_ratio,
+                max_multiplier: b.max_multiplier,
+            })
+        }
+    };
+    let copies = cfg.copies.unwrap_or(1);
+    if balance.is_none() && copies == 0 {
+        return Err(keyed(
+            "copies",
+            "copies must be at least 1 (leave the stage out for none)".into(),
+        ));
+    }
+    Ok(AugmentTextStage::new(
+        cfg.text_column.clone(),
+        methods,
+        copies,
+        balance,
+    ))
+}
+
+fn build_synonym(s: &SynonymConfig) -> std::result::Result<SynonymReplacer, Keyed> {
+    let keyed = |k: &str, m: String| (format!("synonym.{k}"), m);
+    if !(s.aug_p >= 0.0 && s.aug_p <= 1.0) {
+        return Err(keyed("aug_p", "aug_p must be from 0 to 1".into()));
+    }
+    if s.aug_max != 0 && s.aug_min > s.aug_max {
+        return Err(keyed("aug_min", "aug_min is above aug_max".into()));
+    }
+    let mut stopwords: HashSet<String> = s.stopwords.iter().map(|w| w.to_lowercase()).collect();
+    if let Some(path) = &s.stopwords_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| keyed("stopwords_file", format!("cannot read {path}: {e}")))?;
+        stopwords.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_lowercase),
+        );
+    }
+    let wordnet = WordNet::open(Path::new(&s.wordnet)).map_err(|e| {
+        keyed(
+            "wordnet",
+            format!("{e} (WordNet 3.0's database files; Debian's wordnet-base installs them in /usr/share/wordnet)"),
+        )
+    })?;
+    Ok(SynonymReplacer::new(
+        Arc::new(wordnet),
+        SynonymParams {
+            aug_p: s.aug_p,
+            aug_min: s.aug_min,
+            aug_max: (s.aug_max != 0).then_some(s.aug_max),
+            stopwords,
+        },
+    ))
+}
+
+fn build_back_translation(
+    b: &BackTranslationConfig,
+) -> std::result::Result<BackTranslation, Keyed> {
+    let keyed = |k: &str, m: String| (format!("back_translation.{k}"), m);
+    if b.batch_size == 0 {
+        return Err(keyed("batch_size", "batch_size must be at least 1".into()));
+    }
+    let timeout = Duration::from_secs(b.timeout_s.max(1));
+    let translator: Box<dyn Translator> = match b.backend {
+        TranslatorBackend::Apertium => {
+            let pairs = vec![
+                format!("{}-{}", b.lang, b.pivot),
+                format!("{}-{}", b.pivot, b.lang),
+            ];
+            Box::new(
+                ProcessTranslator::apertium(Path::new(&b.apertium_dir), &pairs, timeout)
+                    .map_err(|e| keyed("lang", e))?,
+            )
+        }
+        TranslatorBackend::Command => {
+            let argv = b.command.clone().ok_or_else(|| {
+                keyed(
+                    "command",
+                    "backend = \"command\" needs command = [\"program\", \"arg\"...]".into(),
+                )
+            })?;
+            Box::new(ProcessTranslator::command(argv, timeout).map_err(|e| keyed("command", e))?)
+        }
+        TranslatorBackend::Onnx => {
+            return Err(keyed(
+                "backend",
+                "the onnx backend is not available in this build".into(),
+            ));
+        }
+    };
+    Ok(BackTranslation {
+        translator,
+        batch_size: b.batch_size,
+        max_chars: b.max_chars,
+    })
+}
+
+impl Stage for AugmentTextStage {
+    fn name(&self) -> &str {
+        "augment_text"
+    }
+
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        match input.field_with_name(&self.text_column) {
+            Ok(f) if f.data_type() == &DataType::Utf8 => {}
+            _ => {
+                return Err(Error::Config(format!(
+                    "augment_text reads the text column `{}`, which the input does not have as text",
+                    self.text_column
+                )));
+            }
+        }
+        if let Some(b) = self.balance() {
+            match input.field_with_name(&b.label_column) {
+                Ok(f) if f.data_type() == &DataType::Utf8 => {}
+                _ => {
+                    return Err(Error::Config(format!(
+                        "balance.label_column `{}` is not a column of the input; list it in the input's `columns`",
+                        b.label_column
+                    )));
+                }
+            }
+        }
+        if input.field_with_name("augment").is_ok() {
+            return Err(Error::Config(
+                "the input is already augmented (it has an `augment` column): one augmenting stage per pipeline".into(),
+            ));
+        }
+        Ok(schema_with(
+            input,
+            &[],
+            &[
+                Field::new("augment", DataType::UInt32, false),
+                Field::new("augmentation", DataType::Utf8, true),
+                Field::new("augmented_from", DataType::Utf8, true),
+                Field::new("augment_note", DataType::Utf8, true),
+            ],
+        ))
+    }
+
+    fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| Error::Execution(format!("augment_text: no `{name}` column")))
+        };
+        let ids = col("sample_id")?.as_string::<i32>().clone();
+        let texts = col(&self.text_column)?.as_string::<i32>().clone();
+        let labels = match self.balance() {
+            Some(b) => Some(col(&b.label_column)?.as_string::<i32>().clone()),
+            None => None,
+        };
+        let rows = batch.num_rows();
+        let text = |r: usize| if texts.is_null(r) { "" } else { texts.value(r) };
+        // (row, copy K) of every output row, originals included.
+        let mut out_rows: Vec<(usize, u32)> = Vec::new();
+        for r in 0..rows {
+            let label = labels
+                .as_ref()
+                .and_then(|l| (!l.is_null(r)).then(|| l.value(r)));
+            let n = self.copies_of(label);
+            out_rows.extend((0..=n).map(|k| (r, k)));
+        }
+        let method_of = |k: u32| &self.methods[(k as usize - 1) % self.methods.len()];
+        let copy_id = |r: usize, k: u32| format!("{}#aug{k}", ids.value(r));
+
+        // Back-translations, once per sample that has a back-translated copy.
+        let mut bt_made: HashMap<usize, Made> = HashMap::new();
+        if let Some(bt) = self.methods.iter().find_map(|m| match m {
+            Method::BackTranslation(b) => Some(b),
+            _ => None,
+        }) {
+            let mut wanted: Vec<usize> = out_rows
+                .iter()
+                .filter(|&&(_, k)| k > 0 && method_of(k).kind() == AugmentMethod::BackTranslation)
+                .map(|&(r, _)| r)
+                .collect();
+            wanted.dedup();
+            let mut send: Vec<usize> = Vec::new();
+            for r in wanted {
+                let t = text(r);
+                let chars = t.chars().count();
+                if t.trim().is_empty() {
+                    bt_made.insert(r, Made::Text(t.into(), Some("empty text".into())));
+                } else if chars > bt.max_chars {
+                    bt_made.insert(
+                        r,
+                        Made::Text(
+                            t.into(),
+                            Some(format!(
+                                "too long to translate ({chars} characters, max_chars = {})",
+                                bt.max_chars
+                            )),
+                        ),
+                    );
+                } else {
+                    send.push(r);
+                }
+            }
+            let inputs: Vec<&str> = send.iter().map(|&r| text(r)).collect();
+            let results = Self::back_translate(bt, &inputs);
+            for (r, res) in send.into_iter().zip(results) {
+                let made = match res {
+                    Ok(t) if t.trim().is_empty() => Made::Text(
+                        text(r).into(),
+                        Some("the translator returned nothing".into()),
+                    ),
+                    Ok(t) if t == text(r) => Made::Text(
+                        t,
+                        Some("back-translation returned the text unchanged".into()),
+                    ),
+                    Ok(t) => Made::Text(t, None),
+                    Err(e) => Made::Failed(e),
+                };
+                bt_made.insert(r, made);
+            }
+        }
+
+        // Synonym copies, in parallel, each from its own generator.
+        let seeds: Vec<u64> = out_rows
+            .iter()
+            .map(|&(r, k)| match k {
+                0 => 0,
+                k => cx.sample_seed(&copy_id(r, k)),
+            })
+            .collect();
+        let made: Vec<Option<Made>> = out_rows
+            .par_iter()
+            .zip(seeds.par_iter())
+            .map(|(&(r, k), &seed)| {
+                if k == 0 {
+                    return None;
+                }
+                match method_of(k) {
+                    Method::Synonym(s) => {
+                        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                        Some(match s.replace(text(r), &mut rng) {
+                            Ok((t, _)) => Made::Text(t, None),
+                            Err(note) => Made::Text(text(r).into(), Some(note)),
+                        })
+                    }
+                    Method::BackTranslation(_) => None,
+                }
+            })
+            .collect();
+
+        // Samples whose translation failed are rejected whole.
+        let mut failed = vec![false; rows];
+        for (r, m) in &bt_made {
+            if let Made::Failed(e) = m {
+                failed[*r] = true;
+                cx.reject(
+                    &batch,
+                    *r,
+                    "translation_failed",
+                    format!("back-translation failed: {e}"),
+                )?;
+            }
+        }
+        let mut take = Vec::new();
+        let mut sample_ids = Vec::new();
+        let mut new_texts: Vec<Option<String>> = Vec::new();
+        let mut augment = Vec::new();
+        let mut augmentation: Vec<Option<&str>> = Vec::new();
+        let mut from: Vec<Option<String>> = Vec::new();
+        let mut notes: Vec<Option<String>> = Vec::new();
+        // The first back-translated copy of each row, for the repeat note.
+        let mut first_bt: HashMap<usize, u32> = HashMap::new();
+        for (i, &(r, k)) in out_rows.iter().enumerate() {
+            if failed[r] {
+                continue;
+            }
+            take.push(r as u32);
+            augment.push(k);
+            if k == 0 {
+                sample_ids.push(ids.value(r).to_string());
+                new_texts.push((!texts.is_null(r)).then(|| texts.value(r).to_string()));
+                augmentation.push(None);
+                from.push(None);
+                notes.push(None);
+                continue;
+            }
+            sample_ids.push(copy_id(r, k));
+            let method = method_of(k);
+            augmentation.push(Some(method.kind().name()));
+            from.push(Some(ids.value(r).to_string()));
+            let (t, note) = match (method, &made[i], bt_made.get(&r)) {
+                (Method::Synonym(_), Some(Made::Text(t, n)), _) => (t.clone(), n.clone()),
+                (Method::BackTranslation(_), _, Some(Made::Text(t, n))) => {
+                    let first = *first_bt.entry(r).or_insert(k);
+                    let note = match first == k {
+                        true => n.clone(),
+                        false => Some(format!(
+                            "back-translation is deterministic: the same text as copy {first}"
+                        )),
+                    };
+                    (t.clone(), note)
+                }
+                _ => return Err(Error::Execution("augment_text: a copy was not made".into())),
+            };
+            new_texts.push(Some(t));
+            notes.push(note);
+        }
+        let taken = arrow::compute::take_record_batch(&batch, &UInt32Array::from(take))?;
+        let schema = self.output_schema(&batch.schema())?;
+        let added: Vec<(&str, ArrayRef)> = vec![
+            ("sample_id", Arc::new(StringArray::from(sample_ids))),
+            (
+                self.text_column.as_str(),
+                Arc::new(StringArray::from(new_texts)),
+            ),
+            ("augment", Arc::new(UInt32Array::from(augment))),
+            ("augmentation", Arc::new(StringArray::from(augmentation))),
+            ("augmented_from", Arc::new(StringArray::from(from))),
+            ("augment_note", Arc::new(StringArray::from(notes))),
+        ];
+        batch_with(&taken, &schema, added)
+    }
+
+    fn report(&self) -> Option<String> {
+        let methods: Vec<String> = self
+            .methods
+            .iter()
+            .map(|m| match m {
+                Method::Synonym(_) => "synonym (WordNet)".to_string(),
+                Method::BackTranslation(b) => {
+                    format!("back_translation ({})", b.translator.describe())
+                }
+            })
+            .collect();
+        let copies = match &self.balance {
+            None => format!("{} copies per sample", self.copies),
+            Some((b, per)) => {
+                let mut v: Vec<String> = per.iter().map(|(l, n)| format!("{l}: {n}")).collect();
+                v.sort();
+                format!("copies per `{}` label {{{}}}", b.label_column, v.join(", "))
+            }
+        };
+        Some(format!("augment_text: {}; {copies}", methods.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balance_brings_rare_labels_to_the_target() {
+        let counts: HashMap<String, u64> = [
+            ("a".into(), 100),
+            ("b".into(), 30),
+            ("c".into(), 3),
+            ("d".into(), 1),
+        ]
+        .into();
+        let b = Balance {
+            label_column: "label".into(),
+            target: None,
+            target_ratio: Some(1.0),
+            max_multiplier: 10,
+        };
+        let per = b.copies(&counts);
+        // a: already there; b: 30 * 4 = 120 >= 100; c: capped at 9 copies;
+        // d: capped too.
+        assert_eq!(per["a"], 0);
+        assert_eq!(per["b"], 3);
+        assert_eq!(per["c"], 9);
+        assert_eq!(per["d"], 9);
+        let b = Balance {
+            target: Some(12),
+            target_ratio: None,
+            ..b
+        };
+        let per = b.copies(&counts);
+        assert_eq!((per["a"], per["b"], per["c"], per["d"]), (0, 0, 3, 9));
+        // Each label reaches the target unless capped.
+        for (l, &c) in &counts {
+            let rows = c * (1 + per[l] as u64);
+            assert!(rows >= 12 || per[l] == 9, "{l}: {rows}");
+        }
+    }
+}
