@@ -245,6 +245,48 @@ const TOKENIZE: &str = concat!(
     "/fixtures/text/tokenizer.json\"\n"
 );
 
+#[test]
+fn an_onnx_marian_model_back_translates() {
+    let s = Scratch::new();
+    s.write(
+        "in.jsonl",
+        "{\"text\": \"We read a good book.\"}\n{\"text\": \"the sun and the rain\"}\n",
+    );
+    let model = fixture_path("text_augment/tiny_marian");
+    let pipeline = format!(
+        r#"
+[[inputs]]
+path = "in.jsonl"
+
+[[stages]]
+type = "augment_text"
+
+[stages.back_translation]
+backend = "onnx"
+model = "{model}"
+back_model = "{model}"
+num_beams = 2
+max_new_tokens = 12
+{TOKENIZE}"#
+    );
+    let a = build_in(&s, "a", &pipeline, &["--threads", "1"]);
+    let b = build_in(&s, "b", &pipeline, &["--threads", "3"]);
+    assert_same_dataset(&a, &b);
+    let rows = rows_without_label(&a);
+    // The tiny model copies its input, lower-cased, with the noise in its
+    // weights: each word of a copy is a word of the model's vocabulary.
+    let vocab =
+        std::fs::read_to_string(fixture_path("text_augment/tiny_marian/tokenizer.json")).unwrap();
+    let copies: Vec<&String> = rows.iter().filter(|r| r.1 == 1).map(|r| &r.0).collect();
+    assert_eq!(copies.len(), 2);
+    for c in copies {
+        assert!(!c.is_empty());
+        for w in c.split(' ') {
+            assert!(vocab.contains(&format!("\"{w}\"")), "`{w}` of `{c}`");
+        }
+    }
+}
+
 /// (text, augment) of every row, sorted.
 fn rows_without_label(dir: &std::path::Path) -> Vec<(String, u32)> {
     let mut out = Vec::new();
@@ -292,6 +334,14 @@ fn augmentation_configs_are_refused_naming_key_and_line() {
         (
             "[[stages]]\ntype = \"augment_text\"\n\n[stages.synonym]\naug_p = 1.5\n".into(),
             vec!["stages[0].synonym.aug_p", "line 9"],
+        ),
+        (
+            format!("[[stages]]\ntype = \"augment_text\"\n\n[stages.back_translation]\nbackend = \"onnx\"\nmodel = \"{}\"\n", fixture_path("text_augment/tiny_marian")),
+            vec!["stages[0].back_translation.back_model", "is missing"],
+        ),
+        (
+            "[[stages]]\ntype = \"augment_text\"\n\n[stages.back_translation]\nbackend = \"onnx\"\nmodel = \"fixtures\"\nback_model = \"fixtures\"\n".into(),
+            vec!["stages[0].back_translation.model", "has no encoder_model.onnx", "line 10"],
         ),
         (
             "[[stages]]\ntype = \"augment_text\"\n\n[stages.back_translation]\nbackend = \"command\"\n".into(),

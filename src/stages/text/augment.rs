@@ -27,8 +27,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::seq2seq::{Search, Seq2Seq};
 use super::synonym::{SynonymParams, SynonymReplacer};
-use super::translate::{ProcessTranslator, Translator};
+use super::translate::{Chain, ProcessTranslator, Translator};
 use super::wordnet::WordNet;
 use crate::config::{
     AugmentMethod, AugmentTextConfig, BackTranslationConfig, SynonymConfig, TranslatorBackend,
@@ -345,10 +346,34 @@ fn build_back_translation(
             Box::new(ProcessTranslator::command(argv, timeout).map_err(|e| keyed("command", e))?)
         }
         TranslatorBackend::Onnx => {
-            return Err(keyed(
-                "backend",
-                "the onnx backend is not available in this build".into(),
-            ));
+            let search = Search {
+                beams: b.num_beams,
+                max_new_tokens: b.max_new_tokens,
+                length_penalty: 1.0,
+            };
+            if b.num_beams == 0 {
+                return Err(keyed(
+                    "num_beams",
+                    "num_beams must be at least 1 (1 is greedy)".into(),
+                ));
+            }
+            let mut legs: Vec<Box<dyn Translator>> = Vec::new();
+            for key in ["model", "back_model"] {
+                let dir = match key {
+                    "model" => &b.model,
+                    _ => &b.back_model,
+                };
+                let dir = dir.as_ref().ok_or_else(|| {
+                    keyed(
+                        key,
+                        format!("backend = \"onnx\" needs `model` (into the pivot language) and `back_model` (back): directories of a Marian model exported to ONNX; `{key}` is missing"),
+                    )
+                })?;
+                legs.push(Box::new(
+                    Seq2Seq::open(Path::new(dir), search).map_err(|e| keyed(key, e))?,
+                ));
+            }
+            Box::new(Chain(legs))
         }
     };
     Ok(BackTranslation {

@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod bytelevel;
 pub mod chunk;
+pub mod seq2seq;
 pub mod synonym;
 pub mod tokenize;
 pub mod translate;
