@@ -281,6 +281,29 @@ pub struct SynonymConfig {
     /// A file of more stopwords, one a line.
     #[serde(default)]
     pub stopwords_file: Option<String>,
+    /// Where parts of speech come from: `none` (synonyms of any part of
+    /// speech) or `apertium` (its tagger; nouns take noun synonyms...).
+    #[serde(default)]
+    pub pos: PosTagger,
+    /// `pos = "apertium"`: the mode whose analyser and tagger run
+    /// (`eng-spa` tags English).
+    #[serde(default = "default_tagger_mode")]
+    pub tagger: String,
+    /// `pos = "apertium"`: the data directory holding `modes/`.
+    #[serde(default = "default_apertium_dir")]
+    pub apertium_dir: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PosTagger {
+    #[default]
+    None,
+    Apertium,
+}
+
+fn default_tagger_mode() -> String {
+    "eng-spa".into()
 }
 
 impl Default for SynonymConfig {
@@ -292,6 +315,9 @@ impl Default for SynonymConfig {
             aug_max: default_aug_max(),
             stopwords: Vec::new(),
             stopwords_file: None,
+            pos: PosTagger::None,
+            tagger: default_tagger_mode(),
+            apertium_dir: default_apertium_dir(),
         }
     }
 }

@@ -332,6 +332,10 @@ fn augmentation_configs_are_refused_naming_key_and_line() {
             vec!["stages[0].type", "needs a method"],
         ),
         (
+            "[[stages]]\ntype = \"augment_text\"\n\n[stages.synonym]\npos = \"apertium\"\ntagger = \"eng-xxx\"\n".into(),
+            vec!["stages[0].synonym.tagger", "no `eng-xxx` pair", "line 10"],
+        ),
+        (
             "[[stages]]\ntype = \"augment_text\"\n\n[stages.synonym]\naug_p = 1.5\n".into(),
             vec!["stages[0].synonym.aug_p", "line 9"],
         ),

@@ -29,10 +29,11 @@ use rayon::prelude::*;
 
 use super::seq2seq::{Search, Seq2Seq};
 use super::synonym::{SynonymParams, SynonymReplacer};
-use super::translate::{Chain, ProcessTranslator, Translator};
+use super::translate::{Chain, ProcessTranslator, Translator, Unit, tagged_units};
 use super::wordnet::WordNet;
 use crate::config::{
-    AugmentMethod, AugmentTextConfig, BackTranslationConfig, SynonymConfig, TranslatorBackend,
+    AugmentMethod, AugmentTextConfig, BackTranslationConfig, PosTagger, SynonymConfig,
+    TranslatorBackend,
 };
 use crate::error::{Error, Result};
 use crate::stages::columns::{batch_with, schema_with};
@@ -45,8 +46,18 @@ pub struct BackTranslation {
     pub max_chars: usize,
 }
 
+/// Synonym replacement as the stage runs it.
+pub struct Synonym {
+    pub replacer: SynonymReplacer,
+    /// Apertium's tagger, for parts of speech.
+    pub tagger: Option<Box<dyn Translator>>,
+}
+
+/// Texts a tagger call takes.
+const TAG_BATCH: usize = 64;
+
 pub enum Method {
-    Synonym(Arc<SynonymReplacer>),
+    Synonym(Arc<Synonym>),
     BackTranslation(Arc<BackTranslation>),
 }
 
@@ -281,7 +292,7 @@ pub fn build(cfg: &AugmentTextConfig) -> std::result::Result<AugmentTextStage, K
     ))
 }
 
-fn build_synonym(s: &SynonymConfig) -> std::result::Result<SynonymReplacer, Keyed> {
+fn build_synonym(s: &SynonymConfig) -> std::result::Result<Synonym, Keyed> {
     let keyed = |k: &str, m: String| (format!("synonym.{k}"), m);
     if !(s.aug_p >= 0.0 && s.aug_p <= 1.0) {
         return Err(keyed("aug_p", "aug_p must be from 0 to 1".into()));
@@ -306,15 +317,29 @@ fn build_synonym(s: &SynonymConfig) -> std::result::Result<SynonymReplacer, Keye
             format!("{e} (WordNet 3.0's database files; Debian's wordnet-base installs them in /usr/share/wordnet)"),
         )
     })?;
-    Ok(SynonymReplacer::new(
-        Arc::new(wordnet),
-        SynonymParams {
-            aug_p: s.aug_p,
-            aug_min: s.aug_min,
-            aug_max: (s.aug_max != 0).then_some(s.aug_max),
-            stopwords,
-        },
-    ))
+    let tagger: Option<Box<dyn Translator>> = match s.pos {
+        PosTagger::None => None,
+        PosTagger::Apertium => Some(Box::new(
+            ProcessTranslator::apertium_tagger(
+                Path::new(&s.apertium_dir),
+                &s.tagger,
+                Duration::from_secs(120),
+            )
+            .map_err(|e| keyed("tagger", e))?,
+        )),
+    };
+    Ok(Synonym {
+        replacer: SynonymReplacer::new(
+            Arc::new(wordnet),
+            SynonymParams {
+                aug_p: s.aug_p,
+                aug_min: s.aug_min,
+                aug_max: (s.aug_max != 0).then_some(s.aug_max),
+                stopwords,
+            },
+        ),
+        tagger,
+    })
 }
 
 fn build_back_translation(
@@ -504,6 +529,33 @@ impl Stage for AugmentTextStage {
             }
         }
 
+        // Parts of speech of the texts that get synonym copies.
+        let mut tags: HashMap<usize, std::result::Result<Vec<Unit>, String>> = HashMap::new();
+        if let Some(tagger) = self.methods.iter().find_map(|m| match m {
+            Method::Synonym(s) => s.tagger.as_ref(),
+            _ => None,
+        }) {
+            let mut wanted: Vec<usize> = out_rows
+                .iter()
+                .filter(|&&(_, k)| k > 0 && method_of(k).kind() == AugmentMethod::Synonym)
+                .map(|&(r, _)| r)
+                .collect();
+            wanted.dedup();
+            let texts: Vec<String> = wanted.iter().map(|&r| text(r).to_string()).collect();
+            let chunks: Vec<&[String]> = texts.chunks(TAG_BATCH).collect();
+            let tagged: Vec<std::result::Result<Vec<Unit>, String>> = chunks
+                .into_par_iter()
+                .flat_map_iter(|chunk| match tagger.translate(chunk) {
+                    Ok(lines) => lines
+                        .iter()
+                        .map(|l| Ok(tagged_units(l)))
+                        .collect::<Vec<_>>(),
+                    Err(e) => vec![Err(e); chunk.len()],
+                })
+                .collect();
+            tags.extend(wanted.into_iter().zip(tagged));
+        }
+
         // Synonym copies, in parallel, each from its own generator.
         let seeds: Vec<u64> = out_rows
             .iter()
@@ -522,8 +574,16 @@ impl Stage for AugmentTextStage {
                 match method_of(k) {
                     Method::Synonym(s) => {
                         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                        Some(match s.replace(text(r), &mut rng) {
-                            Ok((t, _)) => Made::Text(t, None),
+                        let (units, tag_note) = match tags.get(&r) {
+                            Some(Ok(u)) => (Some(u.as_slice()), None),
+                            Some(Err(e)) => (
+                                None,
+                                Some(format!("parts of speech unknown (the tagger failed: {e})")),
+                            ),
+                            None => (None, None),
+                        };
+                        Some(match s.replacer.replace(text(r), units, &mut rng) {
+                            Ok((t, _)) => Made::Text(t, tag_note),
                             Err(note) => Made::Text(text(r).into(), Some(note)),
                         })
                     }
@@ -610,7 +670,10 @@ impl Stage for AugmentTextStage {
             .methods
             .iter()
             .map(|m| match m {
-                Method::Synonym(_) => "synonym (WordNet)".to_string(),
+                Method::Synonym(s) => match &s.tagger {
+                    Some(t) => format!("synonym (WordNet, parts of speech from {})", t.describe()),
+                    None => "synonym (WordNet)".to_string(),
+                },
                 Method::BackTranslation(b) => {
                     format!("back_translation ({})", b.translator.describe())
                 }

@@ -5,10 +5,17 @@
 //! and hyphens turned into spaces, lower-cased, then capitalised like the
 //! word it replaces (`Fox` gives `Dodger`, `NASA` an upper-case synonym).
 //!
+//! Part of speech: with Apertium's tagger output for the text, a word tagged
+//! as a noun, lexical verb, adjective or adverb takes synonyms of that part
+//! of speech only; function words, auxiliaries and proper nouns are never
+//! replaced; a word the tagger does not know takes any part of speech, as
+//! every word does without a tagger.
+//!
 //! Unlike nlpaug, only words that have a synonym are drawn, so a sentence
-//! with any replaceable word changes; and the text around the replaced
-//! words (spacing, punctuation) is kept as it was. Every draw comes from the
-//! generator it is given: the same seed gives the same sentence.
+//! with any replaceable word changes; a word's own base forms are not its
+//! synonyms (nlpaug turns `expects` into `expect`); and the text around the
+//! replaced words (spacing, punctuation) is kept as it was. Every draw comes
+//! from the generator it is given: the same seed gives the same sentence.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
@@ -17,6 +24,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use regex::Regex;
 
+use super::translate::Unit;
 use super::wordnet::{Pos, WordNet};
 
 /// A word: letters, with inner apostrophes or hyphens (`don't`, `well-known`).
@@ -62,13 +70,22 @@ impl SynonymReplacer {
 
     /// The synonyms of `word` (any part of speech, or `pos`), in WordNet's
     /// order, repeats kept (a lemma in several synsets is drawn more often,
-    /// as in nlpaug).
+    /// as in nlpaug); never the word or one of its base forms.
     pub fn candidates(&self, word: &str, pos: Option<Pos>) -> Vec<String> {
         let lower = word.to_lowercase();
+        let parts: &[Pos] = match &pos {
+            Some(p) => std::slice::from_ref(p),
+            None => &Pos::ALL,
+        };
+        let bases: Vec<String> = parts
+            .iter()
+            .flat_map(|&p| self.wordnet.morphy(&lower, p))
+            .collect();
         let mut out = Vec::new();
         for (p, offset) in self.wordnet.synsets(&lower, pos) {
             for name in self.wordnet.lemma_names(p, offset) {
-                if name.to_lowercase() == lower {
+                let name_lower = name.to_lowercase();
+                if name_lower == lower || bases.contains(&name_lower) {
                     continue;
                 }
                 out.push(name.replace(['_', '-'], " ").to_lowercase());
@@ -78,10 +95,22 @@ impl SynonymReplacer {
     }
 
     /// `text` with some words replaced by synonyms, and how many; a note
-    /// when nothing could be replaced.
-    pub fn replace(&self, text: &str, rng: &mut impl Rng) -> Result<(String, usize), Note> {
-        let words: Vec<(usize, usize)> =
-            WORD.find_iter(text).map(|m| (m.start(), m.end())).collect();
+    /// when nothing could be replaced. `units` is the tagger's analysis of
+    /// `text`, if there is one.
+    pub fn replace(
+        &self,
+        text: &str,
+        units: Option<&[Unit]>,
+        rng: &mut impl Rng,
+    ) -> Result<(String, usize), Note> {
+        let (words, parts): (Vec<(usize, usize)>, Vec<WordPos>) =
+            match units.and_then(|u| align(text, u)) {
+                Some(aligned) => aligned.into_iter().unzip(),
+                None => WORD
+                    .find_iter(text)
+                    .map(|m| ((m.start(), m.end()), WordPos::Any))
+                    .unzip(),
+            };
         if words.is_empty() {
             return Err("no words to replace".into());
         }
@@ -89,7 +118,7 @@ impl SynonymReplacer {
         let mut eligible: Vec<usize> = (0..words.len())
             .filter(|&i| {
                 let w = &text[words[i].0..words[i].1];
-                !self.params.stopwords.contains(&w.to_lowercase())
+                parts[i] != WordPos::Skip && !self.params.stopwords.contains(&w.to_lowercase())
             })
             .collect();
         eligible.shuffle(rng);
@@ -99,7 +128,11 @@ impl SynonymReplacer {
                 break;
             }
             let word = &text[words[i].0..words[i].1];
-            let candidates = self.candidates(word, None);
+            let pos = match parts[i] {
+                WordPos::Only(p) => Some(p),
+                _ => None,
+            };
+            let candidates = self.candidates(word, pos);
             if candidates.is_empty() {
                 continue;
             }
@@ -121,6 +154,58 @@ impl SynonymReplacer {
         out.push_str(&text[at..]);
         Ok((out, chosen.len()))
     }
+}
+
+/// What a tagged word may be replaced with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum WordPos {
+    /// Untagged or unknown to the tagger: synonyms of any part of speech.
+    Any,
+    Only(Pos),
+    /// A function word, auxiliary or proper noun: kept.
+    Skip,
+}
+
+/// The part of speech of an Apertium tag.
+fn word_pos(tag: Option<&str>) -> WordPos {
+    match tag {
+        None => WordPos::Any,
+        Some("n") => WordPos::Only(Pos::Noun),
+        Some("vblex") => WordPos::Only(Pos::Verb),
+        Some("adj") => WordPos::Only(Pos::Adj),
+        Some("adv" | "preadv") => WordPos::Only(Pos::Adv),
+        Some(_) => WordPos::Skip,
+    }
+}
+
+/// The words of `text` with their parts of speech, from the tagger's
+/// units found in order in the text; `None` when a unit is not where the
+/// text says (the tagger changed it), and the caller does without tags.
+fn align(text: &str, units: &[Unit]) -> Option<Vec<((usize, usize), WordPos)>> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    for u in units {
+        if u.surface.is_empty() {
+            continue;
+        }
+        let start = at + text[at..].find(&u.surface)?;
+        let end = start + u.surface.len();
+        // The skipped text holds no words the tagger left out.
+        if WORD.is_match(&text[at..start]) {
+            return None;
+        }
+        at = end;
+        if WORD
+            .find(&u.surface)
+            .is_some_and(|m| m.start() == 0 && m.end() == u.surface.len())
+        {
+            out.push(((start, end), word_pos(u.tag.as_deref())));
+        }
+    }
+    if WORD.is_match(&text[at..]) {
+        return None;
+    }
+    Some(out)
 }
 
 /// `synonym` (lower case) capitalised like `word`: `Fox` capitalises it,
@@ -170,14 +255,14 @@ mod tests {
         let text = "The quick brown fox jumps over the lazy dog.";
         for seed in 0..50 {
             let (out, n) = r
-                .replace(text, &mut ChaCha8Rng::seed_from_u64(seed))
+                .replace(text, None, &mut ChaCha8Rng::seed_from_u64(seed))
                 .unwrap();
             assert!((1..=3).contains(&n), "ceil(0.3 * 9) = 3 at most: {n}");
             assert_ne!(out, text);
             assert!(out.ends_with('.'), "punctuation kept: {out}");
             // Same seed, same sentence.
             let again = r
-                .replace(text, &mut ChaCha8Rng::seed_from_u64(seed))
+                .replace(text, None, &mut ChaCha8Rng::seed_from_u64(seed))
                 .unwrap();
             assert_eq!(out, again.0);
         }
@@ -201,6 +286,7 @@ mod tests {
             let (out, _) = r
                 .replace(
                     "quick brown fox jumps over lazy dog",
+                    None,
                     &mut ChaCha8Rng::seed_from_u64(seed),
                 )
                 .unwrap();
@@ -215,9 +301,63 @@ mod tests {
     fn nothing_to_replace_is_a_note() {
         let r = replacer(0.3, &[]);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        assert!(r.replace("", &mut rng).is_err());
-        assert!(r.replace("1234 !!!", &mut rng).is_err());
-        assert!(r.replace("日本語のテキスト", &mut rng).is_err());
+        assert!(r.replace("", None, &mut rng).is_err());
+        assert!(r.replace("1234 !!!", None, &mut rng).is_err());
+        assert!(r.replace("日本語のテキスト", None, &mut rng).is_err());
+    }
+
+    #[test]
+    fn base_forms_are_not_synonyms() {
+        let r = replacer(0.3, &[]);
+        let c = r.candidates("expects", None);
+        assert!(!c.is_empty() && !c.iter().any(|s| s == "expect"), "{c:?}");
+    }
+
+    #[test]
+    fn tagged_words_keep_their_part_of_speech() {
+        let r = replacer(1.0, &[]);
+        let text = "The dog runs quickly.";
+        let unit = |s: &str, t: Option<&str>| Unit {
+            surface: s.into(),
+            tag: t.map(str::to_string),
+        };
+        let units = [
+            unit("The", Some("det")),
+            unit("dog", Some("n")),
+            unit("runs", Some("vblex")),
+            unit("quickly", Some("adv")),
+            unit(".", Some("sent")),
+        ];
+        let nouns = r.candidates("dog", Some(Pos::Noun));
+        let verbs = r.candidates("runs", Some(Pos::Verb));
+        let adverbs = r.candidates("quickly", Some(Pos::Adv));
+        for seed in 0..30 {
+            let (out, n) = r
+                .replace(text, Some(&units), &mut ChaCha8Rng::seed_from_u64(seed))
+                .unwrap();
+            assert_eq!(n, 3, "every content word is replaced at aug_p = 1: {out}");
+            assert!(out.starts_with("The "), "a determiner is kept: {out}");
+            let rest = &out[4..out.len() - 1];
+            // Each replacement is a synonym of its own part of speech.
+            assert!(nouns.iter().any(|s| rest.starts_with(s.as_str())), "{out}");
+            let after_noun = nouns
+                .iter()
+                .filter(|s| rest.starts_with(s.as_str()))
+                .map(|s| &rest[s.len() + 1..])
+                .any(|r| {
+                    verbs.iter().any(|v| {
+                        r.starts_with(v.as_str()) && adverbs.iter().any(|a| r[v.len() + 1..] == **a)
+                    })
+                });
+            assert!(after_noun, "{out}");
+        }
+        // Units that are not in the text: no tags are used.
+        let wrong = [unit("cat", Some("n"))];
+        assert!(align(text, &wrong).is_none());
+        assert!(
+            r.replace(text, Some(&wrong), &mut ChaCha8Rng::seed_from_u64(1))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct ProcessTranslator {
     argv: Vec<String>,
     /// Escape Apertium's stream characters in, and drop the escapes out.
     apertium: bool,
+    /// Keep the output as it comes (a tagger's stream format).
+    raw_output: bool,
     description: String,
     timeout: Duration,
     pool: Mutex<Vec<Proc>>,
@@ -96,62 +98,45 @@ impl ProcessTranslator {
     /// Checks that the engine and every mode are installed and translates
     /// one probe sentence, so a missing pair fails before any data is read.
     pub fn apertium(dir: &Path, pairs: &[String], timeout: Duration) -> Result<Self, String> {
-        let mut stages = Vec::new();
-        for pair in pairs {
-            let mode: PathBuf = dir.join("modes").join(format!("{pair}.mode"));
-            if !mode.exists() {
-                let have: Vec<String> = std::fs::read_dir(dir.join("modes"))
-                    .map(|d| {
-                        let mut v: Vec<String> = d
-                            .filter_map(|e| e.ok())
-                            .filter_map(|e| {
-                                e.file_name()
-                                    .to_str()
-                                    .and_then(|n| n.strip_suffix(".mode"))
-                                    .map(str::to_string)
-                            })
-                            .collect();
-                        v.sort();
-                        v
-                    })
-                    .unwrap_or_default();
-                return Err(format!(
-                    "Apertium has no `{pair}` pair: {} does not exist (installed pairs: {}; Debian packages them as apertium-LANG-LANG)",
-                    mode.display(),
-                    if have.is_empty() {
-                        "none".to_string()
-                    } else {
-                        have.join(", ")
-                    }
-                ));
-            }
-            // The mode file with null-flush flags on every program.
-            let out = Command::new("apertium-wblank-mode")
-                .arg("-z")
-                .arg(&mode)
-                .output()
-                .map_err(|e| {
-                    format!("cannot run apertium-wblank-mode ({e}): is Apertium installed (Debian package `apertium`)?")
-                })?;
-            if !out.status.success() {
-                return Err(format!(
-                    "apertium-wblank-mode failed on {}: {}",
-                    mode.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            stages.push(format!(
-                "( {} )",
-                String::from_utf8_lossy(&out.stdout).trim()
-            ));
-        }
+        let stages = pairs
+            .iter()
+            .map(|p| Ok(format!("( {} )", apertium_mode(dir, p)?.join(" | "))))
+            .collect::<Result<Vec<_>, String>>()?;
         // $1: the generator's flag (-n: no unknown-word marks); $2: the
         // tagger's (none).
         let script = format!("set -- -n ''; {}", stages.join(" | "));
         let t = ProcessTranslator {
             argv: vec!["bash".into(), "-c".into(), script],
             apertium: true,
+            raw_output: false,
             description: format!("apertium {}", pairs.join(" | ")),
+            timeout,
+            pool: Mutex::new(Vec::new()),
+        };
+        t.probe()?;
+        Ok(t)
+    }
+
+    /// Apertium's morphological analyser and part-of-speech tagger, the
+    /// first programs of the `pair` mode: each text comes back as Apertium's
+    /// stream of lexical units with their surface forms
+    /// (`^foxes/fox<n><pl>$`), see [`tagged_units`].
+    pub fn apertium_tagger(dir: &Path, pair: &str, timeout: Duration) -> Result<Self, String> {
+        let programs = apertium_mode(dir, pair)?;
+        let Some(tagger) = programs
+            .iter()
+            .position(|p| p.trim_start().starts_with("apertium-tagger"))
+        else {
+            return Err(format!("the `{pair}` mode runs no apertium-tagger"));
+        };
+        let mut chain: Vec<String> = programs[..=tagger].to_vec();
+        // $2 is the tagger's option: -p keeps each unit's surface form.
+        chain[tagger] = chain[tagger].replace("$2", "-p");
+        let t = ProcessTranslator {
+            argv: vec!["bash".into(), "-c".into(), chain.join(" | ")],
+            apertium: true,
+            raw_output: true,
+            description: format!("apertium tagger of {pair}"),
             timeout,
             pool: Mutex::new(Vec::new()),
         };
@@ -168,6 +153,7 @@ impl ProcessTranslator {
             description: argv.join(" "),
             argv,
             apertium: false,
+            raw_output: false,
             timeout,
             pool: Mutex::new(Vec::new()),
         };
@@ -270,9 +256,9 @@ impl ProcessTranslator {
         }
         Ok(lines
             .into_iter()
-            .map(|l| match self.apertium {
-                true => unescape(l.trim()),
-                false => l.trim().to_string(),
+            .map(|l| match (self.apertium, self.raw_output) {
+                (true, false) => unescape(l.trim()),
+                _ => l.trim().to_string(),
             })
             .collect())
     }
@@ -361,6 +347,110 @@ impl Drop for ProcessTranslator {
     }
 }
 
+/// The programs of Apertium's `pair` mode in `dir`, each with null-flush
+/// on; an error naming the installed pairs when there is no such mode.
+fn apertium_mode(dir: &Path, pair: &str) -> Result<Vec<String>, String> {
+    let mode: PathBuf = dir.join("modes").join(format!("{pair}.mode"));
+    if !mode.exists() {
+        let mut have: Vec<String> = std::fs::read_dir(dir.join("modes"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".mode"))
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        have.sort();
+        return Err(format!(
+            "Apertium has no `{pair}` pair: {} does not exist (installed pairs: {}; Debian packages them as apertium-LANG-LANG)",
+            mode.display(),
+            if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            }
+        ));
+    }
+    // The mode file with null-flush flags on every program.
+    let out = Command::new("apertium-wblank-mode")
+        .arg("-z")
+        .arg(&mode)
+        .output()
+        .map_err(|e| {
+            format!("cannot run apertium-wblank-mode ({e}): is Apertium installed (Debian package `apertium`)?")
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "apertium-wblank-mode failed on {}: {}",
+            mode.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(" | ")
+        .map(str::to_string)
+        .collect())
+}
+
+/// One lexical unit of a tagger's output: its surface form (escapes
+/// removed) and the first tag of its analysis (`n`, `vblex`, `adj`...),
+/// `None` for a word the analyser does not know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    pub surface: String,
+    pub tag: Option<String>,
+}
+
+/// The lexical units of one line of `apertium-tagger -p` output
+/// (`^foxes/fox<n><pl>$ ^zebra/*zebra$`).
+pub fn tagged_units(line: &str) -> Vec<Unit> {
+    let mut units = Vec::new();
+    let mut chars = line.chars();
+    // Outside a unit: skip to the next unescaped `^`.
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '^' => {
+                let (mut surface, mut analysis) = (String::new(), String::new());
+                let mut in_analysis = false;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some(n) = chars.next() {
+                                match in_analysis {
+                                    true => analysis.push(n),
+                                    false => surface.push(n),
+                                }
+                            }
+                        }
+                        '$' => break,
+                        '/' if !in_analysis => in_analysis = true,
+                        c if in_analysis => analysis.push(c),
+                        c => surface.push(c),
+                    }
+                }
+                let tag = match analysis.starts_with('*') {
+                    true => None,
+                    false => analysis
+                        .split_once('<')
+                        .and_then(|(_, t)| t.split_once('>'))
+                        .map(|(t, _)| t.to_string()),
+                };
+                units.push(Unit { surface, tag });
+            }
+            _ => {}
+        }
+    }
+    units
+}
+
 /// Apertium's output with its escapes removed.
 fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -443,6 +533,52 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.contains("cannot start `/nonexistent/translator`"), "{e}");
+    }
+
+    #[test]
+    fn tagger_units_have_surface_and_first_tag() {
+        let u = tagged_units(
+            r"^The/The<det><def><sp>$ ^foxes/fox<n><pl>$ ^zebra/*zebra$^\[x/\[x<n>$ ^in front of/in front of<pr>$^./.<sent>$",
+        );
+        let pairs: Vec<(&str, Option<&str>)> = u
+            .iter()
+            .map(|u| (u.surface.as_str(), u.tag.as_deref()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("The", Some("det")),
+                ("foxes", Some("n")),
+                ("zebra", None),
+                ("[x", Some("n")),
+                ("in front of", Some("pr")),
+                (".", Some("sent")),
+            ]
+        );
+        let t = ProcessTranslator::apertium_tagger(
+            Path::new("/usr/share/apertium"),
+            "eng-spa",
+            Duration::from_secs(30),
+        )
+        .expect("Apertium with apertium-eng-spa (scripts/setup.sh installs them)");
+        let out = t
+            .translate(&["The foxes were running [quickly].".into()])
+            .unwrap();
+        let tags: Vec<Option<String>> = tagged_units(&out[0]).into_iter().map(|u| u.tag).collect();
+        let tags: Vec<Option<&str>> = tags.iter().map(|t| t.as_deref()).collect();
+        assert_eq!(
+            tags,
+            [
+                Some("det"),
+                Some("n"),
+                Some("vbser"),
+                Some("vblex"),
+                Some("lpar"),
+                Some("adv"),
+                Some("rpar"),
+                Some("sent")
+            ]
+        );
     }
 
     #[test]
