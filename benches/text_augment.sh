@@ -8,7 +8,8 @@
 #    `augment_text` + `tokenize`; the reference: nlpaug's SynonymAug in a
 #    multiprocessing pool over all cores, tokenizers' encode_batch, pyarrow.
 #    Prints the ratio, then the row counts of both.
-#    Then kiln with parts of speech from Apertium's tagger, alone.
+#    Then kiln with parts of speech from Apertium's tagger, alone, and
+#    kiln's peak memory on 1x and 4x the sentences.
 # 2. Back-translation throughput through Apertium (eng -> spa -> eng):
 #    kiln's `augment_text` with back_translation on the first M sentences,
 #    in words/s, beside the `apertium` command on the same text.
@@ -97,6 +98,14 @@ echo "== kiln's synonym replacement with parts of speech from Apertium's tagger 
 rm -rf "$DATA/kiln-synonym-pos"
 k=$($PY benches/peak_rss.py $KILN run "$DATA/synonym_pos.toml" -q | awk '/WALL/ {print $2}')
 $PY -c "n, k = $N, $k; print(f'kiln with pos = apertium: {k:.2f}s ({n / k:.0f} sentences/s)')"
+
+echo "== kiln peak memory, synonym job on 1x and 4x the sentences"
+$PY benches/gen_sentences.py --n $((N * 4)) --out "$DATA/sentences4x.jsonl"
+sed -e "s|sentences.jsonl|sentences4x.jsonl|" -e "s|kiln-synonym|kiln-synonym4x|" "$DATA/synonym.toml" > "$DATA/synonym4x.toml"
+for x in synonym synonym4x; do
+    rm -rf "$DATA/kiln-$x"
+    $PY benches/peak_rss.py $KILN run "$DATA/$x.toml" -q 2>/dev/null | tr '\n' ' ' | sed "s/^/$x: /"; echo
+done
 
 echo "== back-translation through Apertium (eng -> spa -> eng), $M sentences"
 words=$(cut -d'"' -f4 "$DATA/sentences_bt.jsonl" | wc -w)

@@ -78,6 +78,7 @@ pub fn inspect(dir: &Path, samples: usize) -> Result<String> {
     let mut lengths: BTreeMap<u32, u64> = BTreeMap::new();
     let mut shown = Vec::new();
     let mut schema_text = String::new();
+    let mut augmented: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     for s in &manifest.shards {
         let (schema, batches) = read_shard(&dir.join(&s.file), manifest.format)?;
         if schema_text.is_empty() {
@@ -97,6 +98,23 @@ pub fn inspect(dir: &Path, samples: usize) -> Result<String> {
             if let Some(len) = batch.column_by_name("length") {
                 for &l in len.as_primitive::<UInt32Type>().values() {
                     *lengths.entry(l).or_default() += 1;
+                }
+            }
+            // augment_text's copies by method, and those with a note.
+            if let (Some(how), Some(note)) = (
+                batch
+                    .column_by_name("augmentation")
+                    .and_then(|c| c.as_string_opt::<i32>()),
+                batch
+                    .column_by_name("augment_note")
+                    .and_then(|c| c.as_string_opt::<i32>()),
+            ) {
+                for (h, n) in how.iter().zip(note.iter()) {
+                    if let Some(h) = h {
+                        let e = augmented.entry(h.to_string()).or_default();
+                        e.0 += 1;
+                        e.1 += n.is_some() as u64;
+                    }
                 }
             }
             for row in 0..batch.num_rows() {
@@ -133,6 +151,13 @@ pub fn inspect(dir: &Path, samples: usize) -> Result<String> {
             lengths.keys().last().unwrap_or(&0)
         )
         .ok();
+    }
+    if !augmented.is_empty() {
+        let parts: Vec<String> = augmented
+            .iter()
+            .map(|(h, (n, noted))| format!("{h} {n} ({noted} with an augment_note)"))
+            .collect();
+        writeln!(out, "augmented copies  {}", parts.join(", ")).ok();
     }
     if !t.rejected_by.is_empty() {
         writeln!(out, "rejected ({})", manifest.rejects_file).ok();
@@ -337,8 +362,22 @@ fn describe_row(
         text.push_str("...");
     }
     let head: Vec<String> = ids.iter().take(12).map(|i| i.to_string()).collect();
+    let string_of = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .and_then(|c| (!arrow::array::Array::is_null(c, row)).then(|| c.value(row).to_string()))
+    };
+    // augment_text's provenance.
+    let made = match (string_of("augmentation"), string_of("augmented_from")) {
+        (Some(how), Some(from)) => {
+            let note = string_of("augment_note").map_or(String::new(), |n| format!(" ({n})"));
+            format!("\n    {how} copy of {from}{note}")
+        }
+        _ => String::new(),
+    };
     format!(
-        "  {id} [window {window}] {} tokens: [{}{}]\n    {text:?}",
+        "  {id} [window {window}] {} tokens: [{}{}]\n    {text:?}{made}",
         ids.len(),
         head.join(", "),
         if ids.len() > 12 { ", ..." } else { "" }

@@ -17,8 +17,9 @@
 //! replaced words (spacing, punctuation) is kept as it was. Every draw comes
 //! from the generator it is given: the same seed gives the same sentence.
 
-use std::collections::HashSet;
-use std::sync::{Arc, LazyLock};
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -44,14 +45,45 @@ pub struct SynonymParams {
 pub struct SynonymReplacer {
     wordnet: Arc<WordNet>,
     params: SynonymParams,
+    /// Synonyms by (lower-cased word, part of speech), in shards so that
+    /// threads rarely wait on each other; a shard is emptied when full.
+    cache: Vec<Mutex<CacheShard>>,
 }
+
+/// Synonyms by (lower-cased word, part of speech).
+type CacheShard = HashMap<(String, Option<Pos>), Arc<Vec<String>>>;
+
+const CACHE_SHARDS: usize = 64;
+const CACHE_SHARD_ENTRIES: usize = 4096;
 
 /// Where the text came out unchanged, and why.
 pub type Note = String;
 
 impl SynonymReplacer {
     pub fn new(wordnet: Arc<WordNet>, params: SynonymParams) -> Self {
-        SynonymReplacer { wordnet, params }
+        SynonymReplacer {
+            wordnet,
+            params,
+            cache: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// [`Self::candidates`], remembered.
+    fn cached(&self, word: &str, pos: Option<Pos>) -> Arc<Vec<String>> {
+        let key = (word.to_lowercase(), pos);
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        let shard = &self.cache[h.finish() as usize % CACHE_SHARDS];
+        if let Some(c) = shard.lock().expect("not poisoned").get(&key) {
+            return c.clone();
+        }
+        let c = Arc::new(self.candidates(&key.0, pos));
+        let mut map = shard.lock().expect("not poisoned");
+        if map.len() >= CACHE_SHARD_ENTRIES {
+            map.clear();
+        }
+        map.insert(key, c.clone());
+        c
     }
 
     /// How many words of `n` to replace.
@@ -132,7 +164,7 @@ impl SynonymReplacer {
                 WordPos::Only(p) => Some(p),
                 _ => None,
             };
-            let candidates = self.candidates(word, pos);
+            let candidates = self.cached(word, pos);
             if candidates.is_empty() {
                 continue;
             }
