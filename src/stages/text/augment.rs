@@ -56,6 +56,7 @@ pub struct Synonym {
 /// Texts a tagger call takes.
 const TAG_BATCH: usize = 64;
 
+#[derive(Clone)]
 pub enum Method {
     Synonym(Arc<Synonym>),
     BackTranslation(Arc<BackTranslation>),
@@ -144,14 +145,7 @@ impl AugmentTextStage {
     pub fn with_counts(&self, counts: &HashMap<String, u64>) -> AugmentTextStage {
         AugmentTextStage {
             text_column: self.text_column.clone(),
-            methods: self
-                .methods
-                .iter()
-                .map(|m| match m {
-                    Method::Synonym(s) => Method::Synonym(s.clone()),
-                    Method::BackTranslation(b) => Method::BackTranslation(b.clone()),
-                })
-                .collect(),
+            methods: self.methods.clone(),
             copies: self.copies,
             balance: self
                 .balance
@@ -166,23 +160,23 @@ impl AugmentTextStage {
             Some((_, per)) => label.and_then(|l| per.get(l)).copied().unwrap_or(0),
         }
     }
+}
 
-    /// Back-translations of `texts` (index into them), chunked and run in
-    /// parallel; `Err` for the texts of a failed chunk.
-    fn back_translate(
-        bt: &BackTranslation,
-        texts: &[&str],
-    ) -> Vec<std::result::Result<String, String>> {
-        let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
-        let chunks: Vec<&[String]> = owned.chunks(bt.batch_size.max(1)).collect();
-        chunks
-            .into_par_iter()
-            .flat_map_iter(|chunk| match bt.translator.translate(chunk) {
-                Ok(out) => out.into_iter().map(Ok).collect::<Vec<_>>(),
-                Err(e) => vec![Err(e); chunk.len()],
-            })
-            .collect()
-    }
+/// `translator` over `texts` in chunks of `size`, the chunks in parallel;
+/// each text's result, or its chunk's error.
+fn in_chunks(
+    translator: &dyn Translator,
+    texts: &[String],
+    size: usize,
+) -> Vec<std::result::Result<String, String>> {
+    let chunks: Vec<&[String]> = texts.chunks(size.max(1)).collect();
+    chunks
+        .into_par_iter()
+        .flat_map_iter(|chunk| match translator.translate(chunk) {
+            Ok(out) => out.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e); chunk.len()],
+        })
+        .collect()
 }
 
 /// A config error: the key under the stage and the message.
@@ -216,12 +210,9 @@ pub fn build(cfg: &AugmentTextConfig) -> std::result::Result<AugmentTextStage, K
     };
     let mut methods = Vec::new();
     for kind in &kinds {
-        if methods.iter().any(|m: &Method| m.kind() == *kind) {
-            methods.push(match methods.iter().find(|m: &&Method| m.kind() == *kind) {
-                Some(Method::Synonym(s)) => Method::Synonym(s.clone()),
-                Some(Method::BackTranslation(b)) => Method::BackTranslation(b.clone()),
-                None => unreachable!("found above"),
-            });
+        // A method listed twice is built once.
+        if let Some(m) = methods.iter().find(|m: &&Method| m.kind() == *kind) {
+            methods.push(m.clone());
             continue;
         }
         methods.push(match kind {
@@ -475,6 +466,16 @@ impl Stage for AugmentTextStage {
             out_rows.extend((0..=n).map(|k| (r, k)));
         }
         let method_of = |k: u32| &self.methods[(k as usize - 1) % self.methods.len()];
+        // The rows with a copy made by `kind`, each once.
+        let rows_for = |kind: AugmentMethod| {
+            let mut rows: Vec<usize> = out_rows
+                .iter()
+                .filter(|&&(_, k)| k > 0 && method_of(k).kind() == kind)
+                .map(|&(r, _)| r)
+                .collect();
+            rows.dedup();
+            rows
+        };
         let copy_id = |r: usize, k: u32| format!("{}#aug{k}", ids.value(r));
 
         // Back-translations, once per sample that has a back-translated copy.
@@ -483,12 +484,7 @@ impl Stage for AugmentTextStage {
             Method::BackTranslation(b) => Some(b),
             _ => None,
         }) {
-            let mut wanted: Vec<usize> = out_rows
-                .iter()
-                .filter(|&&(_, k)| k > 0 && method_of(k).kind() == AugmentMethod::BackTranslation)
-                .map(|&(r, _)| r)
-                .collect();
-            wanted.dedup();
+            let wanted = rows_for(AugmentMethod::BackTranslation);
             let mut send: Vec<usize> = Vec::new();
             for r in wanted {
                 let t = text(r);
@@ -510,8 +506,8 @@ impl Stage for AugmentTextStage {
                     send.push(r);
                 }
             }
-            let inputs: Vec<&str> = send.iter().map(|&r| text(r)).collect();
-            let results = Self::back_translate(bt, &inputs);
+            let inputs: Vec<String> = send.iter().map(|&r| text(r).to_string()).collect();
+            let results = in_chunks(bt.translator.as_ref(), &inputs, bt.batch_size);
             for (r, res) in send.into_iter().zip(results) {
                 let made = match res {
                     Ok(t) if t.trim().is_empty() => Made::Text(
@@ -535,25 +531,14 @@ impl Stage for AugmentTextStage {
             Method::Synonym(s) => s.tagger.as_ref(),
             _ => None,
         }) {
-            let mut wanted: Vec<usize> = out_rows
-                .iter()
-                .filter(|&&(_, k)| k > 0 && method_of(k).kind() == AugmentMethod::Synonym)
-                .map(|&(r, _)| r)
-                .collect();
-            wanted.dedup();
+            let wanted = rows_for(AugmentMethod::Synonym);
             let texts: Vec<String> = wanted.iter().map(|&r| text(r).to_string()).collect();
-            let chunks: Vec<&[String]> = texts.chunks(TAG_BATCH).collect();
-            let tagged: Vec<std::result::Result<Vec<Unit>, String>> = chunks
-                .into_par_iter()
-                .flat_map_iter(|chunk| match tagger.translate(chunk) {
-                    Ok(lines) => lines
-                        .iter()
-                        .map(|l| Ok(tagged_units(l)))
-                        .collect::<Vec<_>>(),
-                    Err(e) => vec![Err(e); chunk.len()],
-                })
-                .collect();
-            tags.extend(wanted.into_iter().zip(tagged));
+            let tagged = in_chunks(tagger.as_ref(), &texts, TAG_BATCH);
+            tags.extend(
+                wanted
+                    .into_iter()
+                    .zip(tagged.into_iter().map(|t| t.map(|l| tagged_units(&l)))),
+            );
         }
 
         // Synonym copies, in parallel, each from its own generator.
