@@ -7,7 +7,7 @@
 //!     source reader --batches--> [sql] --> stages ---------------------> shard writer
 //!          |                        \__________ rejects __________/        |
 //!          +--> rejects (bad UTF-8, bad JSON, over the limits, ...)        |
-//!     text stages:  tokenize --> [chunk]
+//!     text stages:  [augment_text] --> tokenize --> [chunk]
 //!     image stages: decode_image --> resize_image --> [image_features] --> [mix]
 //!                   --> encode_image | to_tensor   (plus tokenize for captions)
 //!     task marker (shards, rows, sha256, counts) written last <------------+
@@ -34,5 +34,6 @@ pub mod schema;
 pub mod sinks;
 pub mod sources;
 pub mod stages;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,397 @@
+//! The training loader: a kiln dataset's Arrow shards streamed in batches,
+//! in an order that is a function of (seed, epoch) alone, split across
+//! data-parallel ranks, and resumable at any batch.
+//!
+//! Shards stay in the IPC stream format `datasets.load_from_disk` reads;
+//! [`Dataset::open`] indexes each one (the offset and length of every
+//! record-batch message, from the message headers alone), so that a shard
+//! is read by seeking, never by decoding what comes before.
+//!
+//! The order of an epoch:
+//! * the shards are permuted by a generator seeded from (seed, epoch);
+//! * the permuted shards are taken `group_shards` at a time, and the rows of
+//!   a group are permuted by a generator seeded from (seed, epoch, group):
+//!   memory holds one group, whatever the dataset's size;
+//! * the `q`-th row of the epoch's order goes to rank `q % world`, so every
+//!   row is seen once per epoch across the ranks;
+//! * a rank's rows are cut into batches of `batch_size` (the last batch of
+//!   an epoch may be smaller).
+//!
+//! A [`Position`] (epoch, rows this rank has taken in it) is the loader's
+//! whole state: [`Loader::seek`] to a saved position yields exactly the
+//! batches an uninterrupted run would have, whatever threads or machine.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::buffer::Buffer;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::{FileDecoder, StreamReader};
+use arrow::ipc::{Block, MessageHeader, MetadataVersion};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::OutputFormat;
+use crate::engine::commit::Manifest;
+use crate::error::{Error, IoContext, Result};
+
+/// One record-batch message of a shard.
+#[derive(Debug, Clone)]
+struct Message {
+    offset: u64,
+    meta_len: i32,
+    body_len: i64,
+    rows: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Shard {
+    pub path: PathBuf,
+    pub rows: u64,
+    version: MetadataVersion,
+    messages: Vec<Message>,
+}
+
+/// A kiln dataset opened for training.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub dir: PathBuf,
+    pub schema: SchemaRef,
+    pub shards: Vec<Shard>,
+    pub rows: u64,
+}
+
+const CONTINUATION: [u8; 4] = [0xff; 4];
+
+/// The record-batch messages of an IPC stream, from their headers.
+fn index_stream(path: &Path) -> Result<(Vec<Message>, MetadataVersion)> {
+    let mut f = File::open(path).at("open", path)?;
+    let len = f.metadata().at("stat", path)?.len();
+    let mut messages = Vec::new();
+    let mut version = MetadataVersion::V5;
+    let mut pos = 0u64;
+    let bad = |why: &str| Error::Execution(format!("{}: {why}", path.display()));
+    while pos + 4 <= len {
+        let mut word = [0u8; 4];
+        f.read_exact(&mut word).at("read", path)?;
+        let (prefix, meta) = if word == CONTINUATION {
+            f.read_exact(&mut word).at("read", path)?;
+            (8u64, i32::from_le_bytes(word))
+        } else {
+            (4u64, i32::from_le_bytes(word))
+        };
+        if meta == 0 {
+            break; // end-of-stream marker
+        }
+        if meta < 0 || pos + prefix + meta as u64 > len {
+            return Err(bad("not an Arrow IPC stream (a message runs past the end)"));
+        }
+        let mut buf = vec![0u8; meta as usize];
+        f.read_exact(&mut buf).at("read", path)?;
+        let message = arrow::ipc::root_as_message(&buf)
+            .map_err(|e| bad(&format!("not an Arrow IPC stream: {e}")))?;
+        let body = message.bodyLength();
+        if body < 0 || pos + prefix + meta as u64 + body as u64 > len {
+            return Err(bad("truncated: a message body runs past the end"));
+        }
+        match message.header_type() {
+            MessageHeader::Schema => version = message.version(),
+            MessageHeader::RecordBatch => {
+                let rows = message
+                    .header_as_record_batch()
+                    .map(|b| b.length() as u64)
+                    .ok_or_else(|| bad("a record batch message without its header"))?;
+                messages.push(Message {
+                    offset: pos,
+                    meta_len: (prefix + meta as u64) as i32,
+                    body_len: body,
+                    rows,
+                });
+            }
+            MessageHeader::DictionaryBatch => {
+                return Err(bad(
+                    "dictionary-encoded columns are not read by the trainer",
+                ));
+            }
+            _ => {}
+        }
+        pos += prefix + meta as u64 + body as u64;
+        f.seek(SeekFrom::Start(pos)).at("seek", path)?;
+    }
+    Ok((messages, version))
+}
+
+impl Dataset {
+    /// Open the dataset `kiln run` wrote in `dir` (Arrow shards), from its
+    /// manifest.
+    pub fn open(dir: &Path) -> Result<Dataset> {
+        let manifest = Manifest::read(dir)?.ok_or_else(|| {
+            Error::Config(format!(
+                "{} has no manifest.json: not a finished kiln dataset (run `kiln run` to the end, or `kiln commit`)",
+                dir.display()
+            ))
+        })?;
+        if manifest.format != OutputFormat::Arrow {
+            return Err(Error::Config(format!(
+                "{} holds Parquet shards; the trainer reads Arrow shards (output.format = \"arrow\")",
+                dir.display()
+            )));
+        }
+        let mut shards = Vec::new();
+        let mut schema: Option<SchemaRef> = None;
+        for s in &manifest.shards {
+            let path = dir.join(&s.file);
+            if schema.is_none() {
+                let f = File::open(&path).at("open", &path)?;
+                schema = Some(StreamReader::try_new(f, None)?.schema());
+            }
+            let (messages, version) = index_stream(&path)?;
+            let rows: u64 = messages.iter().map(|m| m.rows).sum();
+            if rows != s.rows {
+                return Err(Error::Config(format!(
+                    "{}: {rows} rows, the manifest says {}",
+                    path.display(),
+                    s.rows
+                )));
+            }
+            shards.push(Shard {
+                path,
+                rows,
+                version,
+                messages,
+            });
+        }
+        let schema =
+            schema.ok_or_else(|| Error::Config(format!("{} has no shards", dir.display())))?;
+        let rows = shards.iter().map(|s| s.rows).sum();
+        Ok(Dataset {
+            dir: dir.to_path_buf(),
+            schema,
+            shards,
+            rows,
+        })
+    }
+
+    /// Shard `i` whole, its columns `projection` (indices into the schema;
+    /// all when `None`), as one batch.
+    pub fn read_shard(&self, i: usize, projection: Option<&[usize]>) -> Result<RecordBatch> {
+        let shard = &self.shards[i];
+        let mut decoder = FileDecoder::new(self.schema.clone(), shard.version);
+        if let Some(p) = projection {
+            decoder = decoder.with_projection(p.to_vec());
+        }
+        let mut f = File::open(&shard.path).at("open", &shard.path)?;
+        let mut batches = Vec::with_capacity(shard.messages.len());
+        for m in &shard.messages {
+            let mut buf = vec![0u8; m.meta_len as usize + m.body_len as usize];
+            f.seek(SeekFrom::Start(m.offset)).at("seek", &shard.path)?;
+            f.read_exact(&mut buf).at("read", &shard.path)?;
+            let block = Block::new(m.offset as i64, m.meta_len, m.body_len);
+            if let Some(b) = decoder.read_record_batch(&block, &Buffer::from(buf))? {
+                batches.push(b);
+            }
+        }
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        Ok(arrow::compute::concat_batches(&schema, &batches)?)
+    }
+}
+
+/// Where a loader is: the epoch, and the rows this rank has taken in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    pub seed: u64,
+    pub batch_size: usize,
+    /// Shards whose rows are shuffled together (memory holds this many).
+    pub group_shards: usize,
+    pub rank: usize,
+    pub world: usize,
+    /// The columns to read; all when `None`.
+    pub columns: Option<Vec<String>>,
+}
+
+/// A generator for one shuffle, from (seed, epoch, what, index).
+fn rng(seed: u64, epoch: u64, what: &str, index: u64) -> ChaCha8Rng {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [seed.to_le_bytes(), epoch.to_le_bytes(), index.to_le_bytes()] {
+        h.update(&part);
+    }
+    h.update(what.as_bytes());
+    let d = h.finish();
+    ChaCha8Rng::from_seed(d.as_ref()[..32].try_into().expect("32 bytes"))
+}
+
+/// The loaded group: its rows (permuted order) and data.
+struct Group {
+    index: usize,
+    /// Row of `data` for each position of the group's permuted order.
+    order: Vec<u32>,
+    data: RecordBatch,
+}
+
+pub struct Loader {
+    dataset: Arc<Dataset>,
+    cfg: LoaderConfig,
+    projection: Option<Vec<usize>>,
+    position: Position,
+    group: Option<Group>,
+}
+
+impl Loader {
+    pub fn new(dataset: Arc<Dataset>, cfg: LoaderConfig) -> Result<Loader> {
+        if cfg.batch_size == 0 || cfg.world == 0 || cfg.rank >= cfg.world {
+            return Err(Error::Config(format!(
+                "loader: batch_size {} and rank {} of world {} do not make a loader",
+                cfg.batch_size, cfg.rank, cfg.world
+            )));
+        }
+        let projection = match &cfg.columns {
+            None => None,
+            Some(cols) => Some(
+                cols.iter()
+                    .map(|c| {
+                        dataset.schema.index_of(c).map_err(|_| {
+                            Error::Config(format!(
+                                "the dataset {} has no column `{c}`",
+                                dataset.dir.display()
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        Ok(Loader {
+            dataset,
+            cfg,
+            projection,
+            position: Position::default(),
+            group: None,
+        })
+    }
+
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// Continue from `position` (a saved one): the next batch is the one an
+    /// uninterrupted run would have had there.
+    pub fn seek(&mut self, position: Position) {
+        self.position = position;
+        self.group = None;
+    }
+
+    /// The groups of an epoch: shard indices, permuted, `group_shards` at a
+    /// time.
+    fn groups(&self, epoch: u64) -> Vec<Vec<usize>> {
+        let mut shards: Vec<usize> = (0..self.dataset.shards.len()).collect();
+        shards.shuffle(&mut rng(self.cfg.seed, epoch, "shards", 0));
+        shards
+            .chunks(self.cfg.group_shards.max(1))
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    /// Rows of a group of `n` rows starting at global position `first` that
+    /// go to this rank.
+    fn rank_rows(&self, first: u64, n: u64) -> u64 {
+        let (w, r) = (self.cfg.world as u64, self.cfg.rank as u64);
+        // Positions q in [first, first + n) with q % w == r.
+        let count_below = |q: u64| q / w + (q % w > r) as u64;
+        count_below(first + n) - count_below(first)
+    }
+
+    /// The group holding this rank's next row in the epoch: its index,
+    /// the global position of its first row, and this rank's rows before it.
+    fn locate(&self, groups: &[Vec<usize>]) -> Option<(usize, u64, u64)> {
+        let mut first = 0u64;
+        let mut before = 0u64;
+        for (g, shards) in groups.iter().enumerate() {
+            let n: u64 = shards.iter().map(|&s| self.dataset.shards[s].rows).sum();
+            let mine = self.rank_rows(first, n);
+            if self.position.rows < before + mine {
+                return Some((g, first, before));
+            }
+            first += n;
+            before += mine;
+        }
+        None
+    }
+
+    /// The next batch of this rank (`batch_size` rows, fewer only at the
+    /// end of an epoch), or `None` once the epoch is over: the loader then
+    /// stands at the start of the next one.
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let epoch = self.position.epoch;
+        let groups = self.groups(epoch);
+        let (w, r) = (self.cfg.world as u64, self.cfg.rank as u64);
+        let mut parts = Vec::new();
+        let mut need = self.cfg.batch_size;
+        while need > 0 {
+            let Some((g, first, before)) = self.locate(&groups) else {
+                break;
+            };
+            if self.group.as_ref().is_none_or(|x| x.index != g) {
+                self.group = Some(self.load_group(epoch, g, &groups[g])?);
+            }
+            let group = self.group.as_ref().expect("loaded");
+            // This rank's positions in the group: start, start + w, ...
+            let start = (r + w - first % w) % w;
+            let mut local = start + (self.position.rows - before) * w;
+            let mut take = Vec::with_capacity(need);
+            while take.len() < need && (local as usize) < group.order.len() {
+                take.push(group.order[local as usize]);
+                local += w;
+            }
+            need -= take.len();
+            self.position.rows += take.len() as u64;
+            parts.push(arrow::compute::take_record_batch(
+                &group.data,
+                &UInt32Array::from(take),
+            )?);
+        }
+        if parts.is_empty() {
+            self.position = Position {
+                epoch: epoch + 1,
+                rows: 0,
+            };
+            self.group = None;
+            return Ok(None);
+        }
+        Ok(Some(arrow::compute::concat_batches(
+            &parts[0].schema(),
+            &parts,
+        )?))
+    }
+
+    fn load_group(&self, epoch: u64, g: usize, shards: &[usize]) -> Result<Group> {
+        let parts = shards
+            .iter()
+            .map(|&s| self.dataset.read_shard(s, self.projection.as_deref()))
+            .collect::<Result<Vec<_>>>()?;
+        let schema = match &self.projection {
+            Some(p) => Arc::new(self.dataset.schema.project(p)?),
+            None => self.dataset.schema.clone(),
+        };
+        let data = arrow::compute::concat_batches(&schema, &parts)?;
+        let mut order: Vec<u32> = (0..data.num_rows() as u32).collect();
+        order.shuffle(&mut rng(self.cfg.seed, epoch, "rows", g as u64));
+        Ok(Group {
+            index: g,
+            order,
+            data,
+        })
+    }
+}
