@@ -16,7 +16,9 @@ use crate::config::{
 };
 use crate::error::Result;
 use crate::schema::{self, KindSchema};
-use crate::sources::media::{Media, MediaSpec, folder_classes, media_record_schema, walk_media};
+use crate::sources::media::{
+    AlsoFile, Media, MediaSpec, folder_classes, media_record_schema, walk_media,
+};
 use crate::sources::{self, InputSpec, ReadOptions};
 use crate::stages::Stage;
 use crate::stages::audio::decode::DecodeAudioStage;
@@ -70,6 +72,8 @@ pub struct Pipeline {
     pub classes: Vec<String>,
     /// What the records carry besides text: images or audio.
     pub media: Option<Media>,
+    /// Multimodal records: the second file each carries (audio).
+    pub also: Option<Media>,
     built: Vec<BuiltStage>,
     /// A decode not followed by a resize keeps full-size pixels: image
     /// batches are then cut by the pixels their headers claim.
@@ -105,7 +109,7 @@ impl Pipeline {
         // Folders and tar shards are audio when an audio stage reads them.
         let audio_stages = config.stages.iter().any(StageConfig::is_audio);
         // The media of the pipeline, and the input that decided it.
-        let mut pipeline_media: Option<(Option<Media>, usize)> = None;
+        let mut pipeline_media: Option<(Option<Media>, Option<Media>, usize)> = None;
         let (mut has_label, mut has_caption) = (false, false);
         let mut classes: Option<(Vec<String>, usize)> = None;
         for (i, input) in config.inputs.iter().enumerate() {
@@ -138,13 +142,17 @@ impl Pipeline {
                     );
                 }
             }
-            if input.image_column.is_some() && input.audio_column.is_some() {
+            // A row may name an image and an audio file (multimodal
+            // records): the image is the record's first file.
+            let both = input.image_column.is_some() && input.audio_column.is_some();
+            if both && input.image_column == input.audio_column {
                 return Err(source.error(
                     &key("audio_column"),
-                    "a table input names one media column: image_column or audio_column",
+                    "image_column and audio_column name the same column",
                 ));
             }
             let file_column = input.image_column.clone().or(input.audio_column.clone());
+            let also_column = both.then(|| input.audio_column.clone()).flatten();
             for (k, set) in [
                 ("caption_column", input.caption_column.is_some()),
                 ("label_column", input.label_column.is_some()),
@@ -181,20 +189,24 @@ impl Pipeline {
                 _ if input.audio_column.is_some() => Some(Media::Audio),
                 _ => None,
             };
+            let also = also_column.as_ref().map(|_| Media::Audio);
             match pipeline_media {
-                Some((other, j)) if other != media => {
-                    let name = |m: Option<Media>| m.map_or("text", Media::name);
+                Some((other, other_also, j)) if (other, other_also) != (media, also) => {
+                    let name = |m: Option<Media>, a: Option<Media>| match a {
+                        Some(_) => "image and audio",
+                        None => m.map_or("text", Media::name),
+                    };
                     return Err(source.error(
                         &key("path"),
                         format!(
                             "this input is {} and inputs[{j}] is {}: a pipeline reads one kind of input (text, images or audio)",
-                            name(media),
-                            name(other)
+                            name(media, also),
+                            name(other, other_also)
                         ),
                     ));
                 }
                 Some(_) => {}
-                None => pipeline_media = Some((media, i)),
+                None => pipeline_media = Some((media, also, i)),
             }
             // Table columns are read beside the reader's own ones.
             let own = |c: &Option<String>| {
@@ -226,6 +238,8 @@ impl Pipeline {
                         c.as_str(),
                         "sample_id" | "source" | "position" | "path" | "label" | "text"
                     ) || Some(c) == file_column.as_ref()
+                        || Some(c) == also_column.as_ref()
+                        || also.is_some_and(|m| *c == format!("{}_path", m.name()))
                         || Some(c) == input.caption_column.as_ref()
                         || Some(c) == input.label_column.as_ref()
                 } else {
@@ -304,12 +318,13 @@ impl Pipeline {
                     || format == InputFormat::Tar
                     || input.label_column.is_some();
                 has_caption |= format == InputFormat::Tar || input.caption_column.is_some();
+                let table_dir = Path::new(files.first().map(String::as_str).unwrap_or("."))
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
                 let root = match input.image_root.as_ref().or(input.audio_root.as_ref()) {
                     Some(r) => PathBuf::from(r),
-                    None => Path::new(files.first().map(String::as_str).unwrap_or("."))
-                        .parent()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_default(),
+                    None => table_dir.clone(),
                 };
                 spec.media = Some(MediaSpec {
                     media,
@@ -319,12 +334,18 @@ impl Pipeline {
                     caption_column: input.caption_column.clone(),
                     label_column: input.label_column.clone(),
                     classes: Arc::new(Vec::new()),
+                    also: also_column.map(|column| AlsoFile {
+                        media: Media::Audio,
+                        column,
+                        root: input.audio_root.as_ref().map_or(table_dir, PathBuf::from),
+                    }),
                 });
             }
             inputs.push(ResolvedInput { spec, files });
         }
-        let media = pipeline_media.and_then(|(m, _)| m);
-        if audio_stages && media != Some(Media::Audio) {
+        let media = pipeline_media.and_then(|(m, _, _)| m);
+        let also = pipeline_media.and_then(|(_, a, _)| a);
+        if audio_stages && media != Some(Media::Audio) && also != Some(Media::Audio) {
             let i = config
                 .stages
                 .iter()
@@ -343,13 +364,14 @@ impl Pipeline {
             }
         }
         let kind: &'static KindSchema = match media {
+            Some(_) if also.is_some() => &schema::MULTIMODAL,
             Some(Media::Image) => &schema::IMAGE,
             Some(Media::Audio) => &schema::AUDIO,
             None => &schema::TEXT,
         };
         let record_schema = match media {
             Some(m) => {
-                let s = media_record_schema(m, &columns, has_label, has_caption);
+                let s = media_record_schema(m, also, &columns, has_label, has_caption);
                 with_class_names(&s, &classes)
             }
             None => sources::record_schema(&columns),
@@ -519,6 +541,7 @@ impl Pipeline {
             kind,
             classes,
             media,
+            also,
             built: built_stages,
             keeps_full_pixels,
             config,
@@ -588,6 +611,8 @@ impl Pipeline {
             limits: self.config.limits.clone(),
             batch_rows: self.config.plan.batch_rows.max(1),
             decoded_budget: match self.media {
+                // Multimodal: the audio's claims and the images', together.
+                Some(_) if self.also.is_some() => Some(AUDIO_BUDGET),
                 Some(Media::Image) => self.keeps_full_pixels.then_some(PIXEL_BUDGET),
                 Some(Media::Audio) => Some(AUDIO_BUDGET),
                 None => None,

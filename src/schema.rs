@@ -44,6 +44,11 @@ pub static AUDIO: LazyLock<KindSchema> = LazyLock::new(|| {
         .expect("schemas/audio.json is valid")
 });
 
+pub static MULTIMODAL: LazyLock<KindSchema> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("../schemas/multimodal.json"))
+        .expect("schemas/multimodal.json is valid")
+});
+
 /// Field metadata key naming the `datasets` feature a struct column is
 /// (`Image` or `Audio`, whose Arrow types are the same).
 pub const HF_FEATURE: &str = "kiln.hf_feature";

@@ -93,6 +93,25 @@ pub struct MediaSpec {
     pub label_column: Option<String>,
     /// The dataset's class names, in id order.
     pub classes: Arc<Vec<String>>,
+    /// Tables naming an image and an audio file a row: the audio file.
+    pub also: Option<AlsoFile>,
+}
+
+/// A second media file each table row names (multimodal records: the
+/// image is the record's first file, the audio file this one).
+#[derive(Debug, Clone)]
+pub struct AlsoFile {
+    pub media: Media,
+    pub column: String,
+    /// The folder relative paths start from.
+    pub root: PathBuf,
+}
+
+impl AlsoFile {
+    /// The column holding its path in the records (`audio_path`).
+    pub fn path_column(&self) -> String {
+        format!("{}_path", self.media.name())
+    }
 }
 
 /// Columns the table readers fill themselves, which a table's own columns
@@ -143,7 +162,8 @@ impl MediaSpec {
         let caption = (!self.caption_is_text())
             .then(|| self.caption_column.clone())
             .flatten();
-        for c in [path, caption, self.label_column.clone()]
+        let also = self.also.as_ref().map(|a| a.column.clone());
+        for c in [path, caption, self.label_column.clone(), also]
             .into_iter()
             .flatten()
         {
@@ -177,8 +197,15 @@ impl MediaSpec {
 }
 
 /// The media record schema. `label` and `text` are there when some input
-/// provides them.
-pub fn media_record_schema(media: Media, columns: &[String], label: bool, text: bool) -> SchemaRef {
+/// provides them; a second file's path and bytes (`audio_path`, `_audio`)
+/// when the records are multimodal.
+pub fn media_record_schema(
+    media: Media,
+    also: Option<Media>,
+    columns: &[String],
+    label: bool,
+    text: bool,
+) -> SchemaRef {
     let mut fields = vec![
         Field::new("sample_id", DataType::Utf8, false),
         Field::new("source", DataType::Utf8, false),
@@ -186,6 +213,14 @@ pub fn media_record_schema(media: Media, columns: &[String], label: bool, text: 
         Field::new("path", DataType::Utf8, false),
         Field::new(media.bytes_column(), DataType::Binary, false),
     ];
+    if let Some(m) = also {
+        fields.push(Field::new(
+            format!("{}_path", m.name()),
+            DataType::Utf8,
+            false,
+        ));
+        fields.push(Field::new(m.bytes_column(), DataType::Binary, false));
+    }
     if label {
         fields.push(Field::new("label", DataType::Int64, true));
     }
@@ -257,6 +292,33 @@ fn file_too_large(size: u64, max: u64) -> Rejection {
     )
 }
 
+/// What a file's header says it decodes to, in bytes. Only the header is
+/// read; a claim over the limits is rejected at decoding, so it counts as
+/// the limit.
+fn claimed_bytes(media: Media, data: &[u8], limits: &Limits, resample_to: Option<u32>) -> u64 {
+    match media {
+        Media::Image => {
+            let header = || {
+                image::ImageReader::new(std::io::Cursor::new(data))
+                    .with_guessed_format()
+                    .ok()
+                    .and_then(|i| i.into_dimensions().ok())
+            };
+            // Hostile bytes are the decoder's to reject, not the reader's.
+            let claimed = std::panic::catch_unwind(header)
+                .ok()
+                .flatten()
+                .map_or(0, |(w, h)| {
+                    (w as u64 * h as u64).min(limits.max_image_pixels)
+                });
+            claimed * 3
+        }
+        Media::Audio => {
+            crate::stages::audio::decode::claimed_bytes(data, limits.max_audio_seconds, resample_to)
+        }
+    }
+}
+
 /// Builds batches in the media record schema.
 struct MediaRecordBuilder {
     schema: SchemaRef,
@@ -265,6 +327,8 @@ struct MediaRecordBuilder {
     position: UInt64Builder,
     path: StringBuilder,
     bytes_column: BinaryBuilder,
+    /// The second file's path and bytes (multimodal records).
+    also: Option<(Media, StringBuilder, BinaryBuilder)>,
     label: Option<Int64Builder>,
     text: Option<StringBuilder>,
     /// Extra columns by name, in schema order.
@@ -291,6 +355,8 @@ struct Record<'a> {
     data: &'a [u8],
     label: Option<i64>,
     text: Option<&'a str>,
+    /// The second file's path and bytes (multimodal records).
+    also: Option<(&'a str, &'a [u8])>,
     /// Values of the extra columns, in the builder's order (see
     /// [`MediaRecordBuilder::extra_names`]); missing ones are null.
     extras: &'a [Option<&'a str>],
@@ -305,11 +371,21 @@ impl MediaRecordBuilder {
         let text = schema
             .column_with_name("text")
             .map(|_| StringBuilder::new());
+        let also = [Media::Image, Media::Audio]
+            .into_iter()
+            .find(|m| *m != media && schema.column_with_name(m.bytes_column()).is_some())
+            .map(|m| (m, StringBuilder::new(), BinaryBuilder::new()));
+        let own = |name: &str| {
+            matches!(name, "label" | "text")
+                || also.as_ref().is_some_and(|(m, _, _)| {
+                    name == m.bytes_column() || name == format!("{}_path", m.name())
+                })
+        };
         let extras = schema
             .fields()
             .iter()
             .skip(5)
-            .filter(|f| !matches!(f.name().as_str(), "label" | "text"))
+            .filter(|f| !own(f.name()))
             .map(|f| (f.name().clone(), StringBuilder::new()))
             .collect();
         MediaRecordBuilder {
@@ -319,6 +395,7 @@ impl MediaRecordBuilder {
             position: UInt64Builder::new(),
             path: StringBuilder::new(),
             bytes_column: BinaryBuilder::new(),
+            also,
             label,
             text,
             extras,
@@ -338,6 +415,17 @@ impl MediaRecordBuilder {
         self.position.append_value(r.position);
         self.path.append_value(r.path);
         self.bytes_column.append_value(r.data);
+        let mut also_claim = 0;
+        if let Some((m, path, bytes)) = &mut self.also {
+            let (p, data) = r.also.unwrap_or_default();
+            path.append_value(p);
+            bytes.append_value(data);
+            self.bytes += data.len();
+            if self.decoded_budget.is_some() {
+                also_claim = claimed_bytes(*m, data, &self.limits, self.resample_to);
+            }
+        }
+        self.decoded_bytes += also_claim;
         if let Some(b) = &mut self.label {
             b.append_option(r.label);
         }
@@ -354,33 +442,8 @@ impl MediaRecordBuilder {
         }
     }
 
-    /// What a file's header says it decodes to, in bytes. Only the header
-    /// is read; a claim over the limits is rejected at decoding, so it
-    /// counts as the limit.
     fn claimed_bytes(&self, data: &[u8]) -> u64 {
-        match self.media {
-            Media::Image => {
-                let header = || {
-                    image::ImageReader::new(std::io::Cursor::new(data))
-                        .with_guessed_format()
-                        .ok()
-                        .and_then(|i| i.into_dimensions().ok())
-                };
-                // Hostile bytes are the decoder's to reject, not the reader's.
-                let claimed = std::panic::catch_unwind(header)
-                    .ok()
-                    .flatten()
-                    .map_or(0, |(w, h)| {
-                        (w as u64 * h as u64).min(self.limits.max_image_pixels)
-                    });
-                claimed * 3
-            }
-            Media::Audio => crate::stages::audio::decode::claimed_bytes(
-                data,
-                self.limits.max_audio_seconds,
-                self.resample_to,
-            ),
-        }
+        claimed_bytes(self.media, data, &self.limits, self.resample_to)
     }
 
     /// The extra columns, in the order [`Record::extras`] gives them.
@@ -405,6 +468,10 @@ impl MediaRecordBuilder {
             Arc::new(self.path.finish()),
             Arc::new(self.bytes_column.finish()),
         ];
+        if let Some((_, path, bytes)) = &mut self.also {
+            columns.push(Arc::new(path.finish()));
+            columns.push(Arc::new(bytes.finish()));
+        }
         if let Some(b) = &mut self.label {
             columns.push(Arc::new(b.finish()));
         }
@@ -490,6 +557,7 @@ impl MediaFileReader {
                 data: &bytes,
                 label,
                 text: None,
+                also: None,
                 extras: &[],
             }),
             Err((kind, msg)) => rejects.push(fail(kind, msg))?,
@@ -673,6 +741,7 @@ impl TarReader {
             data: bytes,
             label,
             text,
+            also: None,
             extras: &extras,
         });
         Ok(())
@@ -904,6 +973,38 @@ impl TableMediaReader {
                 ));
             }
         };
+        // The second file of a multimodal row: both are read, or the row is
+        // rejected with the reason of the one that failed.
+        let mut also: Option<(String, Vec<u8>)> = None;
+        if let Some(a) = &self.spec.also {
+            let file = string(&a.column).unwrap_or_default();
+            let full = match Path::new(file).is_absolute() {
+                true => PathBuf::from(file),
+                false => a.root.join(file),
+            };
+            let path = full.to_string_lossy().into_owned();
+            let read = match (self.captions_only, file.is_empty()) {
+                (true, _) => Ok(Vec::new()),
+                (false, true) => Err((
+                    "missing_file",
+                    format!("the row names no file in `{}`", a.column),
+                )),
+                (false, false) => read_limited(&full, self.limits.max_file_bytes),
+            };
+            match read {
+                Ok(b) => also = Some((path, b)),
+                Err((kind, msg)) => {
+                    return rejects.push(reject(
+                        a.media.read_stage(),
+                        id,
+                        source,
+                        position,
+                        kind,
+                        format!("{path}: {msg}"),
+                    ));
+                }
+            }
+        }
         let extras: Vec<Option<&str>> = self.builder.extra_names().map(string).collect();
         self.builder.push(Record {
             sample_id: id,
@@ -913,6 +1014,7 @@ impl TableMediaReader {
             data: &bytes,
             label,
             text,
+            also: also.as_ref().map(|(p, b)| (p.as_str(), b.as_slice())),
             extras: &extras,
         });
         Ok(())
@@ -974,6 +1076,7 @@ mod tests {
             caption_column: None,
             label_column: None,
             classes: Arc::new(vec!["bird".into(), "cat".into()]),
+            also: None,
         };
         assert_eq!(spec.class_id("cat"), Ok(1));
         assert_eq!(spec.class_id("0"), Ok(0));
