@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
 use common::*;
-use kiln::train::loader::{Dataset, Loader, LoaderConfig, Position};
+use kiln::train::loader::{Dataset, Loader, LoaderConfig, Position, Prefetcher};
 
 /// The text fixtures (120 documents) tokenized, 7 rows a shard.
 fn dataset(s: &Scratch, format: &str) -> std::path::PathBuf {
@@ -167,6 +167,29 @@ fn a_saved_position_resumes_to_the_same_batches() {
             assert_eq!(got, all, "world {world} rank {rank}, resumed after {k}");
         }
     }
+}
+
+#[test]
+fn a_prefetching_loader_gives_the_same_batches_and_positions() {
+    let s = Scratch::new();
+    let ds = Arc::new(Dataset::open(&dataset(&s, "arrow")).unwrap());
+    let mut direct = loader(&ds, 6, 1, 2);
+    let mut ahead = Prefetcher::new(loader(&ds, 6, 1, 2), 3);
+    // Two epochs and a bit, the end-of-epoch `None`s included.
+    for _ in 0..30 {
+        let a = direct.next_batch().unwrap().map(|b| ids(&b));
+        let b = ahead.next_batch().unwrap().map(|b| ids(&b));
+        assert_eq!(a, b);
+        assert_eq!(direct.position(), ahead.position());
+    }
+    // Started from a saved position, it continues from there.
+    let mut resumed = loader(&ds, 6, 1, 2);
+    resumed.seek(direct.position());
+    let mut ahead = Prefetcher::new(resumed, 2);
+    assert_eq!(
+        ahead.next_batch().unwrap().map(|b| ids(&b)),
+        direct.next_batch().unwrap().map(|b| ids(&b))
+    );
 }
 
 #[test]

@@ -395,3 +395,49 @@ impl Loader {
         })
     }
 }
+
+/// A [`Loader`] running ahead on its own thread, `depth` batches at most:
+/// reading and decoding overlap the training step. The batches and
+/// positions are the loader's own, in the same order.
+pub struct Prefetcher {
+    rx: std::sync::mpsc::Receiver<Result<(Option<RecordBatch>, Position)>>,
+    position: Position,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Prefetcher {
+    pub fn new(mut loader: Loader, depth: usize) -> Prefetcher {
+        let position = loader.position();
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+        let thread = std::thread::spawn(move || {
+            loop {
+                let next = loader.next_batch().map(|b| (b, loader.position()));
+                let failed = next.is_err();
+                // The receiver is gone: training stopped.
+                if tx.send(next).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Prefetcher {
+            rx,
+            position,
+            _thread: thread,
+        }
+    }
+
+    /// As [`Loader::next_batch`].
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let (batch, position) = self
+            .rx
+            .recv()
+            .map_err(|_| Error::Execution("the loader thread stopped".into()))??;
+        self.position = position;
+        Ok(batch)
+    }
+
+    /// The position after the last batch taken (what a checkpoint saves).
+    pub fn position(&self) -> Position {
+        self.position
+    }
+}
