@@ -67,6 +67,25 @@ enum Command {
         #[arg(long)]
         output: Option<String>,
     },
+    /// Train the bundled fusion model on a dataset `kiln run` wrote.
+    Train {
+        /// The training file (data, model, optimiser, checkpoints, output).
+        file: PathBuf,
+        /// The dataset directory, instead of the file's `data.path`.
+        #[arg(long)]
+        data: Option<String>,
+        /// Where checkpoints and metrics go, instead of `output.path`.
+        #[arg(long)]
+        output: Option<String>,
+        /// Continue from the newest checkpoint in this output directory.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// auto | cpu | cuda, instead of `output.device`.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Describe a dataset: schema, shards, row counts, token lengths, samples.
     Inspect {
         dataset: PathBuf,
@@ -214,6 +233,49 @@ fn run(command: Command) -> kiln::Result<u8> {
             println!("output schema:");
             for f in p.dataset_schema.fields() {
                 println!("  {}: {}", f.name(), f.data_type());
+            }
+            Ok(0)
+        }
+        Command::Train {
+            file,
+            data,
+            output,
+            resume,
+            device,
+            quiet,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| kiln::Error::Config(format!("cannot read {}: {e}", file.display())))?;
+            let mut cfg: kiln::train::run::TrainFile = toml::from_str(&text).map_err(|e| {
+                kiln::Error::Config(format!("invalid training file {}: {e}", file.display()))
+            })?;
+            if let Some(d) = data {
+                cfg.data.path = d;
+            }
+            if let Some(o) = output.or_else(|| resume.as_ref().map(|r| r.display().to_string())) {
+                cfg.output.path = o;
+            }
+            if let Some(d) = device {
+                cfg.output.device = match d.as_str() {
+                    "auto" => kiln::train::run::TrainDevice::Auto,
+                    "cpu" => kiln::train::run::TrainDevice::Cpu,
+                    "cuda" => kiln::train::run::TrainDevice::Cuda,
+                    other => {
+                        return Err(kiln::Error::Config(format!(
+                            "--device {other}: auto, cpu or cuda"
+                        )));
+                    }
+                };
+            }
+            let s = kiln::train::run::train(&cfg, resume.as_deref(), quiet)?;
+            if !quiet {
+                eprintln!(
+                    "kiln: trained {} steps on {}; validation accuracy {}; checkpoints and metrics.jsonl in {}",
+                    s.steps,
+                    s.device,
+                    s.accuracy.map_or("n/a".into(), |a| format!("{a:.3}")),
+                    s.output.display()
+                );
             }
             Ok(0)
         }

@@ -1,0 +1,112 @@
+//! The fusion model: token embeddings for the text, the image feature
+//! vector and the log-mel frames projected into the same width, the text
+//! attending to the image and audio tokens (cross-attention), a masked mean
+//! over the text, and a classification head. Without text the image and
+//! audio tokens are pooled; without image and audio the text attends to
+//! itself.
+//!
+//! burn is the library: one binary trains on CPU (NdArray) and, where the
+//! CUDA backend is compiled in, on an NVIDIA GPU; its CUDA build needs no
+//! CUDA at build time (see DESIGN.md). Tensor math is burn's, not ours.
+
+use burn::module::Module;
+use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor};
+
+/// The sizes the model is built with: from the dataset and the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Dims {
+    /// Token ids are below this (0 for no text).
+    pub vocab: usize,
+    /// Longest text, in tokens.
+    pub max_tokens: usize,
+    /// Image feature length (0 for no image).
+    pub image: usize,
+    /// Mel bands (0 for no audio).
+    pub mels: usize,
+    pub classes: usize,
+    pub d_model: usize,
+    pub heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Fusion<B: Backend> {
+    tokens: Option<Embedding<B>>,
+    positions: Option<Embedding<B>>,
+    image: Option<Linear<B>>,
+    audio: Option<Linear<B>>,
+    attention: MultiHeadAttention<B>,
+    norm: LayerNorm<B>,
+    head: Linear<B>,
+}
+
+/// One batch as tensors.
+pub struct Inputs<B: Backend> {
+    /// `[batch, tokens]` ids and the padding mask (true where padded).
+    pub text: Option<(Tensor<B, 2, Int>, Tensor<B, 2, Bool>)>,
+    /// `[batch, features]`.
+    pub image: Option<Tensor<B, 2>>,
+    /// `[batch, frames, mels]`.
+    pub audio: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> Fusion<B> {
+    pub fn new(d: &Dims, device: &B::Device) -> Self {
+        let text = d.vocab > 0;
+        Fusion {
+            tokens: text.then(|| EmbeddingConfig::new(d.vocab, d.d_model).init(device)),
+            positions: text.then(|| EmbeddingConfig::new(d.max_tokens, d.d_model).init(device)),
+            image: (d.image > 0).then(|| LinearConfig::new(d.image, d.d_model).init(device)),
+            audio: (d.mels > 0).then(|| LinearConfig::new(d.mels, d.d_model).init(device)),
+            attention: MultiHeadAttentionConfig::new(d.d_model, d.heads)
+                .with_dropout(0.0)
+                .init(device),
+            norm: LayerNormConfig::new(d.d_model).init(device),
+            head: LinearConfig::new(d.d_model, d.classes).init(device),
+        }
+    }
+
+    /// Class logits, `[batch, classes]`.
+    pub fn forward(&self, x: Inputs<B>) -> Tensor<B, 2> {
+        // The image and audio tokens, `[batch, n, d]`.
+        let mut memory: Vec<Tensor<B, 3>> = Vec::new();
+        if let (Some(proj), Some(features)) = (&self.image, x.image) {
+            memory.push(proj.forward(features).unsqueeze_dim(1));
+        }
+        if let (Some(proj), Some(frames)) = (&self.audio, x.audio) {
+            memory.push(proj.forward(frames));
+        }
+        let memory = (!memory.is_empty()).then(|| Tensor::cat(memory, 1));
+        match (&self.tokens, &self.positions, x.text) {
+            (Some(tokens), Some(positions), Some((ids, pad))) => {
+                let [batch, len] = ids.dims();
+                let device = ids.device();
+                let at = Tensor::<B, 1, Int>::arange(0..len as i64, &device)
+                    .unsqueeze_dim::<2>(0)
+                    .repeat_dim(0, batch);
+                let text = tokens.forward(ids) + positions.forward(at);
+                let attended = match memory {
+                    Some(m) => self
+                        .attention
+                        .forward(MhaInput::new(text.clone(), m.clone(), m)),
+                    None => self
+                        .attention
+                        .forward(MhaInput::self_attn(text.clone()).mask_pad(pad.clone())),
+                };
+                let h = self.norm.forward(text + attended.context);
+                // Mean over the tokens that are not padding.
+                let keep = pad.bool_not().float().unsqueeze_dim::<3>(2);
+                let count = keep.clone().sum_dim(1).clamp_min(1.0);
+                let pooled = (h * keep).sum_dim(1) / count;
+                self.head.forward(pooled.squeeze_dim::<2>(1))
+            }
+            _ => {
+                let m = memory.expect("the trainer checks the model has an input");
+                let h = self.norm.forward(m);
+                self.head.forward(h.mean_dim(1).squeeze_dim::<2>(1))
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! `kiln train` on a dataset kiln built: a separable text classification
+//! task learned well above chance; a run stopped at a checkpoint and
+//! resumed ends with the same weights as one never stopped; two
+//! micro-batches of b make the same update as one batch of 2b; datasets and
+//! checkpoints that do not fit are refused before training.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// 400 sentences of two topics with disjoint words, tokenized with the
+/// fixture tokenizer; `label` is the topic's name.
+fn topics(s: &Scratch) -> PathBuf {
+    let sport = [
+        "goal", "match", "team", "player", "score", "coach", "ball", "league", "win", "referee",
+    ];
+    let kitchen = [
+        "bread", "oven", "salt", "butter", "recipe", "flour", "soup", "pan", "sugar", "knife",
+    ];
+    let mut lines = String::new();
+    let mut x: u64 = 7;
+    let mut next = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) as usize
+    };
+    for i in 0..400 {
+        let (words, label) = match i % 2 {
+            0 => (&sport, "sport"),
+            _ => (&kitchen, "kitchen"),
+        };
+        let n = 5 + next() % 6;
+        let text: Vec<&str> = (0..n).map(|_| words[next() % words.len()]).collect();
+        lines.push_str(&format!(
+            "{{\"text\": \"{}\", \"label\": \"{label}\"}}\n",
+            text.join(" ")
+        ));
+    }
+    s.write("topics.jsonl", lines);
+    let pipeline = format!(
+        "[[inputs]]\npath = \"{}\"\ncolumns = [\"label\"]\n\n[[stages]]\ntype = \"tokenize\"\ntokenizer = \"{}\"\n\n[output]\npath = \"{}\"\nmax_shard_rows = 50\n",
+        s.path("topics.jsonl").display(),
+        fixture_path("text/tokenizer.json"),
+        s.path("topics").display()
+    );
+    let p = s.write("topics.toml", pipeline);
+    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
+    s.path("topics")
+}
+
+fn train_file(s: &Scratch, name: &str, data: &Path, optim: &str) -> PathBuf {
+    s.write(
+        &format!("{name}.toml"),
+        format!(
+            "seed = 3\n\n[data]\npath = \"{}\"\nvalidation = 0.2\nmax_tokens = 16\n\n[model]\nd_model = 32\nheads = 4\n\n[optim]\n{optim}\n\n[checkpoint]\nevery = 10\nkeep = 2\n\n[output]\npath = \"{}\"\n",
+            data.display(),
+            s.path(name).display()
+        ),
+    )
+}
+
+fn train(s: &Scratch, file: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["train", file.to_str().unwrap(), "-q"];
+    args.extend_from_slice(extra);
+    s.kiln(&args)
+}
+
+/// The f32 tensors of a safetensors file, by name.
+fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out = BTreeMap::new();
+    for (name, t) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        assert_eq!(t["dtype"], "F32", "{name}");
+        let [a, b] = [
+            t["data_offsets"][0].as_u64().unwrap() as usize,
+            t["data_offsets"][1].as_u64().unwrap() as usize,
+        ];
+        let v = data[a..b]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        out.insert(name.clone(), v);
+    }
+    out
+}
+
+fn last_checkpoint(dir: &Path) -> PathBuf {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("step-")
+        })
+        .collect();
+    all.sort();
+    all.pop().unwrap()
+}
+
+#[test]
+fn a_separable_task_is_learned_well_above_chance() {
+    let s = Scratch::new();
+    let data = topics(&s);
+    let f = train_file(
+        &s,
+        "run",
+        &data,
+        "max_steps = 150\nbatch_size = 16\nlr = 0.003\nwarmup_steps = 10\nclip_norm = 1.0",
+    );
+    let o = train(&s, &f, &[]);
+    assert_ok(&o);
+    let metrics = std::fs::read_to_string(s.path("run/metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("loss").is_some()).collect();
+    assert_eq!(steps.len(), 150);
+    let accuracy = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.get("val_accuracy").and_then(|a| a.as_f64()))
+        .unwrap();
+    assert!(
+        accuracy >= 0.9,
+        "validation accuracy {accuracy} (chance is 0.5)"
+    );
+    let first = steps[0]["loss"].as_f64().unwrap();
+    let last = steps[149]["loss"].as_f64().unwrap();
+    assert!(last < first / 2.0, "loss fell: {first} -> {last}");
+    // The warmup and the cosine in the log.
+    assert!((steps[0]["lr"].as_f64().unwrap() - 0.0003).abs() < 1e-12);
+    assert!(steps[149]["lr"].as_f64().unwrap() < 1e-6);
+    // Two checkpoints kept, each with its weights.
+    let kept: Vec<_> = std::fs::read_dir(s.path("run/checkpoints"))
+        .unwrap()
+        .collect();
+    assert_eq!(kept.len(), 2);
+    assert!(
+        last_checkpoint(&s.path("run"))
+            .join("model.safetensors")
+            .exists()
+    );
+}
+
+#[test]
+fn a_stopped_run_resumed_ends_with_the_same_weights() {
+    let s = Scratch::new();
+    let data = topics(&s);
+    let optim = "max_steps = 40\nbatch_size = 8\nlr = 0.003\nwarmup_steps = 5";
+    let whole = train_file(&s, "whole", &data, optim);
+    assert_ok(&train(&s, &whole, &[]));
+    // Stopped after step 20 (mid-epoch: 320 training rows are 40 batches),
+    // then resumed to the end.
+    let parts = train_file(&s, "parts", &data, &format!("{optim}\nstop_after = 20"));
+    assert_ok(&train(&s, &parts, &[]));
+    assert!(last_checkpoint(&s.path("parts")).ends_with("step-00000020"));
+    let rest = train_file(&s, "rest", &data, optim);
+    let o = train(&s, &rest, &["--resume", s.path("parts").to_str().unwrap()]);
+    assert_ok(&o);
+    let a = last_checkpoint(&s.path("whole"));
+    let b = last_checkpoint(&s.path("parts"));
+    assert!(a.ends_with("step-00000040") && b.ends_with("step-00000040"));
+    assert_eq!(
+        tensors(&a.join("model.safetensors")),
+        tensors(&b.join("model.safetensors")),
+        "the final weights are the same"
+    );
+}
+
+#[test]
+fn two_micro_batches_make_the_update_of_one_batch_of_twice_the_size() {
+    let s = Scratch::new();
+    let data = topics(&s);
+    let one = train_file(
+        &s,
+        "one",
+        &data,
+        "max_steps = 5\nbatch_size = 16\nlr = 0.01",
+    );
+    let two = train_file(
+        &s,
+        "two",
+        &data,
+        "max_steps = 5\nbatch_size = 8\ngrad_accum = 2\nlr = 0.01",
+    );
+    assert_ok(&train(&s, &one, &[]));
+    assert_ok(&train(&s, &two, &[]));
+    let a = tensors(&last_checkpoint(&s.path("one")).join("model.safetensors"));
+    let b = tensors(&last_checkpoint(&s.path("two")).join("model.safetensors"));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, x) in &a {
+        for (u, v) in x.iter().zip(&b[name]) {
+            assert!(
+                (u - v).abs() <= 1e-4 * (1.0 + u.abs()),
+                "{name}: {u} vs {v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn what_does_not_fit_is_refused_before_training() {
+    let s = Scratch::new();
+    let data = topics(&s);
+    // A vocabulary smaller than the ids the dataset holds.
+    let f = s.write(
+        "small.toml",
+        format!(
+            "[data]\npath = \"{}\"\nvocab_size = 10\n\n[output]\npath = \"{}\"\n",
+            data.display(),
+            s.path("small").display()
+        ),
+    );
+    let o = train(&s, &f, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("vocab_size = 10"), "{}", stderr(&o));
+    // A dataset without labels.
+    let images = s.path("nolabel");
+    let p = s.write(
+        "nolabel.toml",
+        format!(
+            "[[inputs]]\npath = \"{}/*.jsonl\"\n\n[[stages]]\ntype = \"tokenize\"\ntokenizer = \"{}\"\n\n[output]\npath = \"{}\"\n",
+            fixture_path("text"),
+            fixture_path("text/tokenizer.json"),
+            images.display()
+        ),
+    );
+    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
+    let f = s.write(
+        "nl.toml",
+        format!(
+            "[data]\npath = \"{}\"\n\n[output]\npath = \"{}\"\n",
+            images.display(),
+            s.path("nl").display()
+        ),
+    );
+    let o = train(&s, &f, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no `label` column"), "{}", stderr(&o));
+    // A checkpoint of another model.
+    let a = train_file(&s, "a", &data, "max_steps = 2\nbatch_size = 8");
+    assert_ok(&train(&s, &a, &[]));
+    let b = s.write(
+        "b.toml",
+        format!(
+            "[data]\npath = \"{}\"\nmax_tokens = 16\n\n[model]\nd_model = 16\nheads = 2\n\n[optim]\nmax_steps = 4\n\n[output]\npath = \"{}\"\n",
+            data.display(),
+            s.path("a").display()
+        ),
+    );
+    let o = train(&s, &b, &["--resume", s.path("a").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("another model"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_example_trains_on_the_multimodal_example() {
+    let out = tempfile::tempdir().unwrap();
+    let data = out.path().join("multimodal");
+    run_example("multimodal.toml", &data, "2");
+    let o = kiln()
+        .current_dir(root())
+        .args(["train", "pipelines/train.toml", "-q", "--data"])
+        .arg(&data)
+        .arg("--output")
+        .arg(out.path().join("train"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let metrics = std::fs::read_to_string(out.path().join("train/metrics.jsonl")).unwrap();
+    assert!(metrics.lines().any(|l| l.contains("val_accuracy")));
+    assert!(
+        last_checkpoint(&out.path().join("train"))
+            .join("model.safetensors")
+            .exists()
+    );
+}
