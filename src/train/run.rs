@@ -663,6 +663,19 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
     let started = Instant::now();
     let mut seen = 0u64;
     let end = o.stop_after.map_or(total, |s| s.min(total));
+    // A progress bar on a terminal: the step, loss and rate.
+    let bar = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(end),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} eta {eta}")
+                .expect("valid template"),
+        );
+        bar.set_position(step);
+        bar
+    });
     while step < end {
         // Gather the micro-batches of one step (train rows only).
         let mut micro: Vec<Batch<Train>> = Vec::new();
@@ -706,11 +719,18 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
             model = optim.step(lr, model, grads);
             step += 1;
             seen += rows as u64;
+            let rate = seen as f64 / started.elapsed().as_secs_f64();
+            if let Some(bar) = &bar {
+                bar.set_position(step);
+                bar.set_message(format!(
+                    "loss {loss_sum:.4} lr {lr:.2e} {rate:.0} samples/s"
+                ));
+            }
             write_line(
                 &mut metrics,
                 serde_json::json!({
                     "step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
-                    "samples_per_s": seen as f64 / started.elapsed().as_secs_f64(),
+                    "samples_per_s": rate,
                 }),
             )?;
             if step.is_multiple_of(file.checkpoint.every.max(1)) || step == end {
@@ -733,13 +753,21 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
                 &mut metrics,
                 serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "skipped_non_finite": skipped}),
             )?;
-            if !quiet {
+            if let Some(bar) = &bar {
+                bar.println(format!(
+                    "kiln: epoch {epoch} step {step}: validation accuracy {}",
+                    acc.map_or("n/a".into(), |a| format!("{a:.3}"))
+                ));
+            } else if !quiet {
                 eprintln!(
                     "kiln: epoch {epoch} step {step}: validation accuracy {}",
                     acc.map_or("n/a".into(), |a| format!("{a:.3}"))
                 );
             }
         }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     Ok(Summary {
         steps: step,
