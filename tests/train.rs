@@ -140,6 +140,8 @@ fn a_separable_task_is_learned_well_above_chance() {
     let first = steps[0]["loss"].as_f64().unwrap();
     let last = steps[149]["loss"].as_f64().unwrap();
     assert!(last < first / 2.0, "loss fell: {first} -> {last}");
+    // The gradient's norm, logged each step.
+    assert!(steps.iter().all(|l| l["grad_norm"].as_f64().unwrap() > 0.0));
     // The warmup and the cosine in the log.
     assert!((steps[0]["lr"].as_f64().unwrap() - 0.0003).abs() < 1e-12);
     assert!(steps[149]["lr"].as_f64().unwrap() < 1e-6);

@@ -716,6 +716,7 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
                 grads = merge(grads, g, &model);
             }
             let lr = schedule.lr(step);
+            let grad_norm = grad_norm(&model, &grads);
             model = optim.step(lr, model, grads);
             step += 1;
             seen += rows as u64;
@@ -730,6 +731,7 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
                 &mut metrics,
                 serde_json::json!({
                     "step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
+                    "grad_norm": grad_norm,
                     "samples_per_s": rate,
                 }),
             )?;
@@ -775,6 +777,24 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
         device: "cpu (NdArray)".into(),
         output: out,
     })
+}
+
+/// The global L2 norm of the gradient (before clipping).
+fn grad_norm(model: &Fusion<Train>, grads: &GradientsParams) -> f64 {
+    struct Norm<'a> {
+        grads: &'a GradientsParams,
+        sum: f64,
+    }
+    impl burn::module::ModuleVisitor<Train> for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<Train, D>>) {
+            if let Some(g) = self.grads.get::<Cpu, D>(param.id) {
+                self.sum += g.powi_scalar(2).sum().into_scalar() as f64;
+            }
+        }
+    }
+    let mut v = Norm { grads, sum: 0.0 };
+    model.visit(&mut v);
+    v.sum.sqrt()
 }
 
 /// Two gradients added, parameter by parameter.
