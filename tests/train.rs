@@ -35,14 +35,19 @@ fn topics(s: &Scratch) -> PathBuf {
         };
         let n = 5 + next() % 6;
         let text: Vec<&str> = (0..n).map(|_| words[next() % words.len()]).collect();
+        // A second task: does the sentence hold its topic's first word?
+        let key = match text.contains(&words[0]) {
+            true => "key",
+            false => "nokey",
+        };
         lines.push_str(&format!(
-            "{{\"text\": \"{}\", \"label\": \"{label}\"}}\n",
+            "{{\"text\": \"{}\", \"label\": \"{label}\", \"key\": \"{key}\"}}\n",
             text.join(" ")
         ));
     }
     s.write("topics.jsonl", lines);
     let pipeline = format!(
-        "[[inputs]]\npath = \"{}\"\ncolumns = [\"label\"]\n\n[[stages]]\ntype = \"tokenize\"\ntokenizer = \"{}\"\n\n[output]\npath = \"{}\"\nmax_shard_rows = 50\n",
+        "[[inputs]]\npath = \"{}\"\ncolumns = [\"label\", \"key\"]\n\n[[stages]]\ntype = \"tokenize\"\ntokenizer = \"{}\"\n\n[output]\npath = \"{}\"\nmax_shard_rows = 50\n",
         s.path("topics.jsonl").display(),
         fixture_path("text/tokenizer.json"),
         s.path("topics").display()
@@ -53,10 +58,14 @@ fn topics(s: &Scratch) -> PathBuf {
 }
 
 fn train_file(s: &Scratch, name: &str, data: &Path, optim: &str) -> PathBuf {
+    train_file_with(s, name, data, optim, "")
+}
+
+fn train_file_with(s: &Scratch, name: &str, data: &Path, optim: &str, data_extra: &str) -> PathBuf {
     s.write(
         &format!("{name}.toml"),
         format!(
-            "seed = 3\n\n[data]\npath = \"{}\"\nvalidation = 0.2\nmax_tokens = 16\n\n[model]\nd_model = 32\nheads = 4\n\n[optim]\n{optim}\n\n[checkpoint]\nevery = 10\nkeep = 2\n\n[output]\npath = \"{}\"\n",
+            "seed = 3\n\n[data]\npath = \"{}\"\nvalidation = 0.2\nmax_tokens = 16\n{data_extra}\n\n[model]\nd_model = 32\nheads = 4\n\n[optim]\n{optim}\n\n[checkpoint]\nevery = 10\nkeep = 2\n\n[output]\npath = \"{}\"\n",
             data.display(),
             s.path(name).display()
         ),
@@ -154,6 +163,50 @@ fn a_separable_task_is_learned_well_above_chance() {
         last_checkpoint(&s.path("run"))
             .join("model.safetensors")
             .exists()
+    );
+}
+
+#[test]
+fn two_tasks_share_a_learned_weight_of_their_losses() {
+    let s = Scratch::new();
+    let data = topics(&s);
+    let f = train_file_with(
+        &s,
+        "multi",
+        &data,
+        "max_steps = 150\nbatch_size = 16\nlr = 0.003\nwarmup_steps = 10",
+        "second_label = \"key\"",
+    );
+    assert_ok(&train(&s, &f, &[]));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(s.path("multi/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l.get("val_accuracy").is_some())
+        .unwrap();
+    assert!(last["val_accuracy"].as_f64().unwrap() >= 0.9);
+    assert!(
+        last["val_accuracy_2"].as_f64().is_some(),
+        "the second head is evaluated"
+    );
+    // The weight is learned: w = sigmoid(...) stays in (0, 1) and moves
+    // towards the task whose loss is lower (the topic), as
+    // `w * loss1 + (1 - w) * loss2` makes it.
+    let weights: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l.get("task_weight").and_then(|w| w.as_f64()))
+        .collect();
+    assert_eq!(weights.len(), 150);
+    assert!(weights.iter().all(|&w| w > 0.0 && w < 1.0));
+    assert!(
+        weights[149] > weights[0] + 0.1,
+        "{} -> {}",
+        weights[0],
+        weights[149]
     );
 }
 

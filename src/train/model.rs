@@ -1,7 +1,8 @@
 //! The fusion model: token embeddings for the text, the image feature
 //! vector and the log-mel frames projected into the same width, the text
 //! attending to the image and audio tokens (cross-attention), a masked mean
-//! over the text, and a classification head. Without text the image and
+//! over the text, and a classification head (two, for two tasks, with a
+//! learned weight of their losses). Without text the image and
 //! audio tokens are pooled; without image and audio the text attends to
 //! itself.
 //!
@@ -27,6 +28,9 @@ pub struct Dims {
     /// Mel bands (0 for no audio).
     pub mels: usize,
     pub classes: usize,
+    /// A second task's classes (0 for none).
+    #[serde(default)]
+    pub classes2: usize,
     pub d_model: usize,
     pub heads: usize,
 }
@@ -40,6 +44,11 @@ pub struct Fusion<B: Backend> {
     attention: MultiHeadAttention<B>,
     norm: LayerNorm<B>,
     head: Linear<B>,
+    /// Multi-task: the second head, and the learned weight of the first
+    /// task's loss, `sigmoid(linear(task_embedding[0]))`.
+    head2: Option<Linear<B>>,
+    task_embedding: Option<Embedding<B>>,
+    task_weight: Option<Linear<B>>,
 }
 
 /// One batch as tensors.
@@ -65,11 +74,32 @@ impl<B: Backend> Fusion<B> {
                 .init(device),
             norm: LayerNormConfig::new(d.d_model).init(device),
             head: LinearConfig::new(d.d_model, d.classes).init(device),
+            head2: (d.classes2 > 0).then(|| LinearConfig::new(d.d_model, d.classes2).init(device)),
+            task_embedding: (d.classes2 > 0)
+                .then(|| EmbeddingConfig::new(2, d.d_model).init(device)),
+            task_weight: (d.classes2 > 0).then(|| LinearConfig::new(d.d_model, 1).init(device)),
         }
     }
 
-    /// Class logits, `[batch, classes]`.
-    pub fn forward(&self, x: Inputs<B>) -> Tensor<B, 2> {
+    /// Multi-task: the first task's loss weight `w`, shape `[1]`; the second
+    /// task's is `1 - w`.
+    pub fn task_weight(&self) -> Option<Tensor<B, 1>> {
+        let (embedding, linear) = (self.task_embedding.as_ref()?, self.task_weight.as_ref()?);
+        let device = embedding.weight.device();
+        let first = Tensor::<B, 2, Int>::zeros([1, 1], &device);
+        let w = linear.forward(embedding.forward(first)); // [1, 1, 1]
+        Some(burn::tensor::activation::sigmoid(w).reshape([1]))
+    }
+
+    /// Class logits, `[batch, classes]`, and the second task's.
+    pub fn forward(&self, x: Inputs<B>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+        let pooled = self.pool(x);
+        let second = self.head2.as_ref().map(|h| h.forward(pooled.clone()));
+        (self.head.forward(pooled), second)
+    }
+
+    /// The sample's representation, `[batch, d_model]`.
+    fn pool(&self, x: Inputs<B>) -> Tensor<B, 2> {
         // The image and audio tokens, `[batch, n, d]`.
         let mut memory: Vec<Tensor<B, 3>> = Vec::new();
         if let (Some(proj), Some(features)) = (&self.image, x.image) {
@@ -100,12 +130,12 @@ impl<B: Backend> Fusion<B> {
                 let keep = pad.bool_not().float().unsqueeze_dim::<3>(2);
                 let count = keep.clone().sum_dim(1).clamp_min(1.0);
                 let pooled = (h * keep).sum_dim(1) / count;
-                self.head.forward(pooled.squeeze_dim::<2>(1))
+                pooled.squeeze_dim::<2>(1)
             }
             _ => {
                 let m = memory.expect("the trainer checks the model has an input");
                 let h = self.norm.forward(m);
-                self.head.forward(h.mean_dim(1).squeeze_dim::<2>(1))
+                h.mean_dim(1).squeeze_dim::<2>(1)
             }
         }
     }

@@ -75,6 +75,18 @@ pub struct DataConfig {
     /// Shards shuffled together.
     #[serde(default = "default_group_shards")]
     pub group_shards: usize,
+    /// The classes to learn: int64 class ids, or string names.
+    #[serde(default = "default_label")]
+    pub label: String,
+    /// A second task's classes: the model gets a second head and learns the
+    /// weight of the two losses, `w = sigmoid(linear(task_embedding[0]))`,
+    /// `loss = w * loss1 + (1 - w) * loss2`.
+    #[serde(default)]
+    pub second_label: Option<String>,
+}
+
+fn default_label() -> String {
+    "label".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -229,9 +241,88 @@ struct Columns {
     text: bool,
     image: bool,
     audio: bool,
-    /// A string `label` column (text datasets): its names, sorted, are the
-    /// classes. `None` for int64 class ids.
+    /// The label columns: the task's, and the second task's if any.
+    labels: Vec<LabelSpec>,
+}
+
+/// A label column and its classes.
+#[derive(Debug, Clone)]
+struct LabelSpec {
+    column: String,
+    /// String labels (text datasets): their names, sorted, are the classes.
+    /// `None` for int64 class ids.
     names: Option<std::collections::HashMap<String, i64>>,
+    classes: usize,
+}
+
+/// Read `column` once for its classes.
+fn label_spec(ds: &Dataset, column: &str) -> Result<LabelSpec> {
+    let bad = |m: String| Error::Config(format!("{}: {m}", ds.dir.display()));
+    let ty = ds
+        .schema
+        .field_with_name(column)
+        .map_err(|_| {
+            bad(format!(
+                "the dataset has no `{column}` column: the trainer learns classes"
+            ))
+        })?
+        .data_type()
+        .clone();
+    if ty != DataType::Int64 && ty != DataType::Utf8 {
+        return Err(bad(format!(
+            "`{column}` is {ty}: class ids (int64) or names (string) are what the trainer learns"
+        )));
+    }
+    let at = ds.schema.index_of(column)?;
+    let mut max_label = -1i64;
+    let mut names: std::collections::BTreeSet<String> = Default::default();
+    for i in 0..ds.shards.len() {
+        let b = ds.read_shard(i, Some(&[at]))?;
+        match ty {
+            DataType::Utf8 => names.extend(
+                b.column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string),
+            ),
+            _ => {
+                let l = b.column(0).as_primitive::<Int64Type>();
+                max_label = max_label.max(l.iter().flatten().max().unwrap_or(-1));
+            }
+        }
+    }
+    if ty == DataType::Utf8 {
+        if names.len() < 2 {
+            return Err(bad(format!(
+                "`{column}` has {} distinct value(s): nothing to classify",
+                names.len()
+            )));
+        }
+        return Ok(LabelSpec {
+            column: column.to_string(),
+            classes: names.len(),
+            names: Some(
+                names
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, n)| (n, i as i64))
+                    .collect(),
+            ),
+        });
+    }
+    // Class names a media dataset declares (ClassLabel), else the ids seen.
+    let declared = ds
+        .schema
+        .field(at)
+        .metadata()
+        .get(crate::schema::CLASS_NAMES)
+        .and_then(|n| serde_json::from_str::<Vec<String>>(n).ok());
+    Ok(LabelSpec {
+        column: column.to_string(),
+        names: None,
+        classes: declared.map_or((max_label + 1).max(2) as usize, |n| n.len()),
+    })
 }
 
 type Cpu = NdArray<f32>;
@@ -261,13 +352,9 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
             .map(|f| f.data_type().clone())
     };
     let bad = |m: String| Error::Config(format!("{}: {m}", ds.dir.display()));
-    let label = has("label").ok_or_else(|| {
-        bad("the dataset has no `label` column: the trainer learns classes".into())
-    })?;
-    if label != DataType::Int64 && label != DataType::Utf8 {
-        return Err(bad(format!(
-            "`label` is {label}: class ids (int64) or names (string) are what the trainer learns"
-        )));
+    let mut labels = vec![label_spec(ds, &file.data.label)?];
+    if let Some(second) = &file.data.second_label {
+        labels.push(label_spec(ds, second)?);
     }
     let image = match has("image_features") {
         Some(DataType::FixedSizeList(_, n)) => n as usize,
@@ -278,11 +365,11 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
         }
         None => 0,
     };
-    let mut columns = Columns {
+    let columns = Columns {
         text: has("input_ids").is_some(),
         image: image > 0,
         audio: has("mel").is_some(),
-        names: None,
+        labels,
     };
     if !columns.text && !columns.image && !columns.audio {
         return Err(bad(
@@ -290,11 +377,10 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
                 .into(),
         ));
     }
-    // One pass for what the schema does not say: the largest token id and
-    // label, the mel bands.
-    let (mut max_id, mut max_label, mut mels) = (0u32, -1i64, 0usize);
-    let mut label_names: std::collections::BTreeSet<String> = Default::default();
-    let mut projection = vec![ds.schema.index_of("label")?];
+    // One pass for what the schema does not say: the largest token id, the
+    // mel bands.
+    let (mut max_id, mut mels) = (0u32, 0usize);
+    let mut projection = vec![ds.schema.index_of(&file.data.label)?];
     if columns.text {
         projection.push(ds.schema.index_of("input_ids")?);
     }
@@ -303,19 +389,6 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
     }
     for i in 0..ds.shards.len() {
         let b = ds.read_shard(i, Some(&projection))?;
-        match b.column(0).data_type() {
-            DataType::Utf8 => label_names.extend(
-                b.column(0)
-                    .as_string::<i32>()
-                    .iter()
-                    .flatten()
-                    .map(str::to_string),
-            ),
-            _ => {
-                let labels = b.column(0).as_primitive::<Int64Type>();
-                max_label = max_label.max(labels.iter().flatten().max().unwrap_or(-1));
-            }
-        }
         if columns.text {
             let ids = b.column(1).as_list::<i32>();
             max_id = max_id.max(
@@ -337,29 +410,6 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
     }
     if ds.rows == 0 {
         return Err(bad("the dataset is empty".into()));
-    }
-    let names = ds
-        .schema
-        .field_with_name("label")
-        .ok()
-        .and_then(|f| f.metadata().get(crate::schema::CLASS_NAMES).cloned())
-        .and_then(|n| serde_json::from_str::<Vec<String>>(&n).ok());
-    let mut classes = names.map_or((max_label + 1).max(2) as usize, |n| n.len());
-    if label == DataType::Utf8 {
-        if label_names.len() < 2 {
-            return Err(bad(format!(
-                "`label` has {} distinct value(s): nothing to classify",
-                label_names.len()
-            )));
-        }
-        classes = label_names.len();
-        columns.names = Some(
-            label_names
-                .into_iter()
-                .enumerate()
-                .map(|(i, n)| (n, i as i64))
-                .collect(),
-        );
     }
     let vocab = match (columns.text, file.data.vocab_size) {
         (false, _) => 0,
@@ -383,7 +433,8 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
             max_tokens: file.data.max_tokens.max(1),
             image,
             mels,
-            classes,
+            classes: columns.labels[0].classes,
+            classes2: columns.labels.get(1).map_or(0, |l| l.classes),
             d_model: file.model.d_model,
             heads: file.model.heads,
         },
@@ -391,8 +442,8 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
     ))
 }
 
-/// A batch's inputs and class ids.
-type Batch<B> = (Inputs<B>, Tensor<B, 1, Int>);
+/// A batch's inputs and class ids (one tensor a task).
+type Batch<B> = (Inputs<B>, Vec<Tensor<B, 1, Int>>);
 
 /// A batch's tensors and labels; rows with a non-finite feature are left
 /// out and counted.
@@ -417,24 +468,31 @@ fn tensors<B: Backend>(
         true => Some(col("mel")?.as_list::<i32>().clone()),
         false => None,
     };
-    let label = col("label")?;
-    let y_all: Vec<i64> = match &cols.names {
-        Some(names) => {
-            let l = label.as_string::<i32>();
-            (0..n)
-                .map(|r| match l.is_null(r) {
-                    true => -1,
-                    false => names.get(l.value(r)).copied().unwrap_or(-1),
-                })
-                .collect()
-        }
-        None => {
-            let l = label.as_primitive::<Int64Type>();
-            (0..n)
-                .map(|r| if l.is_null(r) { -1 } else { l.value(r) })
-                .collect()
-        }
-    };
+    // Each task's class ids, -1 where the label is missing.
+    let mut ys: Vec<Vec<i64>> = Vec::new();
+    for spec in &cols.labels {
+        let label = col(&spec.column)?;
+        ys.push(match &spec.names {
+            Some(names) => {
+                let l = label.as_string::<i32>();
+                (0..n)
+                    .map(|r| match l.is_null(r) {
+                        true => -1,
+                        false => names.get(l.value(r)).copied().unwrap_or(-1),
+                    })
+                    .collect()
+            }
+            None => {
+                let l = label.as_primitive::<Int64Type>();
+                (0..n)
+                    .map(|r| if l.is_null(r) { -1 } else { l.value(r) })
+                    .collect()
+            }
+        });
+    }
+    let y_all: Vec<i64> = (0..n)
+        .map(|r| ys.iter().map(|y| y[r]).min().unwrap_or(-1))
+        .collect();
     // Rows with a label whose numbers are all finite.
     let mut rows = Vec::with_capacity(n);
     for (r, &label) in y_all.iter().enumerate() {
@@ -465,12 +523,20 @@ fn tensors<B: Backend>(
         return Ok(None);
     }
     let b = rows.len();
-    let y: Vec<i64> = rows.iter().map(|&r| y_all[r]).collect();
-    if let Some(bad) = y.iter().find(|&&l| l < 0 || l as usize >= d.classes) {
-        return Err(Error::Config(format!(
-            "label {bad} is not one of the model's {} classes",
-            d.classes
-        )));
+    let mut targets = Vec::new();
+    for (task, y) in ys.iter().enumerate() {
+        let classes = if task == 0 { d.classes } else { d.classes2 };
+        let y: Vec<i64> = rows.iter().map(|&r| y[r]).collect();
+        if let Some(bad) = y.iter().find(|&&l| l < 0 || l as usize >= classes) {
+            return Err(Error::Config(format!(
+                "`{}`: label {bad} is not one of the model's {classes} classes",
+                cols.labels[task].column
+            )));
+        }
+        targets.push(Tensor::<B, 1, Int>::from_data(
+            TensorData::new(y, [b]),
+            device,
+        ));
     }
     let text = match cols.text {
         false => None,
@@ -539,10 +605,7 @@ fn tensors<B: Backend>(
             ))
         }
     };
-    Ok(Some((
-        Inputs { text, image, audio },
-        Tensor::<B, 1, Int>::from_data(TensorData::new(y, [b]), device),
-    )))
+    Ok(Some((Inputs { text, image, audio }, targets)))
 }
 
 fn write_line(out: &mut std::fs::File, v: serde_json::Value) -> Result<()> {
@@ -598,11 +661,12 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
         optim_cfg = optim_cfg.with_grad_clipping(Some(GradientClippingConfig::Norm(c as f32)));
     }
     let mut optim = optim_cfg.init::<Train, Fusion<Train>>();
-    let columns: Vec<String> = ["sample_id", "label", "input_ids", "image_features", "mel"]
+    let mut columns: Vec<String> = ["sample_id", "input_ids", "image_features", "mel"]
         .iter()
         .filter(|c| ds.schema.field_with_name(c).is_ok())
         .map(|c| c.to_string())
         .collect();
+    columns.extend(cols.labels.iter().map(|l| l.column.clone()));
     let mut loader = Loader::new(
         ds.clone(),
         LoaderConfig {
@@ -703,14 +767,24 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
             }
         }
         if !micro.is_empty() {
-            let rows: usize = micro.iter().map(|(_, y)| y.dims()[0]).sum();
+            let rows: usize = micro.iter().map(|(_, y)| y[0].dims()[0]).sum();
             let mut grads = GradientsParams::new();
             let mut loss_sum = 0.0;
-            for (x, y) in micro {
-                let n = y.dims()[0];
-                let logits = model.forward(x);
+            let mut weight = None;
+            for (x, mut y) in micro {
+                let n = y[0].dims()[0];
+                let (logits, second) = model.forward(x);
+                let first = loss_fn.forward(logits, y.remove(0));
+                let loss = match (second, model.task_weight()) {
+                    (Some(logits2), Some(w)) => {
+                        let other = loss_fn.forward(logits2, y.remove(0));
+                        weight = Some(w.clone().into_scalar() as f64);
+                        first * w.clone() + other * (w.neg() + 1.0)
+                    }
+                    _ => first,
+                };
                 // The mean over the micro-batch, weighted by its share of the step.
-                let loss = loss_fn.forward(logits, y) * (n as f64 / rows as f64);
+                let loss = loss * (n as f64 / rows as f64);
                 loss_sum += loss.clone().into_scalar() as f64;
                 let g = GradientsParams::from_grads(loss.backward(), &model);
                 grads = merge(grads, g, &model);
@@ -731,7 +805,7 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
                 &mut metrics,
                 serde_json::json!({
                     "step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
-                    "grad_norm": grad_norm,
+                    "grad_norm": grad_norm, "task_weight": weight,
                     "samples_per_s": rate,
                 }),
             )?;
@@ -749,11 +823,12 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
             }
         }
         if epoch_over || step == end {
-            let (acc, loss) = evaluate(&model.valid(), &ds, file, &cols, &d, &columns)?;
+            let e = evaluate(&model.valid(), &ds, file, &cols, &d, &columns)?;
+            let (acc, loss) = (e.accuracy, e.loss);
             accuracy = acc;
             write_line(
                 &mut metrics,
-                serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "skipped_non_finite": skipped}),
+                serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "val_accuracy_2": e.accuracy2, "skipped": skipped}),
             )?;
             if let Some(bar) = &bar {
                 bar.println(format!(
@@ -868,6 +943,14 @@ fn checkpoint<O: Optimizer<Fusion<Train>, Train>>(
     Ok(())
 }
 
+/// What the held-out samples say: accuracy and mean loss of the first
+/// task, accuracy of the second.
+struct Evaluation {
+    accuracy: Option<f64>,
+    loss: Option<f64>,
+    accuracy2: Option<f64>,
+}
+
 /// Accuracy and mean loss on the held-out samples.
 fn evaluate(
     model: &Fusion<Cpu>,
@@ -876,7 +959,7 @@ fn evaluate(
     cols: &Columns,
     d: &Dims,
     columns: &[String],
-) -> Result<(Option<f64>, Option<f64>)> {
+) -> Result<Evaluation> {
     let device = burn::backend::ndarray::NdArrayDevice::Cpu;
     let mut loader = Loader::new(
         ds.clone(),
@@ -890,7 +973,7 @@ fn evaluate(
         },
     )?;
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let (mut right, mut total, mut loss_sum) = (0u64, 0u64, 0.0f64);
+    let (mut right, mut right2, mut total, mut loss_sum) = (0u64, 0u64, 0u64, 0.0f64);
     let mut skipped = 0;
     while let Some(b) = loader.next_batch()? {
         let ids = b
@@ -901,18 +984,27 @@ fn evaluate(
             .map(|r| held_out(ids.value(r), file.data.validation))
             .collect();
         let b = arrow::compute::filter_record_batch(&b, &keep.into())?;
-        let Some((x, y)) = tensors::<Cpu>(&b, cols, d, &device, &mut skipped)? else {
+        let Some((x, mut y)) = tensors::<Cpu>(&b, cols, d, &device, &mut skipped)? else {
             continue;
         };
-        let n = y.dims()[0] as u64;
-        let logits = model.forward(x);
-        loss_sum += loss_fn.forward(logits.clone(), y.clone()).into_scalar() as f64 * n as f64;
-        let predicted = logits.argmax(1).squeeze_dim::<1>(1);
-        right += predicted.equal(y).int().sum().into_scalar() as u64;
+        let y1 = y.remove(0);
+        let n = y1.dims()[0] as u64;
+        let (logits, second) = model.forward(x);
+        loss_sum += loss_fn.forward(logits.clone(), y1.clone()).into_scalar() as f64 * n as f64;
+        let correct = |logits: Tensor<Cpu, 2>, y: Tensor<Cpu, 1, Int>| {
+            let predicted = logits.argmax(1).squeeze_dim::<1>(1);
+            predicted.equal(y).int().sum().into_scalar() as u64
+        };
+        right += correct(logits, y1);
+        if let Some(l2) = second {
+            right2 += correct(l2, y.remove(0));
+        }
         total += n;
     }
-    Ok(match total {
-        0 => (None, None),
-        t => (Some(right as f64 / t as f64), Some(loss_sum / t as f64)),
+    let share = |r: u64| (total > 0).then(|| r as f64 / total as f64);
+    Ok(Evaluation {
+        accuracy: share(right),
+        loss: (total > 0).then(|| loss_sum / total as f64),
+        accuracy2: (d.classes2 > 0).then(|| share(right2)).flatten(),
     })
 }
