@@ -154,6 +154,9 @@ fn a_separable_task_is_learned_well_above_chance() {
     // The warmup and the cosine in the log.
     assert!((steps[0]["lr"].as_f64().unwrap() - 0.0003).abs() < 1e-12);
     assert!(steps[149]["lr"].as_f64().unwrap() < 1e-6);
+    // The curves, for people who would rather look than read.
+    let plot = image::open(s.path("run/plot.png")).unwrap();
+    assert_eq!((plot.width(), plot.height()), (800, 620));
     // Two checkpoints kept, each with its weights.
     let kept: Vec<_> = std::fs::read_dir(s.path("run/checkpoints"))
         .unwrap()

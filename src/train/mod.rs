@@ -6,5 +6,6 @@
 
 pub mod loader;
 pub mod model;
+pub mod plot;
 pub mod run;
 pub mod schedule;

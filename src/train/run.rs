@@ -846,12 +846,36 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    drop(metrics);
+    plot_metrics(&out)?;
     Ok(Summary {
         steps: step,
         accuracy,
         device: "cpu (NdArray)".into(),
         output: out,
     })
+}
+
+/// `plot.png` from every step in `metrics.jsonl` (a step logged twice, by
+/// a run resumed from an earlier checkpoint, counts once: its last line).
+fn plot_metrics(out: &Path) -> Result<()> {
+    let path = out.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).at("read", &path)?;
+    let mut steps: std::collections::BTreeMap<u64, (f64, f64)> = Default::default();
+    for line in text.lines() {
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        if let (Some(step), Some(loss), Some(lr)) =
+            (v["step"].as_u64(), v["loss"].as_f64(), v["lr"].as_f64())
+        {
+            steps.insert(step, (loss, lr));
+        }
+    }
+    let (loss, lr): (Vec<f64>, Vec<f64>) = steps.into_values().unzip();
+    super::plot::write(&out.join("plot.png"), &loss, &lr)
+        .map_err(|e| Error::Execution(format!("cannot write plot.png: {e}")))
 }
 
 /// The global L2 norm of the gradient (before clipping).
