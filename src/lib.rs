@@ -13,6 +13,9 @@
 //!     task marker (shards, rows, sha256, counts) written last <------------+
 //!   all markers --commit--> data-*-of-*.arrow, rejects.arrow, dataset_info.json,
 //!                           state.json, manifest.json
+//!
+//! kiln train: dataset shards --loader (seed, epoch order; exact resume)--> batches
+//!   --> fusion model (burn) --> AdamW, warmup + cosine --> checkpoints, metrics.jsonl
 //! ```
 //!
 //! Contracts every stage keeps:
