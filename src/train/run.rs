@@ -29,10 +29,10 @@ use burn::backend::{Autodiff, NdArray};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -255,8 +255,8 @@ struct LabelSpec {
     classes: usize,
 }
 
-/// Read `column` once for its classes.
-fn label_spec(ds: &Dataset, column: &str) -> Result<LabelSpec> {
+/// What a label column holds: the column's type, checked.
+fn label_type(ds: &Dataset, column: &str) -> Result<DataType> {
     let bad = |m: String| Error::Config(format!("{}: {m}", ds.dir.display()));
     let ty = ds
         .schema
@@ -273,56 +273,69 @@ fn label_spec(ds: &Dataset, column: &str) -> Result<LabelSpec> {
             "`{column}` is {ty}: class ids (int64) or names (string) are what the trainer learns"
         )));
     }
-    let at = ds.schema.index_of(column)?;
-    let mut max_label = -1i64;
-    let mut names: std::collections::BTreeSet<String> = Default::default();
-    for i in 0..ds.shards.len() {
-        let b = ds.read_shard(i, Some(&[at]))?;
-        match ty {
-            DataType::Utf8 => names.extend(
-                b.column(0)
+    Ok(ty)
+}
+
+/// What the scan of a label column saw: the names of string labels, the
+/// largest id of int64 ones.
+#[derive(Default)]
+struct LabelSeen {
+    names: std::collections::BTreeSet<String>,
+    max: i64,
+}
+
+impl LabelSeen {
+    fn add(&mut self, column: &dyn Array) {
+        match column.data_type() {
+            DataType::Utf8 => self.names.extend(
+                column
                     .as_string::<i32>()
                     .iter()
                     .flatten()
                     .map(str::to_string),
             ),
             _ => {
-                let l = b.column(0).as_primitive::<Int64Type>();
-                max_label = max_label.max(l.iter().flatten().max().unwrap_or(-1));
+                let l = column.as_primitive::<Int64Type>();
+                self.max = self.max.max(l.iter().flatten().max().unwrap_or(-1));
             }
         }
     }
-    if ty == DataType::Utf8 {
-        if names.len() < 2 {
-            return Err(bad(format!(
-                "`{column}` has {} distinct value(s): nothing to classify",
-                names.len()
-            )));
+
+    /// The classes of `column`.
+    fn spec(self, ds: &Dataset, column: &str, ty: &DataType) -> Result<LabelSpec> {
+        if *ty == DataType::Utf8 {
+            if self.names.len() < 2 {
+                return Err(Error::Config(format!(
+                    "{}: `{column}` has {} distinct value(s): nothing to classify",
+                    ds.dir.display(),
+                    self.names.len()
+                )));
+            }
+            return Ok(LabelSpec {
+                column: column.to_string(),
+                classes: self.names.len(),
+                names: Some(
+                    self.names
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, n)| (n, i as i64))
+                        .collect(),
+                ),
+            });
         }
-        return Ok(LabelSpec {
+        // Class names a media dataset declares (ClassLabel), else the ids seen.
+        let declared = ds
+            .schema
+            .field_with_name(column)
+            .ok()
+            .and_then(|f| f.metadata().get(crate::schema::CLASS_NAMES).cloned())
+            .and_then(|n| serde_json::from_str::<Vec<String>>(&n).ok());
+        Ok(LabelSpec {
             column: column.to_string(),
-            classes: names.len(),
-            names: Some(
-                names
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, n)| (n, i as i64))
-                    .collect(),
-            ),
-        });
+            names: None,
+            classes: declared.map_or((self.max + 1).max(2) as usize, |n| n.len()),
+        })
     }
-    // Class names a media dataset declares (ClassLabel), else the ids seen.
-    let declared = ds
-        .schema
-        .field(at)
-        .metadata()
-        .get(crate::schema::CLASS_NAMES)
-        .and_then(|n| serde_json::from_str::<Vec<String>>(n).ok());
-    Ok(LabelSpec {
-        column: column.to_string(),
-        names: None,
-        classes: declared.map_or((max_label + 1).max(2) as usize, |n| n.len()),
-    })
 }
 
 type Cpu = NdArray<f32>;
@@ -334,6 +347,39 @@ pub struct Summary {
     pub accuracy: Option<f64>,
     pub device: String,
     pub output: PathBuf,
+}
+
+/// The rows of `batch` on one side of the validation split: the held-out
+/// ones, or the training ones.
+fn split(batch: &RecordBatch, validation: f64, held: bool) -> Result<RecordBatch> {
+    let ids = batch
+        .column_by_name("sample_id")
+        .ok_or_else(|| Error::Execution("train: no `sample_id` in a batch".into()))?
+        .as_string::<i32>();
+    let keep: Vec<bool> = (0..batch.num_rows())
+        .map(|r| held_out(ids.value(r), validation) == held)
+        .collect();
+    Ok(arrow::compute::filter_record_batch(batch, &keep.into())?)
+}
+
+/// A single-rank loader of `columns` in the file's order.
+fn loader(
+    ds: &Arc<Dataset>,
+    file: &TrainFile,
+    columns: &[String],
+    batch_size: usize,
+) -> Result<Loader> {
+    Loader::new(
+        ds.clone(),
+        LoaderConfig {
+            seed: file.seed,
+            batch_size,
+            group_shards: file.data.group_shards,
+            rank: 0,
+            world: 1,
+            columns: Some(columns.to_vec()),
+        },
+    )
 }
 
 /// Whether a sample is held out, from its id.
@@ -352,10 +398,10 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
             .map(|f| f.data_type().clone())
     };
     let bad = |m: String| Error::Config(format!("{}: {m}", ds.dir.display()));
-    let mut labels = vec![label_spec(ds, &file.data.label)?];
-    if let Some(second) = &file.data.second_label {
-        labels.push(label_spec(ds, second)?);
-    }
+    let label_columns: Vec<(String, DataType)> = std::iter::once(&file.data.label)
+        .chain(&file.data.second_label)
+        .map(|c| Ok((c.clone(), label_type(ds, c)?)))
+        .collect::<Result<_>>()?;
     let image = match has("image_features") {
         Some(DataType::FixedSizeList(_, n)) => n as usize,
         Some(t) => {
@@ -365,32 +411,38 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
         }
         None => 0,
     };
-    let columns = Columns {
-        text: has("input_ids").is_some(),
-        image: image > 0,
-        audio: has("mel").is_some(),
-        labels,
-    };
-    if !columns.text && !columns.image && !columns.audio {
+    let (text, audio) = (has("input_ids").is_some(), has("mel").is_some());
+    if !text && image == 0 && !audio {
         return Err(bad(
             "the dataset has none of `input_ids`, `image_features`, `mel` for the model to read"
                 .into(),
         ));
     }
-    // One pass for what the schema does not say: the largest token id, the
-    // mel bands.
+    if ds.rows == 0 {
+        return Err(bad("the dataset is empty".into()));
+    }
+    // One pass for what the schema does not say: the classes, the largest
+    // token id, the mel bands.
     let (mut max_id, mut mels) = (0u32, 0usize);
-    let mut projection = vec![ds.schema.index_of(&file.data.label)?];
-    if columns.text {
-        projection.push(ds.schema.index_of("input_ids")?);
+    let mut seen: Vec<LabelSeen> = label_columns.iter().map(|_| LabelSeen::default()).collect();
+    let mut names: Vec<&str> = label_columns.iter().map(|(c, _)| c.as_str()).collect();
+    if text {
+        names.push("input_ids");
     }
-    if columns.audio {
-        projection.push(ds.schema.index_of("mel")?);
+    if audio {
+        names.push("mel");
     }
+    let projection = names
+        .iter()
+        .map(|n| ds.schema.index_of(n))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     for i in 0..ds.shards.len() {
         let b = ds.read_shard(i, Some(&projection))?;
-        if columns.text {
-            let ids = b.column(1).as_list::<i32>();
+        for (j, s) in seen.iter_mut().enumerate() {
+            s.add(b.column(j).as_ref());
+        }
+        if text {
+            let ids = b.column(label_columns.len()).as_list::<i32>();
             max_id = max_id.max(
                 ids.values()
                     .as_primitive::<UInt32Type>()
@@ -401,16 +453,24 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
                     .unwrap_or(0),
             );
         }
-        if columns.audio {
+        if audio {
             let mel = b.column(projection.len() - 1).as_list::<i32>();
             if mel.len() > 0 {
                 mels = mel.value(0).len();
             }
         }
     }
-    if ds.rows == 0 {
-        return Err(bad("the dataset is empty".into()));
-    }
+    let labels = seen
+        .into_iter()
+        .zip(&label_columns)
+        .map(|(s, (c, ty))| s.spec(ds, c, ty))
+        .collect::<Result<Vec<_>>>()?;
+    let columns = Columns {
+        text,
+        image: image > 0,
+        audio,
+        labels,
+    };
     let vocab = match (columns.text, file.data.vocab_size) {
         (false, _) => 0,
         (true, Some(v)) if (max_id as usize) < v => v,
@@ -632,17 +692,17 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
             "output.device = \"cuda\": this kiln trains on CPU only (it was built without a GPU backend)".into(),
         ));
     }
-    let device = burn::backend::ndarray::NdArrayDevice::Cpu;
-    let ds = Arc::new(Dataset::open(Path::new(&file.data.path))?);
-    let (d, cols) = dims(file, &ds)?;
-    let out = PathBuf::from(&file.output.path);
-    std::fs::create_dir_all(out.join("checkpoints")).at("create", &out)?;
     let o = &file.optim;
     if o.batch_size == 0 || o.grad_accum == 0 {
         return Err(Error::Config(
             "optim.batch_size and optim.grad_accum must be at least 1".into(),
         ));
     }
+    let device = burn::backend::ndarray::NdArrayDevice::Cpu;
+    let ds = Arc::new(Dataset::open(Path::new(&file.data.path))?);
+    let (d, cols) = dims(file, &ds)?;
+    let out = PathBuf::from(&file.output.path);
+    std::fs::create_dir_all(out.join("checkpoints")).at("create", &out)?;
     let train_rows = (ds.rows as f64 * (1.0 - file.data.validation)).ceil() as u64;
     let per_step = (o.batch_size * o.grad_accum) as u64;
     let total = o
@@ -667,17 +727,7 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
         .map(|c| c.to_string())
         .collect();
     columns.extend(cols.labels.iter().map(|l| l.column.clone()));
-    let mut loader = Loader::new(
-        ds.clone(),
-        LoaderConfig {
-            seed: file.seed,
-            batch_size: o.batch_size,
-            group_shards: file.data.group_shards,
-            rank: 0,
-            world: 1,
-            columns: Some(columns.clone()),
-        },
-    )?;
+    let mut loader = loader(&ds, file, &columns, o.batch_size)?;
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let mut step = 0u64;
     if let Some(dir) = resume {
@@ -752,14 +802,7 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
                     break;
                 }
                 Some(b) => {
-                    let ids = b
-                        .column_by_name("sample_id")
-                        .expect("asked for")
-                        .as_string::<i32>();
-                    let keep: Vec<bool> = (0..b.num_rows())
-                        .map(|r| !held_out(ids.value(r), file.data.validation))
-                        .collect();
-                    let b = arrow::compute::filter_record_batch(&b, &keep.into())?;
+                    let b = split(&b, file.data.validation, false)?;
                     if let Some(t) = tensors::<Train>(&b, &cols, &d, &device, &mut skipped)? {
                         micro.push(t);
                     }
@@ -768,7 +811,7 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
         }
         if !micro.is_empty() {
             let rows: usize = micro.iter().map(|(_, y)| y[0].dims()[0]).sum();
-            let mut grads = GradientsParams::new();
+            let mut accumulator = GradientsAccumulator::<Fusion<Train>>::new();
             let mut loss_sum = 0.0;
             let mut weight = None;
             for (x, mut y) in micro {
@@ -787,8 +830,9 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
                 let loss = loss * (n as f64 / rows as f64);
                 loss_sum += loss.clone().into_scalar() as f64;
                 let g = GradientsParams::from_grads(loss.backward(), &model);
-                grads = merge(grads, g, &model);
+                accumulator.accumulate(&model, g);
             }
+            let grads = accumulator.grads();
             let lr = schedule.lr(step);
             let grad_norm = grad_norm(&model, &grads);
             model = optim.step(lr, model, grads);
@@ -830,16 +874,14 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
                 &mut metrics,
                 serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "val_accuracy_2": e.accuracy2, "skipped": skipped}),
             )?;
-            if let Some(bar) = &bar {
-                bar.println(format!(
-                    "kiln: epoch {epoch} step {step}: validation accuracy {}",
-                    acc.map_or("n/a".into(), |a| format!("{a:.3}"))
-                ));
-            } else if !quiet {
-                eprintln!(
-                    "kiln: epoch {epoch} step {step}: validation accuracy {}",
-                    acc.map_or("n/a".into(), |a| format!("{a:.3}"))
-                );
+            let line = format!(
+                "kiln: epoch {epoch} step {step}: validation accuracy {}",
+                acc.map_or("n/a".into(), |a| format!("{a:.3}"))
+            );
+            match &bar {
+                Some(bar) => bar.println(line),
+                None if !quiet => eprintln!("{line}"),
+                None => {}
             }
         }
     }
@@ -894,21 +936,6 @@ fn grad_norm(model: &Fusion<Train>, grads: &GradientsParams) -> f64 {
     let mut v = Norm { grads, sum: 0.0 };
     model.visit(&mut v);
     v.sum.sqrt()
-}
-
-/// Two gradients added, parameter by parameter.
-fn merge<B: AutodiffBackend, M: AutodiffModule<B>>(
-    mut acc: GradientsParams,
-    g: GradientsParams,
-    model: &M,
-) -> GradientsParams {
-    if acc.is_empty() {
-        return g;
-    }
-    let mut accumulator = burn::optim::GradientsAccumulator::<M>::new();
-    accumulator.accumulate::<B>(model, std::mem::take(&mut acc));
-    accumulator.accumulate::<B>(model, g);
-    accumulator.grads()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -985,29 +1012,12 @@ fn evaluate(
     columns: &[String],
 ) -> Result<Evaluation> {
     let device = burn::backend::ndarray::NdArrayDevice::Cpu;
-    let mut loader = Loader::new(
-        ds.clone(),
-        LoaderConfig {
-            seed: file.seed,
-            batch_size: 64,
-            group_shards: file.data.group_shards,
-            rank: 0,
-            world: 1,
-            columns: Some(columns.to_vec()),
-        },
-    )?;
+    let mut loader = loader(ds, file, columns, 64)?;
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let (mut right, mut right2, mut total, mut loss_sum) = (0u64, 0u64, 0u64, 0.0f64);
     let mut skipped = 0;
     while let Some(b) = loader.next_batch()? {
-        let ids = b
-            .column_by_name("sample_id")
-            .expect("asked for")
-            .as_string::<i32>();
-        let keep: Vec<bool> = (0..b.num_rows())
-            .map(|r| held_out(ids.value(r), file.data.validation))
-            .collect();
-        let b = arrow::compute::filter_record_batch(&b, &keep.into())?;
+        let b = split(&b, file.data.validation, true)?;
         let Some((x, mut y)) = tensors::<Cpu>(&b, cols, d, &device, &mut skipped)? else {
             continue;
         };
