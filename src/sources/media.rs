@@ -940,12 +940,6 @@ impl TableMediaReader {
             .unwrap_or_default();
         let stage = self.spec.media.read_stage();
         let file = string(&self.spec.inner_path_column()).unwrap_or_default();
-        let full = if Path::new(file).is_absolute() {
-            PathBuf::from(file)
-        } else {
-            self.spec.root.join(file)
-        };
-        let full_str = full.to_string_lossy().into_owned();
         let label = match self.spec.label_column.as_deref().and_then(string) {
             None => None,
             Some(name) => match self.spec.class_id(name) {
@@ -956,10 +950,7 @@ impl TableMediaReader {
             },
         };
         let text = self.spec.inner_caption_column().and_then(|c| string(&c));
-        let read = match self.captions_only {
-            true => Ok(Vec::new()),
-            false => read_limited(&full, self.limits.max_file_bytes),
-        };
+        let (full_str, read) = self.read_named(&self.spec.root, file);
         let bytes = match read {
             Ok(b) => b,
             Err((kind, msg)) => {
@@ -978,18 +969,15 @@ impl TableMediaReader {
         let mut also: Option<(String, Vec<u8>)> = None;
         if let Some(a) = &self.spec.also {
             let file = string(&a.column).unwrap_or_default();
-            let full = match Path::new(file).is_absolute() {
-                true => PathBuf::from(file),
-                false => a.root.join(file),
-            };
-            let path = full.to_string_lossy().into_owned();
-            let read = match (self.captions_only, file.is_empty()) {
-                (true, _) => Ok(Vec::new()),
-                (false, true) => Err((
-                    "missing_file",
-                    format!("the row names no file in `{}`", a.column),
-                )),
-                (false, false) => read_limited(&full, self.limits.max_file_bytes),
+            let (path, read) = match file.is_empty() && !self.captions_only {
+                true => (
+                    a.root.join(file).to_string_lossy().into_owned(),
+                    Err((
+                        "missing_file",
+                        format!("the row names no file in `{}`", a.column),
+                    )),
+                ),
+                false => self.read_named(&a.root, file),
             };
             match read {
                 Ok(b) => also = Some((path, b)),
@@ -1018,6 +1006,26 @@ impl TableMediaReader {
             extras: &extras,
         });
         Ok(())
+    }
+}
+
+impl TableMediaReader {
+    /// The file a row names, resolved against `root`, and its bytes (none
+    /// when only captions are read).
+    fn read_named(
+        &self,
+        root: &Path,
+        file: &str,
+    ) -> (String, std::result::Result<Vec<u8>, Rejection>) {
+        let full = match Path::new(file).is_absolute() {
+            true => PathBuf::from(file),
+            false => root.join(file),
+        };
+        let read = match self.captions_only {
+            true => Ok(Vec::new()),
+            false => read_limited(&full, self.limits.max_file_bytes),
+        };
+        (full.to_string_lossy().into_owned(), read)
     }
 }
 

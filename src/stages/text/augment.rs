@@ -32,8 +32,8 @@ use super::synonym::{SynonymParams, SynonymReplacer};
 use super::translate::{Chain, ProcessTranslator, Translator, Unit, tagged_units};
 use super::wordnet::WordNet;
 use crate::config::{
-    AugmentMethod, AugmentTextConfig, BackTranslationConfig, PosTagger, SynonymConfig,
-    TranslatorBackend,
+    AugmentMethod, AugmentTextConfig, BackTranslationConfig, BalanceConfig, PosTagger,
+    SynonymConfig, TranslatorBackend,
 };
 use crate::error::{Error, Result};
 use crate::stages::columns::{batch_with, schema_with};
@@ -72,13 +72,7 @@ impl Method {
 }
 
 /// Copies per label, from the input's label counts.
-#[derive(Debug, Clone)]
-pub struct Balance {
-    pub label_column: String,
-    pub target: Option<u64>,
-    pub target_ratio: Option<f64>,
-    pub max_multiplier: u32,
-}
+pub type Balance = BalanceConfig;
 
 impl Balance {
     /// The rows each label should reach, given every label's count.
@@ -260,12 +254,7 @@ pub fn build(cfg: &AugmentTextConfig) -> std::result::Result<AugmentTextStage, K
                     "max_multiplier must be at least 1 (the sample itself)".into(),
                 ));
             }
-            Some(Balance {
-                label_column: b.label_column.clone(),
-                target: b.target,
-                target_ratio: b.target_ratio,
-                max_multiplier: b.max_multiplier,
-            })
+            Some(b.clone())
         }
     };
     let copies = cfg.copies.unwrap_or(1);
