@@ -103,6 +103,24 @@ fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
     out
 }
 
+/// The lines of a run's metrics.jsonl.
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The last validation accuracy logged.
+fn last_accuracy(lines: &[serde_json::Value]) -> f64 {
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| l.get("val_accuracy").and_then(|a| a.as_f64()))
+        .unwrap()
+}
+
 fn last_checkpoint(dir: &Path) -> PathBuf {
     let mut all: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))
         .unwrap()
@@ -130,18 +148,10 @@ fn a_separable_task_is_learned_well_above_chance() {
     );
     let o = train(&s, &f, &[]);
     assert_ok(&o);
-    let metrics = std::fs::read_to_string(s.path("run/metrics.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = metrics(&s.path("run"));
     let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("loss").is_some()).collect();
     assert_eq!(steps.len(), 150);
-    let accuracy = lines
-        .iter()
-        .rev()
-        .find_map(|l| l.get("val_accuracy").and_then(|a| a.as_f64()))
-        .unwrap();
+    let accuracy = last_accuracy(&lines);
     assert!(
         accuracy >= 0.9,
         "validation accuracy {accuracy} (chance is 0.5)"
@@ -181,11 +191,7 @@ fn two_tasks_share_a_learned_weight_of_their_losses() {
         "second_label = \"key\"",
     );
     assert_ok(&train(&s, &f, &[]));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(s.path("multi/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = metrics(&s.path("multi"));
     let last = lines
         .iter()
         .rev()
@@ -345,4 +351,126 @@ fn the_example_trains_on_the_multimodal_example() {
             .join("model.safetensors")
             .exists()
     );
+}
+
+/// 48 images of two classes told apart by colour, with noise; kiln stores
+/// them as 16 x 16 `pixel_values` (the folder name is the label).
+fn colours(s: &Scratch) -> PathBuf {
+    let mut x: u64 = 11;
+    let mut next = move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) as u32
+    };
+    for (class, base) in [("blue", [40u32, 60, 190]), ("red", [190, 50, 40])] {
+        let dir = s.path(&format!("colours/{class}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..24 {
+            let img = image::RgbImage::from_fn(20, 20, |_, _| {
+                image::Rgb(base.map(|c| (c + next() % 60).min(255) as u8))
+            });
+            img.save(dir.join(format!("{i:02}.png"))).unwrap();
+        }
+    }
+    let pipeline = format!(
+        "[[inputs]]\npath = \"{}\"\nformat = \"images\"\n\n[[stages]]\ntype = \"decode_image\"\n\n[[stages]]\ntype = \"resize_image\"\nsize = 16\ncrop = 16\n\n[[stages]]\ntype = \"to_tensor\"\n\n[output]\npath = \"{}\"\nmax_shard_rows = 16\n",
+        s.path("colours").display(),
+        s.path("colours_ds").display()
+    );
+    let p = s.write("colours.toml", pipeline);
+    assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
+    s.path("colours_ds")
+}
+
+fn pixel_file(s: &Scratch, name: &str, data: &Path, optim: &str, mix: &str) -> PathBuf {
+    s.write(
+        &format!("{name}.toml"),
+        format!(
+            "seed = 5\n\n[data]\npath = \"{}\"\nvalidation = 0.25\n\n[model]\nd_model = 16\nheads = 2\npatch = 4\n\n[optim]\n{optim}\n\n[checkpoint]\nevery = 10\n\n{mix}\n\n[output]\npath = \"{}\"\n",
+            data.display(),
+            s.path(name).display()
+        ),
+    )
+}
+
+#[test]
+fn pixels_mixed_online_are_learned_and_a_resumed_run_mixes_the_same() {
+    let s = Scratch::new();
+    let data = colours(&s);
+    let mix = "[mix]\nmode = \"elem\"\nmixup_alpha = 0.8\ncutmix_alpha = 1.0\nswitch_prob = 0.5";
+    let optim = "max_steps = 40\nbatch_size = 8\nlr = 0.01\nwarmup_steps = 4";
+    let whole = pixel_file(&s, "whole", &data, optim, mix);
+    assert_ok(&train(&s, &whole, &[]));
+    let lines = metrics(&s.path("whole"));
+    let accuracy = last_accuracy(&lines);
+    assert!(
+        accuracy >= 0.8,
+        "validation accuracy {accuracy} (chance is 0.5)"
+    );
+    assert!(lines.iter().any(|l| l["device"] == "cpu (fp32)"));
+    // Stopped mid-epoch and resumed: the same mixing, the same weights.
+    let parts = pixel_file(
+        &s,
+        "parts",
+        &data,
+        &format!("{optim}\nstop_after = 15"),
+        mix,
+    );
+    assert_ok(&train(&s, &parts, &[]));
+    let rest = pixel_file(&s, "rest", &data, optim, mix);
+    assert_ok(&train(
+        &s,
+        &rest,
+        &["--resume", s.path("parts").to_str().unwrap()],
+    ));
+    let a = last_checkpoint(&s.path("whole"));
+    let b = last_checkpoint(&s.path("parts"));
+    assert!(a.ends_with("step-00000040") && b.ends_with("step-00000040"));
+    assert_eq!(
+        tensors(&a.join("model.safetensors")),
+        tensors(&b.join("model.safetensors"))
+    );
+    // Mixing changes the updates: without it the weights differ.
+    let plain = pixel_file(&s, "plain", &data, optim, "");
+    assert_ok(&train(&s, &plain, &[]));
+    assert_ne!(
+        tensors(&a.join("model.safetensors")),
+        tensors(&last_checkpoint(&s.path("plain")).join("model.safetensors"))
+    );
+}
+
+#[test]
+fn devices_precisions_and_mixing_that_cannot_run_are_refused() {
+    let s = Scratch::new();
+    let data = topics(&s);
+    let refused = |name: &str, optim: &str, extra: &str, args: &[&str]| {
+        let f = s.write(
+            &format!("{name}.toml"),
+            format!(
+                "[data]\npath = \"{}\"\n\n[optim]\nmax_steps = 1\n{optim}\n\n{extra}\n\n[output]\npath = \"{}\"\n",
+                data.display(),
+                s.path(name).display()
+            ),
+        );
+        let o = train(&s, &f, args);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(!s.path(name).exists(), "refused before anything is written");
+        stderr(&o)
+    };
+    let e = refused("mixtext", "", "[mix]\ncutmix_alpha = 1.0", &[]);
+    assert!(e.contains("[mix] mixes `pixel_values`"), "{e}");
+    let e = refused("prob", "", "[mix]\nprob = 2.0", &[]);
+    assert!(e.contains("mix.prob"), "{e}");
+    let e = refused("bf16", "precision = \"bf16\"", "", &["--device", "cpu"]);
+    assert!(e.contains("mixed precision is for the GPU"), "{e}");
+    // `cuda` never falls back: on a host without a GPU it says why.
+    let f = train_file(&s, "gpu", &data, "max_steps = 1");
+    let o = s.kiln(&["train", f.to_str().unwrap(), "--device", "cuda"]);
+    if o.status.code() == Some(2) {
+        assert!(stderr(&o).contains("no GPU to train on"), "{}", stderr(&o));
+    } else {
+        assert_ok(&o);
+        assert!(stderr(&o).contains("training on cuda:0"), "{}", stderr(&o));
+    }
 }

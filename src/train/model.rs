@@ -1,5 +1,7 @@
 //! The fusion model: token embeddings for the text, the image feature
-//! vector and the log-mel frames projected into the same width, the text
+//! vector, the image's pixels cut into patches (a strided convolution, as
+//! ViT's patch embedding, for datasets that stored `pixel_values`) and the
+//! log-mel frames projected into the same width, the text
 //! attending to the image and audio tokens (cross-attention), a masked mean
 //! over the text, and a classification head (two, for two tasks, with a
 //! learned weight of their losses). Without text the image and
@@ -9,12 +11,17 @@
 //! burn is the library: one binary trains on CPU (NdArray) and, where the
 //! CUDA backend is compiled in, on an NVIDIA GPU; its CUDA build needs no
 //! CUDA at build time (see DESIGN.md). Tensor math is burn's, not ours.
+//!
+//! Mixed precision: the forward pass runs in whatever float type its
+//! parameters and inputs have (the trainer casts a bf16 copy of the fp32
+//! master weights); tensors made inside it take that type too.
 
 use burn::module::Module;
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 /// The sizes the model is built with: from the dataset and the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -27,6 +34,12 @@ pub struct Dims {
     pub image: usize,
     /// Mel bands (0 for no audio).
     pub mels: usize,
+    /// `pixel_values` height and width (0 for none).
+    #[serde(default)]
+    pub pixels: [usize; 2],
+    /// The side of a square image patch.
+    #[serde(default)]
+    pub patch: usize,
     pub classes: usize,
     /// A second task's classes (0 for none).
     #[serde(default)]
@@ -40,6 +53,8 @@ pub struct Fusion<B: Backend> {
     tokens: Option<Embedding<B>>,
     positions: Option<Embedding<B>>,
     image: Option<Linear<B>>,
+    patches: Option<Conv2d<B>>,
+    patch_positions: Option<Embedding<B>>,
     audio: Option<Linear<B>>,
     attention: MultiHeadAttention<B>,
     norm: LayerNorm<B>,
@@ -57,17 +72,49 @@ pub struct Inputs<B: Backend> {
     pub text: Option<(Tensor<B, 2, Int>, Tensor<B, 2, Bool>)>,
     /// `[batch, features]`.
     pub image: Option<Tensor<B, 2>>,
+    /// `[batch, 3, height, width]`.
+    pub pixels: Option<Tensor<B, 4>>,
     /// `[batch, frames, mels]`.
     pub audio: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> Inputs<B> {
+    /// The float inputs in `dtype` (ids and masks stay as they are).
+    pub fn cast(self, dtype: FloatDType) -> Self {
+        Inputs {
+            text: self.text,
+            image: self.image.map(|t| t.cast(dtype)),
+            pixels: self.pixels.map(|t| t.cast(dtype)),
+            audio: self.audio.map(|t| t.cast(dtype)),
+        }
+    }
+}
+
+impl Dims {
+    /// Image patches per sample.
+    pub fn patches(&self) -> usize {
+        match self.patch {
+            0 => 0,
+            p => (self.pixels[0] / p) * (self.pixels[1] / p),
+        }
+    }
 }
 
 impl<B: Backend> Fusion<B> {
     pub fn new(d: &Dims, device: &B::Device) -> Self {
         let text = d.vocab > 0;
+        let pixels = d.patches() > 0;
         Fusion {
             tokens: text.then(|| EmbeddingConfig::new(d.vocab, d.d_model).init(device)),
             positions: text.then(|| EmbeddingConfig::new(d.max_tokens, d.d_model).init(device)),
             image: (d.image > 0).then(|| LinearConfig::new(d.image, d.d_model).init(device)),
+            patches: pixels.then(|| {
+                Conv2dConfig::new([3, d.d_model], [d.patch, d.patch])
+                    .with_stride([d.patch, d.patch])
+                    .init(device)
+            }),
+            patch_positions: pixels
+                .then(|| EmbeddingConfig::new(d.patches(), d.d_model).init(device)),
             audio: (d.mels > 0).then(|| LinearConfig::new(d.mels, d.d_model).init(device)),
             attention: MultiHeadAttentionConfig::new(d.d_model, d.heads)
                 .with_dropout(0.0)
@@ -105,6 +152,18 @@ impl<B: Backend> Fusion<B> {
         if let (Some(proj), Some(features)) = (&self.image, x.image) {
             memory.push(proj.forward(features).unsqueeze_dim(1));
         }
+        if let (Some(conv), Some(positions), Some(pixels)) =
+            (&self.patches, &self.patch_positions, x.pixels)
+        {
+            // [batch, d, rows, cols] -> [batch, rows * cols, d], plus the
+            // patch's position.
+            let p = conv.forward(pixels);
+            let [batch, d, rows, cols] = p.dims();
+            let p = p.reshape([batch, d, rows * cols]).swap_dims(1, 2);
+            let at = Tensor::<B, 1, Int>::arange(0..(rows * cols) as i64, &p.device())
+                .unsqueeze_dim::<2>(0);
+            memory.push(p + positions.forward(at));
+        }
         if let (Some(proj), Some(frames)) = (&self.audio, x.audio) {
             memory.push(proj.forward(frames));
         }
@@ -127,7 +186,7 @@ impl<B: Backend> Fusion<B> {
                 };
                 let h = self.norm.forward(text + attended.context);
                 // Mean over the tokens that are not padding.
-                let keep = pad.bool_not().float().unsqueeze_dim::<3>(2);
+                let keep = pad.bool_not().float().cast(h.dtype()).unsqueeze_dim::<3>(2);
                 let count = keep.clone().sum_dim(1).clamp_min(1.0);
                 let pooled = (h * keep).sum_dim(1) / count;
                 pooled.squeeze_dim::<2>(1)

@@ -17,6 +17,22 @@
 //!
 //! Samples are split by a hash of their `sample_id`: `validation` of them
 //! are held out, evaluated after each epoch (accuracy and loss).
+//!
+//! Devices: `device = "auto"` trains on the first CUDA GPU when kiln was
+//! built with the `cuda` feature and a driver, NVRTC and a GPU are there,
+//! else on the CPU, and says which; `"cuda"` refuses to fall back. The loop
+//! is one generic function over burn's backend. On the GPU the forward and
+//! backward passes run in bf16 on a cast copy of the fp32 master weights,
+//! whose gradients (cast back through the graph) the optimiser applies in
+//! fp32 (`optim.precision`); the CPU trains in fp32.
+//!
+//! `[mix]` mixes `pixel_values` online, per micro-batch, as timm's `Mixup`
+//! does: row i with row `n - 1 - i` (the batch flipped), one mixing per
+//! batch (`mode = "batch"`) or per row (`"elem"`), drawn with the offline
+//! `mix` stage's rules from a generator seeded by (seed, loader position),
+//! so a resumed run mixes the same way. The targets become the smoothed
+//! `onehot(y) * lam + onehot(y_partner) * (1 - lam)` and the loss the
+//! cross-entropy against them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,13 +43,15 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, UInt32Type};
 use burn::backend::{Autodiff, NdArray};
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{AutodiffModule, Module};
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::loader::{Dataset, Loader, LoaderConfig, Position};
@@ -54,7 +72,73 @@ pub struct TrainFile {
     pub optim: OptimConfig,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// Online CutMix/MixUp of `pixel_values`.
+    #[serde(default)]
+    pub mix: Option<TrainMix>,
     pub output: TrainOutput,
+}
+
+/// Online CutMix/MixUp, with timm `Mixup`'s parameters and defaults.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainMix {
+    #[serde(default)]
+    pub mode: MixMode,
+    #[serde(default = "default_one_f64")]
+    pub mixup_alpha: f64,
+    #[serde(default)]
+    pub cutmix_alpha: f64,
+    #[serde(default)]
+    pub cutmix_minmax: Option<[f64; 2]>,
+    /// Probability that a batch (or row, `elem`) is mixed at all.
+    #[serde(default = "default_one_f64")]
+    pub prob: f64,
+    #[serde(default = "default_switch_prob")]
+    pub switch_prob: f64,
+    #[serde(default = "default_true")]
+    pub correct_lam: bool,
+    #[serde(default = "default_smoothing")]
+    pub label_smoothing: f64,
+}
+
+/// One mixing per batch, or per row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MixMode {
+    #[default]
+    Batch,
+    Elem,
+}
+
+impl TrainMix {
+    /// The offline stage's parameters, whose drawing rules are shared.
+    fn params(&self) -> crate::config::MixConfig {
+        crate::config::MixConfig {
+            copies: 1,
+            mixup_alpha: self.mixup_alpha,
+            cutmix_alpha: self.cutmix_alpha,
+            cutmix_minmax: self.cutmix_minmax,
+            prob: self.prob,
+            switch_prob: self.switch_prob,
+            correct_lam: self.correct_lam,
+            label_smoothing: self.label_smoothing,
+            one_hot: false,
+            num_classes: None,
+        }
+    }
+}
+
+fn default_one_f64() -> f64 {
+    1.0
+}
+fn default_switch_prob() -> f64 {
+    0.5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_smoothing() -> f64 {
+    0.1
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -96,6 +180,9 @@ pub struct ModelConfig {
     pub d_model: usize,
     #[serde(default = "default_heads")]
     pub heads: usize,
+    /// The side of the square patches `pixel_values` are cut into.
+    #[serde(default = "default_patch")]
+    pub patch: usize,
 }
 
 impl Default for ModelConfig {
@@ -103,8 +190,13 @@ impl Default for ModelConfig {
         ModelConfig {
             d_model: default_d_model(),
             heads: default_heads(),
+            patch: default_patch(),
         }
     }
+}
+
+fn default_patch() -> usize {
+    16
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -134,6 +226,20 @@ pub struct OptimConfig {
     /// the schedule still spans the whole run.
     #[serde(default)]
     pub stop_after: Option<u64>,
+    /// `auto`: bf16 mixed precision on a GPU, fp32 on the CPU.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// The float type of the forward and backward passes; the master weights
+/// and the optimiser are fp32 always.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    Auto,
+    Fp32,
+    Bf16,
 }
 
 impl Default for OptimConfig {
@@ -149,6 +255,7 @@ impl Default for OptimConfig {
             clip_norm: None,
             max_steps: None,
             stop_after: None,
+            precision: Precision::Auto,
         }
     }
 }
@@ -240,6 +347,7 @@ struct State {
 struct Columns {
     text: bool,
     image: bool,
+    pixels: bool,
     audio: bool,
     /// The label columns: the task's, and the second task's if any.
     labels: Vec<LabelSpec>,
@@ -338,9 +446,6 @@ impl LabelSeen {
     }
 }
 
-type Cpu = NdArray<f32>;
-type Train = Autodiff<Cpu>;
-
 /// What a run did, for the CLI's summary.
 pub struct Summary {
     pub steps: u64,
@@ -411,11 +516,31 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
         }
         None => 0,
     };
+    let pixels = match has("pixel_values") {
+        None => [0, 0],
+        Some(t) => pixel_shape(&t).ok_or_else(|| {
+            bad(format!(
+                "`pixel_values` is {t}, not a [3][height][width] float32 tensor"
+            ))
+        })?,
+    };
     let (text, audio) = (has("input_ids").is_some(), has("mel").is_some());
-    if !text && image == 0 && !audio {
+    if !text && image == 0 && pixels[0] == 0 && !audio {
         return Err(bad(
-            "the dataset has none of `input_ids`, `image_features`, `mel` for the model to read"
+            "the dataset has none of `input_ids`, `image_features`, `pixel_values`, `mel` for the model to read"
                 .into(),
+        ));
+    }
+    let patch = file.model.patch;
+    if pixels[0] > 0 && (patch == 0 || patch > pixels[0].min(pixels[1])) {
+        return Err(Error::Config(format!(
+            "model.patch = {patch}: patches of pixel_values ({} x {}) must be at least 1 and at most its shorter side",
+            pixels[0], pixels[1]
+        )));
+    }
+    if file.mix.is_some() && pixels[0] == 0 {
+        return Err(bad(
+            "[mix] mixes `pixel_values`, which this dataset does not have: store the images with the `to_tensor` stage".into(),
         ));
     }
     if ds.rows == 0 {
@@ -468,6 +593,7 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
     let columns = Columns {
         text,
         image: image > 0,
+        pixels: pixels[0] > 0,
         audio,
         labels,
     };
@@ -493,6 +619,8 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
             max_tokens: file.data.max_tokens.max(1),
             image,
             mels,
+            pixels,
+            patch: if pixels[0] > 0 { patch } else { 0 },
             classes: columns.labels[0].classes,
             classes2: columns.labels.get(1).map_or(0, |l| l.classes),
             d_model: file.model.d_model,
@@ -502,8 +630,122 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
     ))
 }
 
-/// A batch's inputs and class ids (one tensor a task).
-type Batch<B> = (Inputs<B>, Vec<Tensor<B, 1, Int>>);
+/// `[3][height][width]` float32 lists: the height and width.
+fn pixel_shape(t: &DataType) -> Option<[usize; 2]> {
+    let DataType::FixedSizeList(rows, 3) = t else {
+        return None;
+    };
+    let DataType::FixedSizeList(cols, h) = rows.data_type() else {
+        return None;
+    };
+    let DataType::FixedSizeList(item, w) = cols.data_type() else {
+        return None;
+    };
+    (item.data_type() == &DataType::Float32).then_some([*h as usize, *w as usize])
+}
+
+/// A task's targets: class ids, or (mixed) class weights `[batch, classes]`.
+enum Target<B: Backend> {
+    Hard(Tensor<B, 1, Int>),
+    Soft(Tensor<B, 2>),
+}
+
+impl<B: Backend> Target<B> {
+    fn rows(&self) -> usize {
+        match self {
+            Target::Hard(t) => t.dims()[0],
+            Target::Soft(t) => t.dims()[0],
+        }
+    }
+
+    fn hard(self) -> Result<Tensor<B, 1, Int>> {
+        match self {
+            Target::Hard(t) => Ok(t),
+            Target::Soft(_) => Err(Error::Execution(
+                "train: mixed targets where class ids were expected".into(),
+            )),
+        }
+    }
+}
+
+/// Cross-entropy against class ids, or against mixed targets
+/// (`-sum(t * log_softmax(logits))`, the mean over the rows).
+fn task_loss<B: Backend>(
+    ce: &CrossEntropyLoss<B>,
+    logits: Tensor<B, 2>,
+    target: Target<B>,
+) -> Tensor<B, 1> {
+    match target {
+        Target::Hard(y) => ce.forward(logits, y),
+        Target::Soft(t) => (burn::tensor::activation::log_softmax(logits, 1) * t)
+            .sum_dim(1)
+            .mean()
+            .neg(),
+    }
+}
+
+/// A batch's inputs and targets (one a task).
+type Batch<B> = (Inputs<B>, Vec<Target<B>>);
+
+/// Mix `n` rows of `[3][h][w]` pixels in place as timm's `Mixup` does: row
+/// i with row `n - 1 - i`, from the pixels before mixing. Returns each
+/// row's weight of its own label.
+fn mix_batch(
+    m: &TrainMix,
+    rng: &mut ChaCha8Rng,
+    px: &mut [f32],
+    n: usize,
+    [h, w]: [usize; 2],
+) -> Vec<f64> {
+    use crate::stages::image::mix::{Mixing, draw_mixing};
+    let params = m.params();
+    let draw = |rng: &mut ChaCha8Rng| match rng.random::<f64>() < m.prob {
+        true => draw_mixing(&params, (w as u32, h as u32), rng),
+        false => Mixing::None,
+    };
+    let mixings: Vec<Mixing> = match m.mode {
+        MixMode::Batch => vec![draw(rng); n],
+        MixMode::Elem => (0..n).map(|_| draw(rng)).collect(),
+    };
+    let original = px.to_vec();
+    let len = 3 * h * w;
+    for (i, mixing) in mixings.iter().enumerate() {
+        let (own, other) = (i * len, (n - 1 - i) * len);
+        let out = &mut px[own..own + len];
+        let other = &original[other..other + len];
+        match mixing {
+            Mixing::None => {}
+            Mixing::MixUp { lam } => {
+                let (l, r) = (*lam as f32, (1.0 - lam) as f32);
+                for (o, b) in out.iter_mut().zip(other) {
+                    *o = *o * l + b * r;
+                }
+            }
+            Mixing::CutMix { bbox, .. } => {
+                let [y0, y1, x0, x1] = bbox.map(|v| v as usize);
+                for c in 0..3 {
+                    for y in y0..y1 {
+                        let s = c * h * w + y * w;
+                        out[s + x0..s + x1].copy_from_slice(&other[s + x0..s + x1]);
+                    }
+                }
+            }
+        }
+    }
+    mixings.iter().map(Mixing::lam).collect()
+}
+
+/// The generator of a batch's mixing: a function of the seed and the
+/// loader's position before the batch, so a resumed run draws the same.
+fn mix_rng(seed: u64, at: Position) -> ChaCha8Rng {
+    let mut key = Vec::with_capacity(28);
+    key.extend_from_slice(b"mix:");
+    key.extend_from_slice(&seed.to_le_bytes());
+    key.extend_from_slice(&at.epoch.to_le_bytes());
+    key.extend_from_slice(&at.rows.to_le_bytes());
+    let d = ring::digest::digest(&ring::digest::SHA256, &key);
+    ChaCha8Rng::from_seed(d.as_ref().try_into().expect("32 bytes"))
+}
 
 /// A batch's tensors and labels; rows with a non-finite feature are left
 /// out and counted.
@@ -513,6 +755,7 @@ fn tensors<B: Backend>(
     d: &Dims,
     device: &B::Device,
     skipped: &mut u64,
+    mix: Option<(&TrainMix, &mut ChaCha8Rng)>,
 ) -> Result<Option<Batch<B>>> {
     let n = batch.num_rows();
     let col = |name: &str| {
@@ -527,6 +770,22 @@ fn tensors<B: Backend>(
     let mel = match cols.audio {
         true => Some(col("mel")?.as_list::<i32>().clone()),
         false => None,
+    };
+    let pixel_values = match cols.pixels {
+        true => Some(col("pixel_values")?.as_fixed_size_list().clone()),
+        false => None,
+    };
+    // A row's `[3][h][w]` floats.
+    let pixels_of = |r: usize| {
+        let v = pixel_values.as_ref().map(|p| p.value(r));
+        v.map(|v| {
+            v.as_fixed_size_list()
+                .values()
+                .as_fixed_size_list()
+                .values()
+                .as_primitive::<arrow::datatypes::Float32Type>()
+                .clone()
+        })
     };
     // Each task's class ids, -1 where the label is missing.
     let mut ys: Vec<Vec<i64>> = Vec::new();
@@ -573,7 +832,8 @@ fn tensors<B: Backend>(
                 .iter()
                 .all(|x| x.is_finite())
         });
-        if finite_image && finite_audio && label >= 0 {
+        let finite_pixels = pixels_of(r).is_none_or(|v| v.values().iter().all(|x| x.is_finite()));
+        if finite_image && finite_audio && finite_pixels && label >= 0 {
             rows.push(r);
         } else {
             *skipped += 1;
@@ -583,6 +843,18 @@ fn tensors<B: Backend>(
         return Ok(None);
     }
     let b = rows.len();
+    let mut pixels = cols.pixels.then(|| {
+        let mut data = Vec::with_capacity(b * 3 * d.pixels[0] * d.pixels[1]);
+        for &r in &rows {
+            data.extend_from_slice(pixels_of(r).expect("pixel_values").values());
+        }
+        data
+    });
+    // Online mixing: each row's weight of its own label, and the smoothing.
+    let mixed = match (mix, pixels.as_mut()) {
+        (Some((m, rng)), Some(px)) => Some((mix_batch(m, rng, px, b, d.pixels), m.label_smoothing)),
+        _ => None,
+    };
     let mut targets = Vec::new();
     for (task, y) in ys.iter().enumerate() {
         let classes = if task == 0 { d.classes } else { d.classes2 };
@@ -593,10 +865,22 @@ fn tensors<B: Backend>(
                 cols.labels[task].column
             )));
         }
-        targets.push(Tensor::<B, 1, Int>::from_data(
-            TensorData::new(y, [b]),
-            device,
-        ));
+        targets.push(match &mixed {
+            None => Target::Hard(Tensor::from_data(TensorData::new(y, [b]), device)),
+            Some((lams, smoothing)) => {
+                let mut t = Vec::with_capacity(b * classes);
+                for (i, &lam) in lams.iter().enumerate() {
+                    t.extend(crate::stages::image::mix::mixed_target(
+                        y[i] as usize,
+                        y[b - 1 - i] as usize,
+                        lam,
+                        classes,
+                        *smoothing,
+                    ));
+                }
+                Target::Soft(Tensor::from_data(TensorData::new(t, [b, classes]), device))
+            }
+        });
     }
     let text = match cols.text {
         false => None,
@@ -665,7 +949,19 @@ fn tensors<B: Backend>(
             ))
         }
     };
-    Ok(Some((Inputs { text, image, audio }, targets)))
+    let pixels = pixels.map(|data| {
+        let [h, w] = d.pixels;
+        Tensor::<B, 4>::from_data(TensorData::new(data, [b, 3, h, w]), device)
+    });
+    Ok(Some((
+        Inputs {
+            text,
+            image,
+            pixels,
+            audio,
+        },
+        targets,
+    )))
 }
 
 fn write_line(out: &mut std::fs::File, v: serde_json::Value) -> Result<()> {
@@ -684,21 +980,203 @@ fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
     steps.pop()
 }
 
-/// Train as `file` says; `resume` continues from the newest checkpoint in
-/// that output directory.
-pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Summary> {
-    if file.output.device == TrainDevice::Cuda {
-        return Err(Error::Config(
-            "output.device = \"cuda\": this kiln trains on CPU only (it was built without a GPU backend)".into(),
-        ));
+/// Where training runs, as chosen before any data is read.
+enum Chosen {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda,
+}
+
+/// Why the first CUDA GPU cannot train, or nothing when it can: the
+/// driver, NVRTC (burn compiles its kernels at run time), a device, and a
+/// small computation on it.
+#[cfg(feature = "cuda")]
+fn cuda_unavailable() -> Option<String> {
+    use cudarc::driver::result;
+    // SAFETY: these only try to open the shared libraries by name.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("no NVIDIA driver (libcuda) was found".into());
     }
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Some(
+            "NVRTC (libnvrtc), which compiles the GPU kernels at run time, was not found".into(),
+        );
+    }
+    if let Err(e) = result::init() {
+        return Some(format!("the CUDA driver did not start: {e}"));
+    }
+    match result::device::get_count() {
+        Ok(n) if n > 0 => {}
+        Ok(_) => return Some("the CUDA driver sees no GPU".into()),
+        Err(e) => return Some(format!("the CUDA driver cannot count GPUs: {e}")),
+    }
+    type Gpu = burn::backend::Cuda;
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe = std::panic::catch_unwind(|| {
+        let device = burn::backend::cuda::CudaDevice::new(0);
+        let t = Tensor::<Gpu, 1>::from_floats([1.0, 2.0, 3.0], &device);
+        t.sum().into_scalar()
+    });
+    std::panic::set_hook(hook);
+    match probe {
+        Ok(6.0) => None,
+        Ok(v) => Some(format!("a test sum on the GPU gave {v}, not 6")),
+        Err(p) => Some(format!(
+            "a test computation on the GPU failed: {}",
+            p.downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("panic")
+        )),
+    }
+}
+
+/// The device `want` resolves to, and what `auto` fell back from.
+fn choose(want: TrainDevice) -> Result<(Chosen, Option<String>)> {
+    #[cfg(feature = "cuda")]
+    let gpu = match want {
+        TrainDevice::Cpu => Some("device = \"cpu\"".to_string()),
+        _ => cuda_unavailable(),
+    };
+    #[cfg(not(feature = "cuda"))]
+    let gpu = Some("this kiln was built without the `cuda` feature".to_string());
+    match (want, gpu) {
+        (TrainDevice::Cpu, _) => Ok((Chosen::Cpu, None)),
+        (TrainDevice::Cuda, Some(why)) => Err(Error::Config(format!(
+            "device = \"cuda\": no GPU to train on: {why} (device = \"auto\" falls back to the CPU)"
+        ))),
+        (TrainDevice::Auto, Some(why)) => Ok((Chosen::Cpu, Some(why))),
+        #[cfg(feature = "cuda")]
+        (_, None) => Ok((Chosen::Cuda, None)),
+        #[cfg(not(feature = "cuda"))]
+        (_, None) => unreachable!("no GPU without the cuda feature"),
+    }
+}
+
+/// What is refused before any data is read.
+fn check(file: &TrainFile) -> Result<()> {
     let o = &file.optim;
     if o.batch_size == 0 || o.grad_accum == 0 {
         return Err(Error::Config(
             "optim.batch_size and optim.grad_accum must be at least 1".into(),
         ));
     }
-    let device = burn::backend::ndarray::NdArrayDevice::Cpu;
+    if let Some(m) = &file.mix {
+        crate::stages::image::mix::check_params(&m.params())
+            .map_err(|(key, why)| Error::Config(format!("mix.{key}: {why}")))?;
+    }
+    Ok(())
+}
+
+/// Train as `file` says; `resume` continues from the newest checkpoint in
+/// that output directory.
+pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Summary> {
+    check(file)?;
+    let (chosen, fell_back) = choose(file.output.device)?;
+    if let (Some(why), false) = (&fell_back, quiet) {
+        eprintln!("kiln: training on the CPU: {why}");
+    }
+    match (chosen, file.optim.precision) {
+        (Chosen::Cpu, Precision::Bf16) => Err(Error::Config(
+            "optim.precision = \"bf16\": mixed precision is for the GPU; the CPU trains in fp32 (precision = \"auto\" or \"fp32\")".into(),
+        )),
+        (Chosen::Cpu, _) => train_on::<Autodiff<NdArray<f32>>>(
+            file,
+            resume,
+            quiet,
+            burn::backend::ndarray::NdArrayDevice::Cpu,
+            None,
+            "cpu (fp32)".into(),
+        ),
+        #[cfg(feature = "cuda")]
+        (Chosen::Cuda, precision) => {
+            let compute = (precision != Precision::Fp32).then_some(FloatDType::BF16);
+            train_on::<Autodiff<burn::backend::Cuda>>(
+                file,
+                resume,
+                quiet,
+                burn::backend::cuda::CudaDevice::new(0),
+                compute,
+                match compute {
+                    Some(_) => "cuda:0 (bf16, fp32 master weights)".into(),
+                    None => "cuda:0 (fp32)".into(),
+                },
+            )
+        }
+    }
+}
+
+/// The cast of every float parameter to a type: the compute copy of the
+/// master weights, whose gradients flow back to them through the casts.
+struct CastParams(FloatDType);
+
+impl<B: Backend> ModuleMapper<B> for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        Param::from_mapped_value(id, tensor.cast(self.0), mapper)
+    }
+}
+
+/// Initialises lazily made parameters, so that copies share their values.
+struct Materialise;
+
+impl<B: Backend> ModuleMapper<B> for Materialise {}
+
+/// One micro-batch: its loss times `share` (its rows over the step's), the
+/// task weight, and the gradients on the master weights. With `compute`,
+/// the forward and backward passes run in that type.
+fn micro_step<B: AutodiffBackend>(
+    model: &Fusion<B>,
+    compute: Option<FloatDType>,
+    ce: &CrossEntropyLoss<B>,
+    (x, y): Batch<B>,
+    share: f64,
+) -> (f64, Option<f64>, GradientsParams) {
+    use burn::tensor::ElementConversion;
+    let cast;
+    let (forward, x) = match compute {
+        Some(dtype) => {
+            cast = model.clone().map(&mut CastParams(dtype));
+            (&cast, x.cast(dtype))
+        }
+        None => (model, x),
+    };
+    let full = |t: Tensor<B, 2>| match compute {
+        Some(_) => t.cast(FloatDType::F32),
+        None => t,
+    };
+    let (logits, second) = forward.forward(x);
+    let mut y = y.into_iter();
+    let first = task_loss(ce, full(logits), y.next().expect("a target a task"));
+    let (loss, weight) = match (second, forward.task_weight(), y.next()) {
+        (Some(logits2), Some(w), Some(y2)) => {
+            let w = match compute {
+                Some(_) => w.cast(FloatDType::F32),
+                None => w,
+            };
+            let other = task_loss(ce, full(logits2), y2);
+            let value = w.clone().into_scalar().elem::<f64>();
+            (first * w.clone() + other * (w.neg() + 1.0), Some(value))
+        }
+        _ => (first, None),
+    };
+    let loss = loss * share;
+    let value = loss.clone().into_scalar().elem::<f64>();
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    (value, weight, grads)
+}
+
+/// The loop, on backend `B` and `device`.
+fn train_on<B: AutodiffBackend>(
+    file: &TrainFile,
+    resume: Option<&Path>,
+    quiet: bool,
+    device: B::Device,
+    compute: Option<FloatDType>,
+    device_name: String,
+) -> Result<Summary> {
+    let o = &file.optim;
     let ds = Arc::new(Dataset::open(Path::new(&file.data.path))?);
     let (d, cols) = dims(file, &ds)?;
     let out = PathBuf::from(&file.output.path);
@@ -714,18 +1192,24 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
         warmup_steps: o.warmup_steps,
         total_steps: total,
     };
-    <Train as Backend>::seed(&device, file.seed);
-    let mut model: Fusion<Train> = Fusion::new(&d, &device);
+    B::seed(&device, file.seed);
+    let mut model: Fusion<B> = Fusion::new(&d, &device).map(&mut Materialise);
     let mut optim_cfg = AdamWConfig::new().with_weight_decay(o.weight_decay as f32);
     if let Some(c) = o.clip_norm {
         optim_cfg = optim_cfg.with_grad_clipping(Some(GradientClippingConfig::Norm(c as f32)));
     }
-    let mut optim = optim_cfg.init::<Train, Fusion<Train>>();
-    let mut columns: Vec<String> = ["sample_id", "input_ids", "image_features", "mel"]
-        .iter()
-        .filter(|c| ds.schema.field_with_name(c).is_ok())
-        .map(|c| c.to_string())
-        .collect();
+    let mut optim = optim_cfg.init::<B, Fusion<B>>();
+    let mut columns: Vec<String> = [
+        "sample_id",
+        "input_ids",
+        "image_features",
+        "pixel_values",
+        "mel",
+    ]
+    .iter()
+    .filter(|c| ds.schema.field_with_name(c).is_ok())
+    .map(|c| c.to_string())
+    .collect();
     columns.extend(cols.labels.iter().map(|l| l.column.clone()));
     let mut loader = loader(&ds, file, &columns, o.batch_size)?;
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
@@ -766,6 +1250,9 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
             eprintln!("kiln: resumed from {} at step {step}", ckpt.display());
         }
     }
+    if !quiet {
+        eprintln!("kiln: training on {device_name}");
+    }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -792,10 +1279,12 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
     });
     while step < end {
         // Gather the micro-batches of one step (train rows only).
-        let mut micro: Vec<Batch<Train>> = Vec::new();
+        let mut micro: Vec<Batch<B>> = Vec::new();
         let epoch = loader.position().epoch;
+        let loading = Instant::now();
         let mut epoch_over = false;
         while micro.len() < o.grad_accum {
+            let at = loader.position();
             match loader.next_batch()? {
                 None => {
                     epoch_over = true;
@@ -803,33 +1292,26 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
                 }
                 Some(b) => {
                     let b = split(&b, file.data.validation, false)?;
-                    if let Some(t) = tensors::<Train>(&b, &cols, &d, &device, &mut skipped)? {
+                    let mut rng = file.mix.as_ref().map(|_| mix_rng(file.seed, at));
+                    let mix = file.mix.as_ref().zip(rng.as_mut());
+                    if let Some(t) = tensors::<B>(&b, &cols, &d, &device, &mut skipped, mix)? {
                         micro.push(t);
                     }
                 }
             }
         }
+        // The time the step waited for its batches: read, split, assembled.
+        let data_s = loading.elapsed().as_secs_f64();
         if !micro.is_empty() {
-            let rows: usize = micro.iter().map(|(_, y)| y[0].dims()[0]).sum();
-            let mut accumulator = GradientsAccumulator::<Fusion<Train>>::new();
+            let rows: usize = micro.iter().map(|(_, y)| y[0].rows()).sum();
+            let mut accumulator = GradientsAccumulator::<Fusion<B>>::new();
             let mut loss_sum = 0.0;
             let mut weight = None;
-            for (x, mut y) in micro {
-                let n = y[0].dims()[0];
-                let (logits, second) = model.forward(x);
-                let first = loss_fn.forward(logits, y.remove(0));
-                let loss = match (second, model.task_weight()) {
-                    (Some(logits2), Some(w)) => {
-                        let other = loss_fn.forward(logits2, y.remove(0));
-                        weight = Some(w.clone().into_scalar() as f64);
-                        first * w.clone() + other * (w.neg() + 1.0)
-                    }
-                    _ => first,
-                };
-                // The mean over the micro-batch, weighted by its share of the step.
-                let loss = loss * (n as f64 / rows as f64);
-                loss_sum += loss.clone().into_scalar() as f64;
-                let g = GradientsParams::from_grads(loss.backward(), &model);
+            for batch in micro {
+                let share = batch.1[0].rows() as f64 / rows as f64;
+                let (loss, w, g) = micro_step(&model, compute, &loss_fn, batch, share);
+                loss_sum += loss;
+                weight = w.or(weight);
                 accumulator.accumulate(&model, g);
             }
             let grads = accumulator.grads();
@@ -850,7 +1332,7 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
                 serde_json::json!({
                     "step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
                     "grad_norm": grad_norm, "task_weight": weight,
-                    "samples_per_s": rate,
+                    "samples_per_s": rate, "data_s": data_s,
                 }),
             )?;
             if step.is_multiple_of(file.checkpoint.every.max(1)) || step == end {
@@ -872,7 +1354,7 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
             accuracy = acc;
             write_line(
                 &mut metrics,
-                serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "val_accuracy_2": e.accuracy2, "skipped": skipped}),
+                serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "val_accuracy_2": e.accuracy2, "skipped": skipped, "device": device_name}),
             )?;
             let line = format!(
                 "kiln: epoch {epoch} step {step}: validation accuracy {}",
@@ -893,7 +1375,7 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
     Ok(Summary {
         steps: step,
         accuracy,
-        device: "cpu (NdArray)".into(),
+        device: device_name,
         output: out,
     })
 }
@@ -921,27 +1403,33 @@ fn plot_metrics(out: &Path) -> Result<()> {
 }
 
 /// The global L2 norm of the gradient (before clipping).
-fn grad_norm(model: &Fusion<Train>, grads: &GradientsParams) -> f64 {
-    struct Norm<'a> {
+fn grad_norm<B: AutodiffBackend>(model: &Fusion<B>, grads: &GradientsParams) -> f64 {
+    use burn::tensor::ElementConversion;
+    struct Norm<'a, B: AutodiffBackend> {
         grads: &'a GradientsParams,
-        sum: f64,
+        sum: Option<Tensor<B::InnerBackend, 1>>,
     }
-    impl burn::module::ModuleVisitor<Train> for Norm<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<Train, D>>) {
-            if let Some(g) = self.grads.get::<Cpu, D>(param.id) {
-                self.sum += g.powi_scalar(2).sum().into_scalar() as f64;
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Norm<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                let s = g.powi_scalar(2).sum();
+                self.sum = Some(match self.sum.take() {
+                    Some(t) => t + s,
+                    None => s,
+                });
             }
         }
     }
-    let mut v = Norm { grads, sum: 0.0 };
+    let mut v = Norm::<B> { grads, sum: None };
     model.visit(&mut v);
-    v.sum.sqrt()
+    // One read of the device, for all the parameters.
+    v.sum.map_or(0.0, |s| s.into_scalar().elem::<f64>()).sqrt()
 }
 
 #[allow(clippy::too_many_arguments)]
-fn checkpoint<O: Optimizer<Fusion<Train>, Train>>(
+fn checkpoint<B: AutodiffBackend, O: Optimizer<Fusion<B>, B>>(
     out: &Path,
-    model: &Fusion<Train>,
+    model: &Fusion<B>,
     optim: &O,
     recorder: &NamedMpkFileRecorder<FullPrecisionSettings>,
     step: u64,
@@ -1003,35 +1491,41 @@ struct Evaluation {
 }
 
 /// Accuracy and mean loss on the held-out samples.
-fn evaluate(
-    model: &Fusion<Cpu>,
+fn evaluate<B: Backend>(
+    model: &Fusion<B>,
     ds: &Arc<Dataset>,
     file: &TrainFile,
     cols: &Columns,
     d: &Dims,
     columns: &[String],
 ) -> Result<Evaluation> {
-    let device = burn::backend::ndarray::NdArrayDevice::Cpu;
+    use burn::tensor::ElementConversion;
+    let device = model.devices().into_iter().next().unwrap_or_default();
     let mut loader = loader(ds, file, columns, 64)?;
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let (mut right, mut right2, mut total, mut loss_sum) = (0u64, 0u64, 0u64, 0.0f64);
     let mut skipped = 0;
     while let Some(b) = loader.next_batch()? {
         let b = split(&b, file.data.validation, true)?;
-        let Some((x, mut y)) = tensors::<Cpu>(&b, cols, d, &device, &mut skipped)? else {
+        let Some((x, y)) = tensors::<B>(&b, cols, d, &device, &mut skipped, None)? else {
             continue;
         };
-        let y1 = y.remove(0);
+        let mut y = y.into_iter();
+        let y1 = y.next().expect("a target a task").hard()?;
         let n = y1.dims()[0] as u64;
         let (logits, second) = model.forward(x);
-        loss_sum += loss_fn.forward(logits.clone(), y1.clone()).into_scalar() as f64 * n as f64;
-        let correct = |logits: Tensor<Cpu, 2>, y: Tensor<Cpu, 1, Int>| {
+        loss_sum += loss_fn
+            .forward(logits.clone(), y1.clone())
+            .into_scalar()
+            .elem::<f64>()
+            * n as f64;
+        let correct = |logits: Tensor<B, 2>, y: Tensor<B, 1, Int>| {
             let predicted = logits.argmax(1).squeeze_dim::<1>(1);
-            predicted.equal(y).int().sum().into_scalar() as u64
+            predicted.equal(y).int().sum().into_scalar().elem::<i64>() as u64
         };
         right += correct(logits, y1);
-        if let Some(l2) = second {
-            right2 += correct(l2, y.remove(0));
+        if let (Some(l2), Some(y2)) = (second, y.next()) {
+            right2 += correct(l2, y2.hard()?);
         }
         total += n;
     }
@@ -1041,4 +1535,227 @@ fn evaluate(
         loss: (total > 0).then(|| loss_sum / total as f64),
         accuracy2: (d.classes2 > 0).then(|| share(right2)).flatten(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::image::mix::mixed_target;
+    use burn::backend::ndarray::NdArrayDevice;
+    use burn::module::ParamId;
+    use burn::tensor::DType;
+
+    type B = Autodiff<NdArray<f32>>;
+
+    fn mix(mode: MixMode, mixup: f64, cutmix: f64) -> TrainMix {
+        TrainMix {
+            mode,
+            mixup_alpha: mixup,
+            cutmix_alpha: cutmix,
+            cutmix_minmax: None,
+            prob: 1.0,
+            switch_prob: 0.5,
+            correct_lam: true,
+            label_smoothing: 0.1,
+        }
+    }
+
+    /// `n` rows of `[3][h][w]`, each value its own.
+    fn pixels(n: usize, h: usize, w: usize) -> Vec<f32> {
+        (0..n * 3 * h * w).map(|v| v as f32).collect()
+    }
+
+    #[test]
+    fn batch_mixup_blends_each_row_with_the_flipped_batch() {
+        let (n, h, w) = (5, 4, 6);
+        let mut px = pixels(n, h, w);
+        let before = px.clone();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let lams = mix_batch(&mix(MixMode::Batch, 1.0, 0.0), &mut rng, &mut px, n, [h, w]);
+        let lam = lams[0];
+        assert!(lams.iter().all(|&l| l == lam) && lam > 0.0 && lam < 1.0);
+        let len = 3 * h * w;
+        for i in 0..n {
+            let j = n - 1 - i;
+            for k in 0..len {
+                let want =
+                    before[i * len + k] * lam as f32 + before[j * len + k] * (1.0 - lam) as f32;
+                assert_eq!(px[i * len + k], want);
+            }
+        }
+        // The same generator state mixes the same way.
+        let mut again = before.clone();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        mix_batch(
+            &mix(MixMode::Batch, 1.0, 0.0),
+            &mut rng,
+            &mut again,
+            n,
+            [h, w],
+        );
+        assert_eq!(again, px);
+    }
+
+    #[test]
+    fn cutmix_pastes_the_partners_box_and_corrects_lambda() {
+        let (n, h, w) = (4, 8, 10);
+        let len = 3 * h * w;
+        for seed in 0..20 {
+            let mut px = pixels(n, h, w);
+            let before = px.clone();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let lams = mix_batch(&mix(MixMode::Elem, 0.0, 1.0), &mut rng, &mut px, n, [h, w]);
+            for (i, &lam) in lams.iter().enumerate() {
+                let j = n - 1 - i;
+                // Pixels from the partner: the box, in every channel.
+                let mut pasted = 0;
+                for k in 0..len {
+                    let (own, other) = (before[i * len + k], before[j * len + k]);
+                    let v = px[i * len + k];
+                    assert!(v == own || v == other);
+                    if v == other {
+                        pasted += 1;
+                    }
+                }
+                assert_eq!(pasted % 3, 0);
+                let area = (pasted / 3) as f64;
+                assert!(
+                    (lam - (1.0 - area / (h * w) as f64)).abs() < 1e-12,
+                    "{lam} {area}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn elem_mode_draws_each_row_and_prob_zero_leaves_the_batch_alone() {
+        let (n, h, w) = (6, 4, 4);
+        let mut px = pixels(n, h, w);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let lams = mix_batch(&mix(MixMode::Elem, 1.0, 0.0), &mut rng, &mut px, n, [h, w]);
+        assert!(lams.windows(2).any(|l| l[0] != l[1]), "{lams:?}");
+        let mut m = mix(MixMode::Batch, 1.0, 1.0);
+        m.prob = 0.0;
+        let mut px = pixels(n, h, w);
+        let lams = mix_batch(&m, &mut rng, &mut px, n, [h, w]);
+        assert_eq!(px, pixels(n, h, w));
+        assert!(lams.iter().all(|&l| l == 1.0));
+        // Unmixed, the target is the smoothed one-hot of the row's label.
+        let t = mixed_target(2, 0, 1.0, 4, 0.1);
+        assert_eq!(t, vec![0.025, 0.025, 0.925, 0.025]);
+    }
+
+    fn dims() -> Dims {
+        Dims {
+            vocab: 11,
+            max_tokens: 5,
+            image: 6,
+            mels: 3,
+            pixels: [8, 8],
+            patch: 4,
+            classes: 3,
+            classes2: 2,
+            d_model: 8,
+            heads: 2,
+        }
+    }
+
+    /// A batch of 4 with every input, made of small deterministic values.
+    fn batch(device: &NdArrayDevice) -> Batch<B> {
+        let v = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>();
+        let ids: Vec<i64> = (0..20).map(|i| (i * 7 % 11) as i64).collect();
+        let pad: Vec<bool> = (0..20).map(|i| i % 5 > 2 + (i / 5) % 2).collect();
+        let inputs = Inputs {
+            text: Some((
+                Tensor::from_data(TensorData::new(ids, [4, 5]), device),
+                Tensor::from_data(TensorData::new(pad, [4, 5]), device),
+            )),
+            image: Some(Tensor::from_data(
+                TensorData::new(v(24, 0.3), [4, 6]),
+                device,
+            )),
+            pixels: Some(Tensor::from_data(
+                TensorData::new(v(4 * 3 * 64, 0.07), [4, 3, 8, 8]),
+                device,
+            )),
+            audio: Some(Tensor::from_data(
+                TensorData::new(v(24, 0.5), [4, 2, 3]),
+                device,
+            )),
+        };
+        let soft: Vec<f32> = (0..4)
+            .flat_map(|i| mixed_target(i % 3, 2 - i % 3, 0.7, 3, 0.1))
+            .collect();
+        let targets = vec![
+            Target::Soft(Tensor::from_data(TensorData::new(soft, [4, 3]), device)),
+            Target::Hard(Tensor::from_data(
+                TensorData::new(vec![0i64, 1, 1, 0], [4]),
+                device,
+            )),
+        ];
+        (inputs, targets)
+    }
+
+    /// Each parameter's gradient, by id.
+    fn gradients(model: &Fusion<B>, grads: &GradientsParams) -> Vec<(ParamId, Vec<f32>)> {
+        struct Collect<'a>(&'a GradientsParams, Vec<(ParamId, Vec<f32>)>);
+        impl burn::module::ModuleVisitor<B> for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                let g = self.0.get::<NdArray<f32>, D>(param.id).expect("a gradient");
+                assert_eq!(
+                    g.dtype(),
+                    DType::F32,
+                    "the master weights' gradient is fp32"
+                );
+                self.1
+                    .push((param.id, g.into_data().to_vec::<f32>().unwrap()));
+            }
+        }
+        let mut c = Collect(grads, Vec::new());
+        model.visit(&mut c);
+        c.1
+    }
+
+    #[test]
+    fn a_cast_compute_copy_gives_the_master_weights_their_gradients() {
+        // The CPU backend has no bf16, so the compute copy is f64 here: the
+        // same casts, the same graph back to the fp32 master weights.
+        let device = NdArrayDevice::Cpu;
+        B::seed(&device, 7);
+        let model = Fusion::<B>::new(&dims(), &device).map(&mut Materialise);
+        let ce = CrossEntropyLossConfig::new().init(&device);
+        let (l32, w32, g32) = micro_step(&model, None, &ce, batch(&device), 0.5);
+        let (l64, w64, g64) = micro_step(&model, Some(FloatDType::F64), &ce, batch(&device), 0.5);
+        assert!(
+            (l32 - l64).abs() < 1e-5 * l32.abs().max(1.0),
+            "{l32} vs {l64}"
+        );
+        assert!((w32.unwrap() - w64.unwrap()).abs() < 1e-6);
+        let (a, b) = (gradients(&model, &g32), gradients(&model, &g64));
+        assert_eq!(a.len(), b.len());
+        assert!(a.len() >= 15, "every parameter has a gradient: {}", a.len());
+        for ((id, x), (_, y)) in a.iter().zip(&b) {
+            assert!(x.iter().any(|v| *v != 0.0), "{id}: a zero gradient");
+            for (u, v) in x.iter().zip(y) {
+                assert!((u - v).abs() <= 1e-4 * (1.0 + u.abs()), "{id}: {u} vs {v}");
+            }
+        }
+        // The copy computes in its own type; the master stays fp32.
+        let copy = model.clone().map(&mut CastParams(FloatDType::F64));
+        let (logits, _) = copy.forward(batch(&device).0.cast(FloatDType::F64));
+        assert_eq!(logits.dtype(), DType::F64);
+        let (logits, _) = model.forward(batch(&device).0);
+        assert_eq!(logits.dtype(), DType::F32);
+    }
+
+    #[test]
+    fn the_device_is_chosen_before_any_data_is_read() {
+        let (chosen, why) = choose(TrainDevice::Cpu).unwrap();
+        assert!(matches!(chosen, Chosen::Cpu) && why.is_none());
+        // Without a GPU, `auto` says why it fell back and `cuda` refuses.
+        if let Ok((Chosen::Cpu, Some(why))) = choose(TrainDevice::Auto) {
+            let e = choose(TrainDevice::Cuda).err().unwrap().to_string();
+            assert!(e.contains("no GPU to train on") && e.contains(&why), "{e}");
+        }
+    }
 }

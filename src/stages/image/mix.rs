@@ -96,43 +96,7 @@ impl MixStage {
         if label.data_type() != &DataType::Int64 {
             return err("type", "mix needs integer class ids in `label`");
         }
-        if cfg.copies == 0 {
-            return err("copies", "copies must be at least 1");
-        }
-        for (k, a) in [
-            ("mixup_alpha", cfg.mixup_alpha),
-            ("cutmix_alpha", cfg.cutmix_alpha),
-        ] {
-            if !a.is_finite() || a < 0.0 {
-                return err(k, "alphas must be finite and not negative");
-            }
-        }
-        if cfg.num_classes == Some(0) {
-            return err("num_classes", "num_classes must be at least 1");
-        }
-        if cfg.mixup_alpha == 0.0 && cfg.cutmix_alpha == 0.0 && cfg.cutmix_minmax.is_none() {
-            return err(
-                "mixup_alpha",
-                "set mixup_alpha, cutmix_alpha or cutmix_minmax",
-            );
-        }
-        if !(0.0..=1.0).contains(&cfg.prob) {
-            return err("prob", "prob must be within [0, 1]");
-        }
-        if !(0.0..=1.0).contains(&cfg.switch_prob) {
-            return err("switch_prob", "switch_prob must be within [0, 1]");
-        }
-        if !(0.0..1.0).contains(&cfg.label_smoothing) {
-            return err("label_smoothing", "label_smoothing must be within [0, 1)");
-        }
-        if let Some([lo, hi]) = cfg.cutmix_minmax
-            && !(0.0 < lo && lo < hi && hi <= 1.0)
-        {
-            return err(
-                "cutmix_minmax",
-                "cutmix_minmax must be [min, max] with 0 < min < max <= 1",
-            );
-        }
+        check_params(cfg)?;
         let named = class_names(label).map(|n| n.len()).filter(|&n| n > 0);
         let classes = cfg.num_classes.or(named);
         if cfg.one_hot && classes.is_none() {
@@ -149,10 +113,6 @@ impl MixStage {
         })
     }
 
-    fn cutmix_on(&self) -> bool {
-        self.cfg.cutmix_alpha > 0.0 || self.cfg.cutmix_minmax.is_some()
-    }
-
     /// The mixing of one copy and its partner row, from its generator.
     pub fn draw(&self, rng: &mut ChaCha8Rng, row: usize, rows: usize) -> (Mixing, usize) {
         let mixed = rng.random::<f64>() < self.cfg.prob;
@@ -165,57 +125,111 @@ impl MixStage {
         if !mixed {
             return (Mixing::None, partner);
         }
-        let cutmix = match (self.cfg.mixup_alpha > 0.0, self.cutmix_on()) {
-            (true, true) => rng.random::<f64>() < self.cfg.switch_prob,
-            (false, true) => true,
-            _ => false,
-        };
-        let beta = |rng: &mut ChaCha8Rng, a: f64| Beta::new(a, a).expect("alpha > 0").sample(rng);
-        let (w, h) = (self.size.0 as i64, self.size.1 as i64);
-        if !cutmix {
-            return (
-                Mixing::MixUp {
-                    lam: beta(rng, self.cfg.mixup_alpha),
-                },
-                partner,
-            );
-        }
-        let (bbox, lam) = match self.cfg.cutmix_minmax {
-            Some([lo, hi]) => {
-                let randint = |rng: &mut ChaCha8Rng, a: i64, b: i64| {
-                    if b > a { rng.random_range(a..b) } else { a }
-                };
-                let cut_h = randint(rng, (h as f64 * lo) as i64, (h as f64 * hi) as i64);
-                let cut_w = randint(rng, (w as f64 * lo) as i64, (w as f64 * hi) as i64);
-                let y0 = randint(rng, 0, h - cut_h);
-                let x0 = randint(rng, 0, w - cut_w);
-                ([y0, y0 + cut_h, x0, x0 + cut_w], None)
-            }
-            None => {
-                let lam = beta(rng, self.cfg.cutmix_alpha);
-                let ratio = (1.0 - lam).sqrt();
-                let cut_h = (h as f64 * ratio) as i64;
-                let cut_w = (w as f64 * ratio) as i64;
-                let cy = rng.random_range(0..h);
-                let cx = rng.random_range(0..w);
-                let bbox = [
-                    (cy - cut_h / 2).clamp(0, h),
-                    (cy + cut_h / 2).clamp(0, h),
-                    (cx - cut_w / 2).clamp(0, w),
-                    (cx + cut_w / 2).clamp(0, w),
-                ];
-                (bbox, Some(lam))
-            }
-        };
-        let area = ((bbox[1] - bbox[0]) * (bbox[3] - bbox[2])) as f64;
-        let corrected = 1.0 - area / (w * h) as f64;
-        let lam = match lam {
-            Some(l) if !self.cfg.correct_lam => l,
-            _ => corrected,
-        };
-        let bbox = bbox.map(|v| v as u32);
-        (Mixing::CutMix { lam, bbox }, partner)
+        (draw_mixing(&self.cfg, self.size, rng), partner)
     }
+}
+
+/// The parameters' ranges, as (key, message): the offline stage and the
+/// trainer's online mixing check the same ones.
+pub fn check_params(cfg: &MixConfig) -> std::result::Result<(), (String, String)> {
+    let err = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+    if cfg.copies == 0 {
+        return err("copies", "copies must be at least 1");
+    }
+    for (k, a) in [
+        ("mixup_alpha", cfg.mixup_alpha),
+        ("cutmix_alpha", cfg.cutmix_alpha),
+    ] {
+        if !a.is_finite() || a < 0.0 {
+            return err(k, "alphas must be finite and not negative");
+        }
+    }
+    if cfg.num_classes == Some(0) {
+        return err("num_classes", "num_classes must be at least 1");
+    }
+    if cfg.mixup_alpha == 0.0 && cfg.cutmix_alpha == 0.0 && cfg.cutmix_minmax.is_none() {
+        return err(
+            "mixup_alpha",
+            "set mixup_alpha, cutmix_alpha or cutmix_minmax",
+        );
+    }
+    if !(0.0..=1.0).contains(&cfg.prob) {
+        return err("prob", "prob must be within [0, 1]");
+    }
+    if !(0.0..=1.0).contains(&cfg.switch_prob) {
+        return err("switch_prob", "switch_prob must be within [0, 1]");
+    }
+    if !(0.0..1.0).contains(&cfg.label_smoothing) {
+        return err("label_smoothing", "label_smoothing must be within [0, 1)");
+    }
+    if let Some([lo, hi]) = cfg.cutmix_minmax
+        && !(0.0 < lo && lo < hi && hi <= 1.0)
+    {
+        return err(
+            "cutmix_minmax",
+            "cutmix_minmax must be [min, max] with 0 < min < max <= 1",
+        );
+    }
+    Ok(())
+}
+
+/// A mixed sample's mixing, after the decision to mix it: CutMix or MixUp
+/// (`switch_prob` when both are on), lambda from `Beta(alpha, alpha)`, and
+/// for CutMix the box in a `size` = (width, height) image, as timm's
+/// `Mixup` draws them. The offline stage and the trainer's online mixing
+/// share it.
+pub fn draw_mixing(cfg: &MixConfig, size: (u32, u32), rng: &mut ChaCha8Rng) -> Mixing {
+    let cutmix = match (cfg.mixup_alpha > 0.0, cutmix_on(cfg)) {
+        (true, true) => rng.random::<f64>() < cfg.switch_prob,
+        (false, true) => true,
+        _ => false,
+    };
+    let beta = |rng: &mut ChaCha8Rng, a: f64| Beta::new(a, a).expect("alpha > 0").sample(rng);
+    let (w, h) = (size.0 as i64, size.1 as i64);
+    if !cutmix {
+        return Mixing::MixUp {
+            lam: beta(rng, cfg.mixup_alpha),
+        };
+    }
+    let (bbox, lam) = match cfg.cutmix_minmax {
+        Some([lo, hi]) => {
+            let randint = |rng: &mut ChaCha8Rng, a: i64, b: i64| {
+                if b > a { rng.random_range(a..b) } else { a }
+            };
+            let cut_h = randint(rng, (h as f64 * lo) as i64, (h as f64 * hi) as i64);
+            let cut_w = randint(rng, (w as f64 * lo) as i64, (w as f64 * hi) as i64);
+            let y0 = randint(rng, 0, h - cut_h);
+            let x0 = randint(rng, 0, w - cut_w);
+            ([y0, y0 + cut_h, x0, x0 + cut_w], None)
+        }
+        None => {
+            let lam = beta(rng, cfg.cutmix_alpha);
+            let ratio = (1.0 - lam).sqrt();
+            let cut_h = (h as f64 * ratio) as i64;
+            let cut_w = (w as f64 * ratio) as i64;
+            let cy = rng.random_range(0..h);
+            let cx = rng.random_range(0..w);
+            let bbox = [
+                (cy - cut_h / 2).clamp(0, h),
+                (cy + cut_h / 2).clamp(0, h),
+                (cx - cut_w / 2).clamp(0, w),
+                (cx + cut_w / 2).clamp(0, w),
+            ];
+            (bbox, Some(lam))
+        }
+    };
+    let area = ((bbox[1] - bbox[0]) * (bbox[3] - bbox[2])) as f64;
+    let corrected = 1.0 - area / (w * h) as f64;
+    let lam = match lam {
+        Some(l) if !cfg.correct_lam => l,
+        _ => corrected,
+    };
+    let bbox = bbox.map(|v| v as u32);
+    Mixing::CutMix { lam, bbox }
+}
+
+fn cutmix_on(cfg: &MixConfig) -> bool {
+    cfg.cutmix_alpha > 0.0 || cfg.cutmix_minmax.is_some()
 }
 
 /// Mix the pixels of `a` with `b` (both `w` x `h` RGB8).

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Training throughput: `kiln train` beside the equivalent PyTorch script, on
+# the same tokenized sentences in the same run, both on the CPU in fp32.
+#
+# The dataset: N WordNet example sentences (benches/gen_sentences.py, five
+# labels), tokenized by kiln. The model: text only (token + position
+# embeddings, self-attention, LayerNorm, masked mean, head), d_model 64,
+# 4 heads, 64 tokens, batch 32, AdamW, clipping, warmup + cosine; STEPS
+# steps. kiln's rate is the last step's `samples_per_s` in metrics.jsonl
+# (loading and assembling batches included); the reference's is its timed
+# loop (batches sliced from tensors already in memory). Prints the ratio
+# for each round, and the share of kiln's time spent waiting for data
+# (`data_s` per step: reading, splitting, assembling the batch), which shows
+# whether the loader is the bottleneck.
+#
+#   benches/train.sh [N] [STEPS]   (default 8000 sentences, 200 steps)
+#
+# Needs a release build (cargo build --release), scripts/setup.sh, and
+# Debian's python3-torch (installed here with apt when missing and root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-8000}
+STEPS=${2:-200}
+KILN=target/release/kiln
+PY=.venv/bin/python
+DATA=bench-data
+TOK=fixtures/text/tokenizer.json
+[ -x "$KILN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+[ -x "$PY" ] || { echo "set up first: scripts/setup.sh" >&2; exit 2; }
+if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-torch >/dev/null
+    else
+        echo "the reference needs Debian's python3-torch: apt-get install python3-torch" >&2
+        exit 2
+    fi
+fi
+$PY benches/gen_sentences.py --n "$N" --out "$DATA/train-sentences.jsonl"
+cat > "$DATA/train-ds.toml" <<TOML
+[[inputs]]
+path = "$DATA/train-sentences.jsonl"
+columns = ["label"]
+[[stages]]
+type = "tokenize"
+tokenizer = "$TOK"
+[output]
+path = "$DATA/train-ds"
+max_shard_rows = 1000
+TOML
+rm -rf "$DATA/train-ds"
+$KILN run "$DATA/train-ds.toml" -q
+$PY benches/export_train.py --data "$DATA/train-ds" --max-tokens 64 --out "$DATA/train.npz"
+cat > "$DATA/train.toml" <<TOML
+seed = 0
+[data]
+path = "$DATA/train-ds"
+validation = 0.0
+max_tokens = 64
+[model]
+d_model = 64
+heads = 4
+[optim]
+max_steps = $STEPS
+batch_size = 32
+lr = 0.001
+warmup_steps = 10
+weight_decay = 0.01
+clip_norm = 1.0
+[checkpoint]
+every = 1000000
+[output]
+path = "$DATA/train-out"
+device = "cpu"
+TOML
+
+echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $N sentences, $STEPS steps of 32"
+for round in 1 2 3; do
+    rm -rf "$DATA/train-out"
+    $KILN train "$DATA/train.toml" -q
+    k=$($PY -c "
+import json
+rows = [json.loads(l) for l in open('$DATA/train-out/metrics.jsonl')]
+steps = [r for r in rows if 'loss' in r]
+wall = 32 * len(steps) / steps[-1]['samples_per_s']
+print(steps[-1]['samples_per_s'], steps[0]['loss'], steps[-1]['loss'], sum(r['data_s'] for r in steps) / wall)")
+    r=$(/usr/bin/python3 benches/reference_train.py --data "$DATA/train.npz" --steps "$STEPS" --batch 32)
+    $PY -c "
+k = '$k'.split(); r = '$r'.split()
+ks, rs = float(k[0]), float(r[1])
+print(f'round $round: kiln {ks:.0f} samples/s (loss {float(k[1]):.3f} -> {float(k[2]):.3f}, '
+      f'{100 * float(k[3]):.1f}% of the time waiting for data), '
+      f'PyTorch {rs:.0f} samples/s (loss {float(r[3]):.3f} -> {float(r[4]):.3f}): {ks / rs:.2f}x')"
+done
+echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)"
