@@ -245,6 +245,51 @@ fn a_stopped_run_resumed_ends_with_the_same_weights() {
 }
 
 #[test]
+fn a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights() {
+    let s = Scratch::new();
+    let data = topics(&s);
+    let optim = "max_steps = 160\nbatch_size = 8\nlr = 0.003\nwarmup_steps = 5";
+    let whole = train_file(&s, "whole", &data, optim);
+    assert_ok(&train(&s, &whole, &[]));
+    // SIGKILL once the first checkpoint is there, wherever the run is.
+    let killed = train_file(&s, "killed", &data, optim);
+    let mut child = kiln()
+        .args(["train", killed.to_str().unwrap(), "-q"])
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let written = || {
+        std::fs::read_dir(s.path("killed/checkpoints")).is_ok_and(|r| {
+            r.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        })
+    };
+    while !written() && child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed().as_secs() < 120);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().ok();
+    child.wait().unwrap();
+    assert!(running, "the run was killed before it finished");
+    assert!(!last_checkpoint(&s.path("killed")).ends_with("step-00000160"));
+    let o = train(
+        &s,
+        &killed,
+        &["--resume", s.path("killed").to_str().unwrap()],
+    );
+    assert_ok(&o);
+    let a = last_checkpoint(&s.path("whole"));
+    let b = last_checkpoint(&s.path("killed"));
+    assert!(b.ends_with("step-00000160"));
+    // The same weights, and the same bytes.
+    assert_eq!(
+        std::fs::read(a.join("model.safetensors")).unwrap(),
+        std::fs::read(b.join("model.safetensors")).unwrap()
+    );
+}
+
+#[test]
 fn two_micro_batches_make_the_update_of_one_batch_of_twice_the_size() {
     let s = Scratch::new();
     let data = topics(&s);

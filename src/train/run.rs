@@ -974,7 +974,12 @@ fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.join("state.json").exists())
+        // Not `.step-N.tmp`: a checkpoint killed while being written.
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+                && p.join("state.json").exists()
+        })
         .collect();
     steps.sort();
     steps.pop()
@@ -1447,6 +1452,7 @@ fn checkpoint<B: AutodiffBackend, O: Optimizer<Fusion<B>, B>>(
     model
         .save_into(&mut store)
         .map_err(|e| Error::Execution(format!("cannot save the model: {e}")))?;
+    canonical_safetensors(&tmp.join("model.safetensors"))?;
     recorder
         .record(model.clone().into_record(), tmp.join("model"))
         .map_err(|e| Error::Execution(format!("cannot save the model: {e}")))?;
@@ -1480,6 +1486,38 @@ fn checkpoint<B: AutodiffBackend, O: Optimizer<Fusion<B>, B>>(
         std::fs::remove_dir_all(&old).at("remove", &old)?;
     }
     Ok(())
+}
+
+/// Rewrites a safetensors file's JSON header with its keys sorted (burn
+/// writes `__metadata__` in hash order), padded to 8 bytes: the same
+/// weights give the same bytes.
+fn canonical_safetensors(path: &Path) -> Result<()> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut e: Vec<_> = m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                e.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(e.into_iter().collect())
+            }
+            other => other,
+        }
+    }
+    let bytes = std::fs::read(path).at("read", path)?;
+    let bad = || Error::Execution(format!("{}: not a safetensors file", path.display()));
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(bad)?;
+    let header = bytes.get(8..8 + n).ok_or_else(bad)?;
+    let mut text = serde_json::to_vec(&sorted(serde_json::from_slice(header)?))?;
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).at("write", path)
 }
 
 /// What the held-out samples say: accuracy and mean loss of the first

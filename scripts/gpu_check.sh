@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The trainer on an NVIDIA GPU: builds a text dataset of four topics with
+# kiln, trains on it with `--device cuda` in bf16 (fp32 master weights) and
+# in fp32, then on the CPU, and prints for each the device kiln reports, the
+# samples/s of the last step, the final validation accuracy, and the GPU's
+# utilisation and memory sampled by nvidia-smi during the run.
+#
+#   scripts/gpu_check.sh [STEPS] [BATCH]   (default 300 steps of 256)
+#
+# KILN names the binary (default target/release/kiln, built with the default
+# `cuda` feature); WORK the scratch folder. Needs an NVIDIA driver and
+# NVRTC at run time, nothing at build time: where the CUDA toolkit is not
+# installed, PyPI's nvidia-cuda-nvrtc-cu12 wheel has libnvrtc; put its lib/
+# folder on LD_LIBRARY_PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${1:-300}
+BATCH=${2:-256}
+KILN=${KILN:-target/release/kiln}
+WORK=${WORK:-/tmp/kiln-gpu-check}
+[ -x "$KILN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+rm -rf "$WORK" && mkdir -p "$WORK"
+
+# 20,000 sentences, four topics with their own words plus shared ones.
+awk 'BEGIN {
+    srand(7)
+    t[0] = "goal match team player score coach ball league win referee"
+    t[1] = "bread oven salt butter recipe flour soup pan sugar knife"
+    t[2] = "rain cloud storm wind snow sun forecast cold warm fog"
+    t[3] = "code compiler bug test build crate linker thread memory cache"
+    shared = "the a of and to in is was it for on with as at by"
+    ns = split(shared, s, " ")
+    for (i = 0; i < 20000; i++) {
+        k = i % 4; n = split(t[k], w, " "); line = ""
+        len = 8 + int(rand() * 40)
+        for (j = 0; j < len; j++)
+            line = line (j ? " " : "") (rand() < 0.5 ? s[1 + int(rand() * ns)] : w[1 + int(rand() * n)])
+        printf "{\"text\": \"%s\", \"label\": \"t%d\"}\n", line, k
+    }
+}' > "$WORK/topics.jsonl"
+cat > "$WORK/topics.toml" <<TOML
+[[inputs]]
+path = "$WORK/topics.jsonl"
+columns = ["label"]
+[[stages]]
+type = "tokenize"
+tokenizer = "fixtures/text/tokenizer.json"
+[output]
+path = "$WORK/topics"
+max_shard_rows = 2000
+TOML
+"$KILN" run "$WORK/topics.toml" -q
+
+train() { # name device precision steps
+    cat > "$WORK/$1.toml" <<TOML
+seed = 1
+[data]
+path = "$WORK/topics"
+validation = 0.1
+max_tokens = 64
+[model]
+d_model = 256
+heads = 8
+[optim]
+max_steps = $4
+batch_size = $BATCH
+lr = 0.001
+warmup_steps = 20
+clip_norm = 1.0
+precision = "$3"
+[checkpoint]
+every = 1000000
+[output]
+path = "$WORK/$1"
+device = "$2"
+TOML
+    local smi=""
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
+            > "$WORK/$1.smi" 2>/dev/null &
+        smi=$!
+    fi
+    local t0=$(date +%s.%N) rc=0
+    "$KILN" train "$WORK/$1.toml" -q 2> "$WORK/$1.err" || rc=$?
+    local t1=$(date +%s.%N)
+    [ -n "$smi" ] && kill "$smi" 2>/dev/null || true
+    if [ $rc -ne 0 ]; then
+        echo "$1: kiln train failed ($rc): $(tail -3 "$WORK/$1.err")"
+        return 0
+    fi
+    local last=$(grep '"samples_per_s"' "$WORK/$1/metrics.jsonl" | tail -1)
+    local val=$(grep '"val_accuracy"' "$WORK/$1/metrics.jsonl" | tail -1)
+    local gpu="no nvidia-smi"
+    if [ -s "$WORK/$1.smi" ]; then
+        gpu=$(awk -F', ' '{u += $1; if ($2 > m) m = $2; n++} END {printf "GPU busy %.0f%% on average, %d MiB at most (%d samples)", u / n, m, n}' "$WORK/$1.smi")
+    fi
+    echo "$1: $(echo "$val" | grep -o '"device":"[^"]*"') $(echo "$last" | grep -o '"samples_per_s":[0-9.]*') $(echo "$val" | grep -o '"val_accuracy":[0-9.]*') wall $(awk "BEGIN {printf \"%.1f\", $t1 - $t0}")s; $gpu"
+}
+
+echo "== $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+train cuda-bf16 cuda bf16 "$STEPS"
+train cuda-fp32 cuda fp32 "$STEPS"
+train cpu cpu fp32 "$((STEPS / 10))"
