@@ -12,6 +12,10 @@
 # NVRTC at run time, nothing at build time: where the CUDA toolkit is not
 # installed, PyPI's nvidia-cuda-nvrtc-cu12 wheel has libnvrtc; put its lib/
 # folder on LD_LIBRARY_PATH.
+#
+# The release binary is about 150 MB stripped and 48 MB gzipped: to run this
+# on a machine without a Rust toolchain, copy `gzip -c target/release/kiln`
+# there and set KILN to it once unpacked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-300}
