@@ -7,8 +7,9 @@ warmup then cosine, the same batch size and number of steps, on the CPU in
 fp32. Batches are drawn from a permutation per epoch, as kiln's loader does.
 Prints `samples_per_s <v> loss <first> <last>` for the timed loop.
 
-Runs on Debian's CPU build of PyTorch (python3-torch), with the system
-python3: PyPI's torch pulls several GB of CUDA wheels.
+Runs on Debian's CPU build of PyTorch (python3-torch) with OpenBLAS
+(libopenblas0-pthread), with the system python3: PyPI's torch pulls several
+GB of CUDA wheels.
 
     python3 reference_train.py --data bench-data/train.npz --steps 200 --batch 32
 """

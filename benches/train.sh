@@ -4,8 +4,8 @@
 #
 # The dataset: N WordNet example sentences (benches/gen_sentences.py, five
 # labels), tokenized by kiln. The model: text only (token + position
-# embeddings, self-attention, LayerNorm, masked mean, head), d_model 64,
-# 4 heads, 64 tokens, batch 32, AdamW, clipping, warmup + cosine; STEPS
+# embeddings, self-attention, LayerNorm, masked mean, head), d_model D
+# (64 unless given) with D / 16 heads, 64 tokens, batch 32, AdamW, clipping, warmup + cosine; STEPS
 # steps. kiln's rate is the last step's `samples_per_s` in metrics.jsonl
 # (loading and assembling batches included); the reference's is its timed
 # loop (batches sliced from tensors already in memory). Prints the ratio
@@ -13,28 +13,33 @@
 # (`data_s` per step: reading, splitting, assembling the batch), which shows
 # whether the loader is the bottleneck.
 #
-#   benches/train.sh [N] [STEPS]   (default 8000 sentences, 200 steps)
+#   benches/train.sh [N] [STEPS] [D]   (default 8000 sentences, 200 steps, 64)
 #
 # Needs a release build (cargo build --release), scripts/setup.sh, and
-# Debian's python3-torch (installed here with apt when missing and root).
+# Debian's python3-torch with OpenBLAS (libopenblas0-pthread), installed here
+# with apt when missing and root. Without OpenBLAS, Debian's torch falls back
+# to the reference BLAS and runs several times slower: not a fair reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-8000}
 STEPS=${2:-200}
+D=${3:-64}
 KILN=target/release/kiln
 PY=.venv/bin/python
 DATA=bench-data
 TOK=fixtures/text/tokenizer.json
 [ -x "$KILN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 [ -x "$PY" ] || { echo "set up first: scripts/setup.sh" >&2; exit 2; }
-if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
+if ! /usr/bin/python3 -c "import torch" 2>/dev/null || [ ! -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-torch >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            python3-torch libopenblas0-pthread >/dev/null
     else
-        echo "the reference needs Debian's python3-torch: apt-get install python3-torch" >&2
+        echo "the reference needs Debian's python3-torch and libopenblas0-pthread: apt-get install them" >&2
         exit 2
     fi
 fi
+echo "== reference: torch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)'), BLAS $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3)"
 $PY benches/gen_sentences.py --n "$N" --out "$DATA/train-sentences.jsonl"
 cat > "$DATA/train-ds.toml" <<TOML
 [[inputs]]
@@ -57,8 +62,8 @@ path = "$DATA/train-ds"
 validation = 0.0
 max_tokens = 64
 [model]
-d_model = 64
-heads = 4
+d_model = $D
+heads = $((D / 16))
 [optim]
 max_steps = $STEPS
 batch_size = 32
@@ -73,7 +78,7 @@ path = "$DATA/train-out"
 device = "cpu"
 TOML
 
-echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $N sentences, $STEPS steps of 32"
+echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $N sentences, $STEPS steps of 32, d_model $D"
 for round in 1 2 3; do
     rm -rf "$DATA/train-out"
     $KILN train "$DATA/train.toml" -q
@@ -83,7 +88,7 @@ rows = [json.loads(l) for l in open('$DATA/train-out/metrics.jsonl')]
 steps = [r for r in rows if 'loss' in r]
 wall = 32 * len(steps) / steps[-1]['samples_per_s']
 print(steps[-1]['samples_per_s'], steps[0]['loss'], steps[-1]['loss'], sum(r['data_s'] for r in steps) / wall)")
-    r=$(/usr/bin/python3 benches/reference_train.py --data "$DATA/train.npz" --steps "$STEPS" --batch 32)
+    r=$(/usr/bin/python3 benches/reference_train.py --data "$DATA/train.npz" --steps "$STEPS" --batch 32 --d-model "$D" --heads $((D / 16)))
     $PY -c "
 k = '$k'.split(); r = '$r'.split()
 ks, rs = float(k[0]), float(r[1])
