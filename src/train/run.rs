@@ -777,9 +777,9 @@ fn tensors<B: Backend>(
     };
     // A row's `[3][h][w]` floats.
     let pixels_of = |r: usize| {
-        let v = pixel_values.as_ref().map(|p| p.value(r));
-        v.map(|v| {
-            v.as_fixed_size_list()
+        pixel_values.as_ref().map(|p| {
+            p.value(r)
+                .as_fixed_size_list()
                 .values()
                 .as_fixed_size_list()
                 .values()
