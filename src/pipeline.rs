@@ -239,7 +239,7 @@ impl Pipeline {
                         "sample_id" | "source" | "position" | "path" | "label" | "text"
                     ) || Some(c) == file_column.as_ref()
                         || Some(c) == also_column.as_ref()
-                        || also.is_some_and(|m| *c == format!("{}_path", m.name()))
+                        || also.is_some_and(|m| c == m.path_column())
                         || Some(c) == input.caption_column.as_ref()
                         || Some(c) == input.label_column.as_ref()
                 } else {

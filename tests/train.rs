@@ -72,6 +72,22 @@ fn train_file_with(s: &Scratch, name: &str, data: &Path, optim: &str, data_extra
     )
 }
 
+/// `kiln train` on `NAME.toml` (`body` and an `[output]` in `NAME`) is
+/// refused (exit 2) before anything is written: its message.
+fn refused(s: &Scratch, name: &str, body: &str, args: &[&str]) -> String {
+    let f = s.write(
+        &format!("{name}.toml"),
+        format!(
+            "{body}\n\n[output]\npath = \"{}\"\n",
+            s.path(name).display()
+        ),
+    );
+    let o = train(s, &f, args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!s.path(name).exists(), "refused before anything is written");
+    stderr(&o)
+}
+
 fn train(s: &Scratch, file: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["train", file.to_str().unwrap(), "-q"];
     args.extend_from_slice(extra);
@@ -325,17 +341,9 @@ fn what_does_not_fit_is_refused_before_training() {
     let s = Scratch::new();
     let data = topics(&s);
     // A vocabulary smaller than the ids the dataset holds.
-    let f = s.write(
-        "small.toml",
-        format!(
-            "[data]\npath = \"{}\"\nvocab_size = 10\n\n[output]\npath = \"{}\"\n",
-            data.display(),
-            s.path("small").display()
-        ),
-    );
-    let o = train(&s, &f, &[]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("vocab_size = 10"), "{}", stderr(&o));
+    let body = format!("[data]\npath = \"{}\"\nvocab_size = 10", data.display());
+    let e = refused(&s, "small", &body, &[]);
+    assert!(e.contains("vocab_size = 10"), "{e}");
     // A dataset without labels.
     let images = s.path("nolabel");
     let p = s.write(
@@ -348,17 +356,13 @@ fn what_does_not_fit_is_refused_before_training() {
         ),
     );
     assert_ok(&s.kiln(&["run", p.to_str().unwrap(), "-q"]));
-    let f = s.write(
-        "nl.toml",
-        format!(
-            "[data]\npath = \"{}\"\n\n[output]\npath = \"{}\"\n",
-            images.display(),
-            s.path("nl").display()
-        ),
+    let e = refused(
+        &s,
+        "nl",
+        &format!("[data]\npath = \"{}\"", images.display()),
+        &[],
     );
-    let o = train(&s, &f, &[]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("no `label` column"), "{}", stderr(&o));
+    assert!(e.contains("no `label` column"), "{e}");
     // A checkpoint of another model.
     let a = train_file(&s, "a", &data, "max_steps = 2\nbatch_size = 8");
     assert_ok(&train(&s, &a, &[]));
@@ -490,18 +494,11 @@ fn devices_precisions_and_mixing_that_cannot_run_are_refused() {
     let s = Scratch::new();
     let data = topics(&s);
     let refused = |name: &str, optim: &str, extra: &str, args: &[&str]| {
-        let f = s.write(
-            &format!("{name}.toml"),
-            format!(
-                "[data]\npath = \"{}\"\n\n[optim]\nmax_steps = 1\n{optim}\n\n{extra}\n\n[output]\npath = \"{}\"\n",
-                data.display(),
-                s.path(name).display()
-            ),
+        let body = format!(
+            "[data]\npath = \"{}\"\n\n[optim]\nmax_steps = 1\n{optim}\n\n{extra}",
+            data.display()
         );
-        let o = train(&s, &f, args);
-        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-        assert!(!s.path(name).exists(), "refused before anything is written");
-        stderr(&o)
+        refused(&s, name, &body, args)
     };
     let e = refused("mixtext", "", "[mix]\ncutmix_alpha = 1.0", &[]);
     assert!(e.contains("[mix] mixes `pixel_values`"), "{e}");

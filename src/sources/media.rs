@@ -63,6 +63,14 @@ impl Media {
         }
     }
 
+    /// The path column of a record's second file (multimodal records).
+    pub fn path_column(self) -> &'static str {
+        match self {
+            Media::Image => "image_path",
+            Media::Audio => "audio_path",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Media::Image => "image",
@@ -105,13 +113,6 @@ pub struct AlsoFile {
     pub column: String,
     /// The folder relative paths start from.
     pub root: PathBuf,
-}
-
-impl AlsoFile {
-    /// The column holding its path in the records (`audio_path`).
-    pub fn path_column(&self) -> String {
-        format!("{}_path", self.media.name())
-    }
 }
 
 /// Columns the table readers fill themselves, which a table's own columns
@@ -214,11 +215,7 @@ pub fn media_record_schema(
         Field::new(media.bytes_column(), DataType::Binary, false),
     ];
     if let Some(m) = also {
-        fields.push(Field::new(
-            format!("{}_path", m.name()),
-            DataType::Utf8,
-            false,
-        ));
+        fields.push(Field::new(m.path_column(), DataType::Utf8, false));
         fields.push(Field::new(m.bytes_column(), DataType::Binary, false));
     }
     if label {
@@ -377,9 +374,9 @@ impl MediaRecordBuilder {
             .map(|m| (m, StringBuilder::new(), BinaryBuilder::new()));
         let own = |name: &str| {
             matches!(name, "label" | "text")
-                || also.as_ref().is_some_and(|(m, _, _)| {
-                    name == m.bytes_column() || name == format!("{}_path", m.name())
-                })
+                || also
+                    .as_ref()
+                    .is_some_and(|(m, _, _)| name == m.bytes_column() || name == m.path_column())
         };
         let extras = schema
             .fields()

@@ -353,6 +353,25 @@ struct Columns {
     labels: Vec<LabelSpec>,
 }
 
+impl Columns {
+    /// The columns the loader reads: the id (for the split), the inputs,
+    /// the labels.
+    fn names(&self) -> Vec<String> {
+        [
+            ("sample_id", true),
+            ("input_ids", self.text),
+            ("image_features", self.image),
+            ("pixel_values", self.pixels),
+            ("mel", self.audio),
+        ]
+        .into_iter()
+        .filter(|(_, read)| *read)
+        .map(|(c, _)| c.to_string())
+        .chain(self.labels.iter().map(|l| l.column.clone()))
+        .collect()
+    }
+}
+
 /// A label column and its classes.
 #[derive(Debug, Clone)]
 struct LabelSpec {
@@ -607,12 +626,6 @@ fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
         }
         (true, None) => max_id as usize + 1,
     };
-    if file.model.heads == 0 || !file.model.d_model.is_multiple_of(file.model.heads) {
-        return Err(Error::Config(format!(
-            "model.d_model = {} is not a multiple of model.heads = {}",
-            file.model.d_model, file.model.heads
-        )));
-    }
     Ok((
         Dims {
             vocab,
@@ -968,21 +981,27 @@ fn write_line(out: &mut std::fs::File, v: serde_json::Value) -> Result<()> {
     writeln!(out, "{v}").map_err(|e| Error::io("write metrics.jsonl", e))
 }
 
-/// The newest checkpoint under `dir/checkpoints`.
-fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
-    let mut steps: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))
-        .ok()?
+/// The `step-N` checkpoints under `dir/checkpoints`, oldest first (not a
+/// `.step-N.tmp`, which a kill left half-written).
+fn checkpoint_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        // Not `.step-N.tmp`: a checkpoint killed while being written.
         .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-                && p.join("state.json").exists()
         })
         .collect();
     steps.sort();
-    steps.pop()
+    Ok(steps)
+}
+
+/// The newest complete checkpoint under `dir/checkpoints`.
+fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
+    checkpoint_dirs(dir)
+        .ok()?
+        .into_iter()
+        .rfind(|p| p.join("state.json").exists())
 }
 
 /// Where training runs, as chosen before any data is read.
@@ -1067,6 +1086,12 @@ fn check(file: &TrainFile) -> Result<()> {
             "optim.batch_size and optim.grad_accum must be at least 1".into(),
         ));
     }
+    if file.model.heads == 0 || !file.model.d_model.is_multiple_of(file.model.heads) {
+        return Err(Error::Config(format!(
+            "model.d_model = {} is not a multiple of model.heads = {}",
+            file.model.d_model, file.model.heads
+        )));
+    }
     if let Some(m) = &file.mix {
         crate::stages::image::mix::check_params(&m.params())
             .map_err(|(key, why)| Error::Config(format!("mix.{key}: {why}")))?;
@@ -1128,6 +1153,14 @@ struct Materialise;
 
 impl<B: Backend> ModuleMapper<B> for Materialise {}
 
+/// `t` cast to fp32 when `cast` (it was computed in another type).
+fn in_f32<B: Backend, const D: usize>(t: Tensor<B, D>, cast: bool) -> Tensor<B, D> {
+    match cast {
+        true => t.cast(FloatDType::F32),
+        false => t,
+    }
+}
+
 /// One micro-batch: its loss times `share` (its rows over the step's), the
 /// task weight, and the gradients on the master weights. With `compute`,
 /// the forward and backward passes run in that type.
@@ -1147,20 +1180,19 @@ fn micro_step<B: AutodiffBackend>(
         }
         None => (model, x),
     };
-    let full = |t: Tensor<B, 2>| match compute {
-        Some(_) => t.cast(FloatDType::F32),
-        None => t,
-    };
     let (logits, second) = forward.forward(x);
     let mut y = y.into_iter();
-    let first = task_loss(ce, full(logits), y.next().expect("a target a task"));
+    // The losses in fp32 whatever the computation's type.
+    let cast_back = compute.is_some();
+    let first = task_loss(
+        ce,
+        in_f32(logits, cast_back),
+        y.next().expect("a target a task"),
+    );
     let (loss, weight) = match (second, forward.task_weight(), y.next()) {
         (Some(logits2), Some(w), Some(y2)) => {
-            let w = match compute {
-                Some(_) => w.cast(FloatDType::F32),
-                None => w,
-            };
-            let other = task_loss(ce, full(logits2), y2);
+            let w = in_f32(w, cast_back);
+            let other = task_loss(ce, in_f32(logits2, cast_back), y2);
             let value = w.clone().into_scalar().elem::<f64>();
             (first * w.clone() + other * (w.neg() + 1.0), Some(value))
         }
@@ -1204,18 +1236,7 @@ fn train_on<B: AutodiffBackend>(
         optim_cfg = optim_cfg.with_grad_clipping(Some(GradientClippingConfig::Norm(c as f32)));
     }
     let mut optim = optim_cfg.init::<B, Fusion<B>>();
-    let mut columns: Vec<String> = [
-        "sample_id",
-        "input_ids",
-        "image_features",
-        "pixel_values",
-        "mel",
-    ]
-    .iter()
-    .filter(|c| ds.schema.field_with_name(c).is_ok())
-    .map(|c| c.to_string())
-    .collect();
-    columns.extend(cols.labels.iter().map(|l| l.column.clone()));
+    let columns = cols.names();
     let mut loader = loader(&ds, file, &columns, o.batch_size)?;
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let mut step = 0u64;
@@ -1471,16 +1492,7 @@ fn checkpoint<B: AutodiffBackend, O: Optimizer<Fusion<B>, B>>(
     }
     std::fs::rename(&tmp, &dir).at("rename", &tmp)?;
     // Keep the newest `keep`.
-    let mut all: Vec<PathBuf> = std::fs::read_dir(out.join("checkpoints"))
-        .at("list", out)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-        })
-        .collect();
-    all.sort();
+    let mut all = checkpoint_dirs(out).at("list", out.join("checkpoints"))?;
     while all.len() > file.checkpoint.keep.max(1) {
         let old = all.remove(0);
         std::fs::remove_dir_all(&old).at("remove", &old)?;
