@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use fast_image_resize::Resizer;
-use kiln::config::{CropMode, ResizeFilter, ResizeImageConfig};
 use kiln::sources::media::{Media, walk_media};
 use kiln::stages::image::decode::{decode, resize_crop};
+use kiln::stages::image::resize::{CropMode, ResizeFilter, ResizeImageConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;

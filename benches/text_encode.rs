@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::UInt32Type;
-use kiln::config::{TokenizeConfig, TrainConfig};
 use kiln::rejects::RejectSink;
 use kiln::sources::{RecordBuilder, record_schema};
-use kiln::stages::text::tokenize::{self, TokenizeStage};
+use kiln::stages::text::tokenize::{Tokenize, TokenizeConfig};
 use kiln::stages::{BatchContext, Stage};
+use kiln::tokenize::{self, TrainConfig};
 
 struct Rng(u64);
 impl Rng {
@@ -99,7 +99,7 @@ fn main() {
         keep_text: false,
         add_special_tokens: false,
     };
-    let stage = TokenizeStage::new(&config, tokenizer.clone());
+    let stage = Tokenize::new(&config, tokenizer.clone());
     let input = batches(&docs, 1024);
     println!(
         "text_encode: {} docs, {:.1} MB, {cores} cores",

@@ -28,6 +28,9 @@ pub enum Error {
     /// Something failed while processing data that is not the data's fault.
     #[error("{0}")]
     Execution(String),
+    /// A broken invariant inside kiln: a bug, never the user's doing.
+    #[error("internal error (a bug in kiln; please report it): {0}")]
+    Internal(String),
 }
 
 impl Error {

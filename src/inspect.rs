@@ -9,8 +9,8 @@ use std::path::Path;
 use arrow::array::{AsArray, RecordBatch, RecordBatchReader};
 use arrow::datatypes::{SchemaRef, UInt32Type};
 
-use crate::config::OutputFormat;
-use crate::engine::Manifest;
+use crate::dataset::Manifest;
+use crate::dataset::OutputFormat;
 use crate::error::{Error, IoContext, Result};
 
 /// The batches of a shard.

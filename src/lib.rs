@@ -1,21 +1,31 @@
 //! kiln builds datasets for machine learning from raw files.
 //!
 //! ```text
-//! pipeline file --config--> Pipeline (inputs resolved, stages built, schemas checked)
+//! pipeline file --config--> Pipeline: inputs resolved, stages built from their own
+//!   configs (stages::StageConfig, one line a stage), schemas chained, checked
 //!   --plan--> tasks (byte ranges / row groups of the inputs, frozen in .kiln/plan.json)
+//!   --fit--> one scan of the input for the stages that must see it first
+//!            (a tokenizer trained on it, label counts to balance)
 //!   per task, on worker threads:
 //!     source reader --batches--> [sql] --> stages ---------------------> shard writer
 //!          |                        \__________ rejects __________/        |
 //!          +--> rejects (bad UTF-8, bad JSON, over the limits, ...)        |
-//!     text stages:  [augment_text] --> tokenize --> [chunk]
-//!     image stages: decode_image --> resize_image --> [image_features] --> [mix]
-//!                   --> encode_image | to_tensor   (plus tokenize for captions)
+//!     text:   [augment_text] --> tokenize --> [chunk] [filter_length]
+//!     image:  decode_image --> resize_image --> [image_features] --> [mix]
+//!             --> encode_image | to_tensor        (tokenize for captions)
+//!     audio:  decode_audio --> [encode_audio] --> mel_spectrogram --> [spec_augment]
+//!     multimodal rows (a table naming an image and an audio file): the image
+//!             stages, the audio stages and tokenize on one row
 //!     task marker (shards, rows, sha256, counts) written last <------------+
 //!   all markers --commit--> data-*-of-*.arrow, rejects.arrow, dataset_info.json,
-//!                           state.json, manifest.json
+//!                           state.json, manifest.json (crate::dataset)
 //!
 //! kiln train: dataset shards --loader (seed, epoch order; exact resume)--> batches
 //!   --> fusion model (burn) --> AdamW, warmup + cosine --> checkpoints, metrics.jsonl
+//!
+//! layers (tests/layout.rs): engine, inspect, train > config, pipeline
+//!   > sources, stages, sinks > error, rejects, schema, limits, dataset,
+//!     codec, onnx, tokenize, augment
 //! ```
 //!
 //! Contracts every stage keeps:
@@ -27,16 +37,22 @@
 //! * a task's marker is written after its shards, the manifest after every
 //!   marker, so a killed run resumes with at most the unfinished tasks redone.
 
+pub mod augment;
+pub mod codec;
 pub mod config;
+pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod inspect;
+pub mod limits;
+pub mod onnx;
 pub mod pipeline;
 pub mod rejects;
 pub mod schema;
 pub mod sinks;
 pub mod sources;
 pub mod stages;
+pub mod tokenize;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kiln::config::{OutputFormat, Overrides};
+use kiln::config::Overrides;
 use kiln::engine::{self, Outcome, RunOptions};
 use kiln::pipeline::Pipeline;
+use kiln::sinks::OutputFormat;
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Build machine-learning datasets from raw files", long_about = None)]

@@ -5,49 +5,13 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::plan::{Plan, write_atomic};
-use super::task::{Counts, TaskMarker, read_marker, task_dir};
-use crate::config::OutputFormat;
+use super::task::{TaskMarker, read_marker, task_dir};
+use crate::dataset::{Counts, Manifest, ManifestShard, OutputFormat};
 use crate::error::{Error, IoContext, Result};
 use crate::rejects;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ManifestShard {
-    pub file: String,
-    pub task: usize,
-    pub rows: u64,
-    pub documents: u64,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    pub kiln: String,
-    pub kind: String,
-    pub format: OutputFormat,
-    pub plan: String,
-    pub seed: u64,
-    pub tasks: usize,
-    pub shards: Vec<ManifestShard>,
-    pub rejects_file: String,
-    pub totals: Counts,
-    pub bytes: u64,
-}
-
-impl Manifest {
-    pub fn read(dir: &Path) -> Result<Option<Manifest>> {
-        let path = dir.join("manifest.json");
-        match std::fs::read(&path) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b)?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io_path("read", &path, e)),
-        }
-    }
-}
 
 /// Tasks of the plan that have no marker yet.
 pub fn missing_tasks(out: &Path, plan: &Plan) -> Result<Vec<usize>> {
@@ -135,7 +99,7 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
             rows: 0,
             documents: 0,
             bytes: bytes.len() as u64,
-            sha256: crate::sinks::sha256_hex(&bytes),
+            sha256: crate::dataset::sha256_hex(&bytes),
         });
     }
     let rejects_file = "rejects.arrow".to_string();

@@ -1,5 +1,5 @@
-//! The engine: plan, train the tokenizer if asked, run tasks on worker
-//! threads, commit.
+//! The engine: plan, fit the stages that must see the input first (one
+//! scan feeds them all), run tasks on worker threads, commit.
 //!
 //! Output directory layout:
 //!
@@ -21,22 +21,20 @@ pub mod plan;
 pub mod progress;
 pub mod task;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arrow::array::AsArray;
-use tokenizers::Tokenizer;
+use arrow::array::RecordBatch;
 
+pub use crate::dataset::Manifest;
 use crate::error::{Error, IoContext, Result};
-use crate::pipeline::{Pipeline, TokenizerSource};
+use crate::pipeline::{Pipeline, Planned};
 use crate::rejects::RejectSink;
 use crate::sources;
-use crate::stages::{BatchContext, Stage};
-pub use commit::Manifest;
+use crate::stages::{BatchContext, FitContext, Stage};
 use plan::{Plan, Task};
 use progress::Progress;
 use task::{TaskEnv, TaskMarker};
@@ -200,28 +198,8 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global();
-    let tokenizer = prepare_tokenizer(pipeline, &plan, &out, threads, opts.quiet)?;
     prepare_empty_shard(pipeline, &out)?;
-    let label_counts = match pipeline.balance_column() {
-        Some(column) => {
-            if !opts.quiet {
-                eprintln!("kiln: counting `{column}` labels to balance them");
-            }
-            Some(label_counts(pipeline, &plan, threads, column)?)
-        }
-        None => None,
-    };
-    let stages = pipeline.stages(tokenizer, label_counts.as_ref());
-    if label_counts.is_some() && !opts.quiet {
-        // The copies each label gets, known only now.
-        for line in stages
-            .iter()
-            .filter(|s| s.name() == "augment_text")
-            .filter_map(|s| s.report())
-        {
-            eprintln!("kiln: {line}");
-        }
-    }
+    let stages = fit_stages(pipeline, &plan, &out, threads, opts.quiet)?;
 
     let todo: Vec<&Task> = plan
         .tasks
@@ -359,118 +337,109 @@ fn prepare_empty_shard(pipeline: &Pipeline, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Load the tokenizer, or train it on the corpus (once: the result is saved
-/// as `OUT/tokenizer.json` and reused by resumed runs and other tasks).
-fn prepare_tokenizer(
+/// The stages that run on every batch, in order: `sql`, the stages built
+/// ready, and the fitted ones. Fits run on one scan of the input that feeds
+/// them all, unless an earlier run of the plan left what they fitted in the
+/// output directory. What the stages write into the dataset directory (the
+/// tokenizer) is written here, once: the fit lock is held throughout, so
+/// slots of one job fit once.
+fn fit_stages(
     pipeline: &Pipeline,
     plan: &Plan,
     out: &Path,
     threads: usize,
     quiet: bool,
-) -> Result<Option<Arc<Tokenizer>>> {
-    let Some((_, from)) = &pipeline.tokenize else {
-        return Ok(None);
-    };
-    let dest = out.join("tokenizer.json");
-    // Held until the tokenizer is saved, so that it is trained once.
-    let _held = wait_lock(out, "train.lock")?;
-    let mut tokenizer = match from {
-        TokenizerSource::File { path, .. } => crate::stages::text::tokenize::load(path)?,
-        TokenizerSource::Train(train) => {
-            if dest.exists() {
-                return Ok(Some(Arc::new(crate::stages::text::tokenize::load(&dest)?)));
-            }
-            if !quiet {
-                eprintln!(
-                    "kiln: training a byte-level BPE tokenizer (vocab {}) on {} of input",
-                    train.vocab_size,
-                    indicatif::HumanBytes(plan.total_bytes())
-                );
-            }
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(|e| Error::Execution(format!("thread pool: {e}")))?;
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<String>>(threads * 2);
-            let mut trained = None;
-            std::thread::scope(|s| -> Result<()> {
-                let reader = s.spawn(move || corpus(pipeline, plan, threads, tx));
-                let texts = rx.into_iter().flatten();
-                trained = Some(pool.install(|| crate::stages::text::tokenize::train(train, texts)));
-                reader
-                    .join()
-                    .map_err(|_| Error::Execution("corpus reader panicked".into()))??;
-                Ok(())
-            })?;
-            trained.expect("trained above")?
-        }
-    };
-    if let Some((terms, _)) = &pipeline.domain_vocab {
-        crate::stages::text::tokenize::add_domain_vocab(&mut tokenizer, terms)?;
-    }
-    // Written beside the plan, so that the dataset directory only ever
-    // holds complete files (commit sweeps temporaries there).
-    let tmp = kiln_dir(out).join(format!("tokenizer.json.tmp.{}", std::process::id()));
-    tokenizer
-        .save(&tmp, false)
-        .map_err(|e| Error::Execution(format!("cannot save the tokenizer: {e}")))?;
-    std::fs::rename(&tmp, &dest).at("rename", &tmp)?;
-    Ok(Some(Arc::new(tokenizer)))
-}
-
-/// Stream the corpus (after SQL) into `tx`, reading tasks on `threads`
-/// threads.
-fn corpus(
-    pipeline: &Pipeline,
-    plan: &Plan,
-    threads: usize,
-    tx: std::sync::mpsc::SyncSender<Vec<String>>,
-) -> Result<()> {
-    let opts = sources::ReadOptions {
-        captions_only: true,
-        ..pipeline.read_options()
-    };
-    let column = pipeline.text_column();
-    scan(pipeline, plan, threads, &opts, &|batch| {
-        let Some(col) = batch
-            .column_by_name(column)
-            .and_then(|c| c.as_string_opt::<i32>())
-        else {
-            return true;
-        };
-        let texts = col.iter().flatten().map(str::to_string).collect();
-        tx.send(texts).is_ok()
-    })
-}
-
-/// How many samples carry each value of `column` (after SQL), for stages
-/// that balance labels. Null labels are not counted.
-pub fn label_counts(
-    pipeline: &Pipeline,
-    plan: &Plan,
-    threads: usize,
-    column: &str,
-) -> Result<HashMap<String, u64>> {
-    let counts: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::new());
-    scan(
-        pipeline,
-        plan,
+) -> Result<Vec<Arc<dyn Stage>>> {
+    let _held = wait_lock(out, "fit.lock")?;
+    let cx = FitContext {
         threads,
-        &pipeline.read_options(),
-        &|batch| {
-            if let Some(col) = batch
-                .column_by_name(column)
-                .and_then(|c| c.as_string_opt::<i32>())
-            {
-                let mut counts = counts.lock().expect("not poisoned");
-                for label in col.iter().flatten() {
-                    *counts.entry(label.to_string()).or_default() += 1;
-                }
+        input_bytes: plan.total_bytes(),
+    };
+    let mut stages: Vec<Option<Arc<dyn Stage>>> = Vec::new();
+    let mut fits = Vec::new();
+    let mut fresh = Vec::new();
+    for planned in &pipeline.stages {
+        match planned {
+            Planned::Ready(s) => {
+                fresh.push(s.clone());
+                stages.push(Some(s.clone()));
             }
-            true
-        },
-    )?;
-    Ok(counts.into_inner().expect("not poisoned"))
+            Planned::Fit(f) => match f.resume(out)? {
+                Some(s) => stages.push(Some(s)),
+                None => {
+                    fits.push((stages.len(), f.clone()));
+                    stages.push(None);
+                }
+            },
+        }
+    }
+    if !fits.is_empty() {
+        if !quiet {
+            for (_, f) in &fits {
+                eprintln!("kiln: {}", f.describe(&cx));
+            }
+        }
+        let opts = sources::ReadOptions {
+            captions_only: fits.iter().all(|(_, f)| f.text_only()),
+            ..pipeline.read_options()
+        };
+        let fitted = std::thread::scope(|s| -> Result<Vec<Arc<dyn Stage>>> {
+            let mut senders = Vec::new();
+            let mut handles = Vec::new();
+            for (_, f) in &fits {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(threads * 2);
+                senders.push(tx);
+                let cx = &cx;
+                handles.push(s.spawn(move || f.fit(&mut rx.into_iter(), cx)));
+            }
+            let scanned = scan(pipeline, plan, threads, &opts, &|batch| {
+                // A fit that stopped early has failed: its error is reported
+                // below; the others still see every batch.
+                let mut open = false;
+                for tx in &senders {
+                    open |= tx.send(batch.clone()).is_ok();
+                }
+                open
+            });
+            drop(senders);
+            let fitted: Vec<Result<Arc<dyn Stage>>> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Execution("a fit panicked".into())))
+                })
+                .collect();
+            scanned?;
+            fitted.into_iter().collect()
+        })?;
+        for ((at, _), stage) in fits.iter().zip(fitted) {
+            if !quiet && let Some(line) = stage.report() {
+                // What the fit decided, known only now.
+                eprintln!("kiln: {line}");
+            }
+            fresh.push(stage.clone());
+            stages[*at] = Some(stage);
+        }
+    }
+    for stage in &fresh {
+        for (name, bytes) in stage.artifacts()? {
+            // Written beside the plan, so that the dataset directory only
+            // ever holds complete files (commit sweeps temporaries there).
+            let tmp = kiln_dir(out).join(format!("{name}.tmp.{}", std::process::id()));
+            std::fs::write(&tmp, &bytes).at("write", &tmp)?;
+            std::fs::rename(&tmp, out.join(name)).at("rename", &tmp)?;
+        }
+    }
+    let mut all: Vec<Arc<dyn Stage>> = Vec::new();
+    if let Some(sql) = &pipeline.sql {
+        all.push(sql.clone());
+    }
+    all.extend(
+        stages
+            .into_iter()
+            .map(|s| s.expect("every fit was fitted or resumed")),
+    );
+    Ok(all)
 }
 
 /// Read every task's batches (after SQL) on `threads` threads and hand

@@ -10,9 +10,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{InputFormat, OutputFormat};
+use crate::sources::input::InputFormat;
+
 use crate::error::{Error, IoContext, Result};
-use crate::pipeline::{Pipeline, TokenizerSource};
+use crate::pipeline::Pipeline;
+use crate::sinks::OutputFormat;
 use crate::sources::{self, Split};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,24 +160,20 @@ impl Plan {
 fn plan_hash(pipeline: &Pipeline, inputs: &[Fingerprint], tasks: &[Task]) -> Result<String> {
     let mut config = pipeline.config.clone();
     config.output.path = String::new();
-    let tokenizer = match &pipeline.tokenize {
-        Some((_, TokenizerSource::File { sha256, .. })) => sha256.clone(),
-        _ => String::new(),
-    };
-    let domain = pipeline
-        .domain_vocab
-        .as_ref()
-        .map(|(_, h)| h.clone())
-        .unwrap_or_default();
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "kiln": env!("CARGO_PKG_VERSION"),
         "config": config,
         "inputs": inputs,
         "tasks": tasks,
-        "tokenizer": tokenizer,
-        "domain_vocab": domain,
+        "tokenizer": "",
+        "domain_vocab": "",
     });
-    Ok(crate::sinks::sha256_hex(&serde_json::to_vec(&doc)?))
+    // The files stages read when built (a tokenizer file, a domain
+    // vocabulary), by name.
+    for (name, sha256) in &pipeline.files {
+        doc[*name] = serde_json::Value::String(sha256.clone());
+    }
+    Ok(crate::dataset::sha256_hex(&serde_json::to_vec(&doc)?))
 }
 
 /// Write `bytes` to `path` so that readers see the old file or the new one,

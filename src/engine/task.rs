@@ -6,7 +6,6 @@
 //! atomically after every shard is complete, so a task either has a marker and
 //! all its shards, or counts as not done and is redone from scratch.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{Task, write_atomic};
 use super::progress::Progress;
+use crate::dataset::Counts;
 use crate::error::{IoContext, Result};
 use crate::pipeline::Pipeline;
 use crate::rejects::RejectSink;
@@ -22,37 +22,6 @@ use crate::schema::conform;
 use crate::sinks::{ShardInfo, TaskSink};
 use crate::sources;
 use crate::stages::{BatchContext, Stage};
-
-/// Counts of a task, or of a whole dataset when added up.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    /// Samples read: every record a reader produced or rejected.
-    pub samples_in: u64,
-    /// Samples in the output (documents, not windows).
-    pub samples_out: u64,
-    pub rejected: u64,
-    /// Samples the SQL query dropped on purpose.
-    pub filtered: u64,
-    /// Output rows (windows when chunked).
-    pub rows: u64,
-    pub tokens: u64,
-    /// Rejects by `stage/kind`.
-    pub rejected_by: BTreeMap<String, u64>,
-}
-
-impl Counts {
-    pub fn add(&mut self, other: &Counts) {
-        self.samples_in += other.samples_in;
-        self.samples_out += other.samples_out;
-        self.rejected += other.rejected;
-        self.filtered += other.filtered;
-        self.rows += other.rows;
-        self.tokens += other.tokens;
-        for (k, v) in &other.rejected_by {
-            *self.rejected_by.entry(k.clone()).or_default() += v;
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskMarker {

@@ -10,12 +10,46 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+pub use crate::dataset::{OutputFormat, sha256_hex};
+use crate::error::{IoContext, Result};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{OutputConfig, OutputFormat, ParquetCompression};
-use crate::error::{IoContext, Result};
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParquetCompression {
+    None,
+    #[default]
+    Snappy,
+    Zstd,
+    Lz4,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// The dataset directory.
+    pub path: String,
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// A shard is closed once it holds this many bytes.
+    #[serde(default = "default_max_shard_bytes")]
+    pub max_shard_bytes: u64,
+    /// A shard never holds more rows than this.
+    #[serde(default = "default_max_shard_rows")]
+    pub max_shard_rows: u64,
+    #[serde(default)]
+    pub parquet_compression: ParquetCompression,
+}
+
+fn default_max_shard_bytes() -> u64 {
+    500_000_000
+}
+
+fn default_max_shard_rows() -> u64 {
+    1_000_000
+}
 
 /// A finished shard of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,12 +61,6 @@ pub struct ShardInfo {
     pub documents: u64,
     pub bytes: u64,
     pub sha256: String,
-}
-
-/// The SHA-256 of `bytes`, in hex: shard checksums, the plan's hash, the
-/// tokenizer's.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
 
 /// Counts bytes and hashes them (SHA-256) on the way to the file.

@@ -7,8 +7,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::{FormatWriter, ShardFile};
-use crate::config::ParquetCompression;
 use crate::error::Result;
+use crate::sinks::ParquetCompression;
 
 /// A row group is flushed once this many bytes are buffered.
 const ROW_GROUP_BYTES: usize = 64 << 20;

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use arrow::array::RecordBatch;
 
 use super::{InputSpec, ReadOptions, RecordBuilder, SourceReader, Split};
-use crate::config::{InputFormat, Limits};
 use crate::error::Result;
+use crate::limits::Limits;
 use crate::rejects::RejectSink;
+use crate::sources::input::InputFormat;
 
 pub struct CsvReader {
     path: String,

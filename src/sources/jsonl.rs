@@ -9,9 +9,10 @@ use serde_json::value::RawValue;
 
 use super::text::Lines;
 use super::{InputSpec, ReadOptions, RecordBuilder, SourceReader, Split};
-use crate::config::{InputFormat, Limits};
 use crate::error::Result;
+use crate::limits::Limits;
 use crate::rejects::{RejectSink, Rejection};
+use crate::sources::input::InputFormat;
 
 pub struct JsonlReader {
     lines: Lines,

@@ -23,9 +23,10 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::{ReadOptions, SourceReader, Split};
-use crate::config::{LabelSource, Limits};
 use crate::error::Result;
+use crate::limits::Limits;
 use crate::rejects::{Reject, RejectSink, Rejection};
+use crate::sources::input::LabelSource;
 
 /// What the files of a media input hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,7 +312,7 @@ fn claimed_bytes(media: Media, data: &[u8], limits: &Limits, resample_to: Option
             claimed * 3
         }
         Media::Audio => {
-            crate::stages::audio::decode::claimed_bytes(data, limits.max_audio_seconds, resample_to)
+            crate::codec::audio::claimed_bytes(data, limits.max_audio_seconds, resample_to)
         }
     }
 }

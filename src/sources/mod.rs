@@ -11,6 +11,7 @@
 //! a whole file, or a range of Parquet row groups.
 
 mod csv;
+pub mod input;
 mod jsonl;
 mod lines;
 pub mod media;
@@ -23,8 +24,10 @@ use arrow::array::{ArrayRef, RecordBatch, StringBuilder, UInt64Builder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DocumentMode, InputConfig, InputFormat, Limits};
+use crate::sources::input::{DocumentMode, InputConfig, InputFormat};
+
 use crate::error::Result;
+use crate::limits::Limits;
 use crate::rejects::{Reject, RejectSink, Rejection};
 
 pub use self::parquet::row_groups;

@@ -10,9 +10,10 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use super::{InputSpec, ReadOptions, RecordBuilder, SourceReader, Split};
-use crate::config::{InputFormat, Limits};
 use crate::error::Result;
+use crate::limits::Limits;
 use crate::rejects::{RejectSink, Rejection};
+use crate::sources::input::InputFormat;
 
 /// Row counts of each row group, read from the footer only. `Err` when the
 /// file is not Parquet (the planner turns that into a reject).

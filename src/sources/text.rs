@@ -4,9 +4,10 @@ use arrow::array::RecordBatch;
 
 use super::lines::{Line, LineReader};
 use super::{ReadOptions, RecordBuilder, SourceReader, Split};
-use crate::config::{InputFormat, Limits};
 use crate::error::Result;
+use crate::limits::Limits;
 use crate::rejects::RejectSink;
+use crate::sources::input::InputFormat;
 
 /// Open the lines of a split; an empty or unreadable file becomes one reject
 /// and `None`.

@@ -1,30 +1,233 @@
 //! Stages: batch in, batch out.
 //!
-//! A stage is built from its config when the pipeline is built (so a bad
-//! config fails before any data is read), declares its output schema from its
-//! input schema, and then processes batches. A bad record is not an error: the
-//! stage calls [`BatchContext::reject`] and leaves the row out of its output.
-//! `Err` is for what must stop the run.
+//! A stage's file holds its `Config` (what the pipeline file says, serde
+//! with `deny_unknown_fields`), the [`BuildStage`] impl that checks it and
+//! builds the stage before any data is read, the stage itself, and its unit
+//! tests. A stage declares its output schema from its input schema, then
+//! processes batches. A bad record is not an error: the stage calls
+//! [`BatchContext::reject`] and leaves the row out of its output; a row
+//! dropped on purpose is counted in [`BatchContext::filtered`]. `Err` is
+//! for what must stop the run. A stage that must see the input before it
+//! runs is built as a [`Fit`]: the engine scans the input once for every
+//! fit, then runs the stages they return.
 //!
-//! | stage | config | what it does |
-//! |---|---|---|
-//! | `sql` | top-level `sql` | DataFusion filter/projection over the table `input` |
-//! | `augment_text` | `[[stages]] type = "augment_text"` | synonym and back-translated copies, balanced per label; see [`text::augment`] |
-//! | `tokenize` | `[[stages]] type = "tokenize"` | byte-level BPE, `text` to `input_ids` + `length` |
-//! | `chunk` | `[[stages]] type = "chunk"` | sliding windows of `input_ids`, one row per window |
-//! | image stages | `decode_image`, `resize_image`, `image_features`, `mix`, `encode_image`, `to_tensor` | see [`image`] |
+//! Adding a stage: its file (config, build, stage, tests), one line in the
+//! `stages!` list below, its fields in `schemas/` if it adds columns to the
+//! output.
+//!
+//! | stage | what it does |
+//! |---|---|
+//! | `sql` (top-level `sql`) | DataFusion filter/projection over the table `input` |
+//! | `augment_text` | synonym and back-translated copies, balanced per label (a fit: label counts); see [`text::augment`] |
+//! | `tokenize` | byte-level BPE, `text` to `input_ids` + `length` (a fit when `[stages.train]` trains it) |
+//! | `chunk` | sliding windows of `input_ids`, one row per window |
+//! | `filter_length` | drops rows whose token count or clip duration is out of bounds, as filtered |
+//! | `decode_image`, `resize_image`, `image_features`, `mix`, `encode_image`, `to_tensor` | see [`image`] |
+//! | `decode_audio`, `mel_spectrogram`, `spec_augment`, `encode_audio` | see [`audio`] |
 
 pub mod audio;
 pub mod columns;
+pub mod filter_length;
 pub mod image;
 pub mod sql;
 pub mod text;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::limits::Limits;
 use crate::rejects::{Reject, RejectSink};
+use audio::decode::DecodeAudioConfig;
+use audio::encode::EncodeAudioConfig;
+use audio::mel::MelSpectrogramConfig;
+use audio::specaugment::SpecAugmentConfig;
+use filter_length::FilterLengthConfig;
+use image::decode::DecodeImageConfig;
+use image::encode::EncodeImageConfig;
+use image::features::ImageFeaturesConfig;
+use image::mix::MixConfig;
+use image::resize::ResizeImageConfig;
+use image::tensor::ToTensorConfig;
+use text::augment::AugmentTextConfig;
+use text::chunk::ChunkConfig;
+use text::tokenize::TokenizeConfig;
+
+/// Declares [`StageConfig`], the closed set of stages a pipeline file can
+/// name, from one line per stage: the variant, its config type (in the
+/// stage's own file, implementing [`BuildStage`]) and its `type` name.
+/// Everything that lists the stages (the serde tag, the type names, the
+/// per-stage error detail, the build dispatch) comes from this one list.
+macro_rules! stages {
+    ($($variant:ident($config:ty) = $name:literal,)*) => {
+        /// A stage of the pipeline, in the order written; `type = "..."`
+        /// picks the variant.
+        #[derive(Debug, Clone, Deserialize, Serialize)]
+        #[serde(tag = "type")]
+        pub enum StageConfig {
+            $(#[serde(rename = $name)] $variant($config),)*
+        }
+
+        impl StageConfig {
+            /// Every `type` a stage table may have.
+            pub const TYPES: &[&str] = &[$($name),*];
+
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(StageConfig::$variant(_) => $name,)*
+                }
+            }
+
+            /// The stage's own config, to build.
+            pub fn config(&self) -> &dyn BuildStage {
+                match self {
+                    $(StageConfig::$variant(c) => c,)*
+                }
+            }
+
+            /// Deserialize a stage table (its `type` removed) as the config of
+            /// the stage `type_name`: the key path inside the table and the
+            /// message of the first error, or `None` when it is valid or the
+            /// type is unknown. The tagged enum hides which key failed; this
+            /// finds it.
+            pub fn table_error(type_name: &str, table: toml::Value) -> Option<(String, String)> {
+                fn detail<T: serde::de::DeserializeOwned>(table: toml::Value) -> Option<(String, String)> {
+                    let err = serde_path_to_error::deserialize::<_, T>(table).err()?;
+                    Some((err.path().to_string(), err.into_inner().message().to_string()))
+                }
+                match type_name {
+                    $($name => detail::<$config>(table),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+stages! {
+    AugmentText(Box<AugmentTextConfig>) = "augment_text",
+    Tokenize(TokenizeConfig) = "tokenize",
+    Chunk(ChunkConfig) = "chunk",
+    FilterLength(FilterLengthConfig) = "filter_length",
+    DecodeImage(DecodeImageConfig) = "decode_image",
+    ResizeImage(ResizeImageConfig) = "resize_image",
+    ImageFeatures(ImageFeaturesConfig) = "image_features",
+    Mix(MixConfig) = "mix",
+    EncodeImage(EncodeImageConfig) = "encode_image",
+    ToTensor(ToTensorConfig) = "to_tensor",
+    DecodeAudio(DecodeAudioConfig) = "decode_audio",
+    MelSpectrogram(MelSpectrogramConfig) = "mel_spectrogram",
+    SpecAugment(SpecAugmentConfig) = "spec_augment",
+    EncodeAudio(EncodeAudioConfig) = "encode_audio",
+}
+
+/// How a stage's config becomes what runs. Implemented by each stage's
+/// `Config`, in the stage's own file.
+pub trait BuildStage {
+    /// Check what needs no data and build the stage; an error names the
+    /// key of the stage's table at fault.
+    fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError>;
+    /// Whether the stage works on audio: a pipeline with one reads its
+    /// folders and tar shards as audio.
+    fn is_audio(&self) -> bool {
+        false
+    }
+}
+
+impl<T: BuildStage> BuildStage for Box<T> {
+    fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+        (**self).build(cx)
+    }
+    fn is_audio(&self) -> bool {
+        (**self).is_audio()
+    }
+}
+
+/// What a stage is built from besides its config.
+pub struct BuildContext<'a> {
+    /// The schema of the batches the stage receives.
+    pub input: &'a SchemaRef,
+    pub limits: &'a Limits,
+    /// The stages written before and after this one.
+    pub before: &'a [StageConfig],
+    pub after: &'a [StageConfig],
+    /// Files the stage reads when it is built (a tokenizer, a vocabulary),
+    /// by name, with the SHA-256 of their bytes: part of the plan, so that
+    /// a changed file is a changed plan.
+    pub files: Vec<(&'static str, String)>,
+}
+
+/// A built stage.
+pub enum Built {
+    /// Runs as built.
+    Ready(Arc<dyn Stage>),
+    /// Must see the input before it runs (a tokenizer trained on it, label
+    /// counts): the engine scans the input once for every fit, then runs
+    /// what each fit returns.
+    Fit(Arc<dyn Fit>),
+    /// Run by the stage before it (a resize right after a decode).
+    Fused,
+}
+
+/// A configuration error: the key of the stage's table at fault (`type`
+/// for the stage as a whole) and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildError {
+    pub key: String,
+    pub message: String,
+}
+
+impl BuildError {
+    pub fn new(key: &str, message: impl std::fmt::Display) -> Self {
+        BuildError {
+            key: key.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<(String, String)> for BuildError {
+    fn from((key, message): (String, String)) -> Self {
+        BuildError { key, message }
+    }
+}
+
+/// A stage that must see the input first. The engine reads the input once
+/// (the records as the readers make them, after `sql`) and hands every
+/// batch to each fit, then runs the stages the fits return.
+pub trait Fit: Send + Sync {
+    /// The output schema, known before fitting.
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef>;
+    /// A line for the user about what the scan is for.
+    fn describe(&self, cx: &FitContext) -> String;
+    /// Whether the records' text is all the fit reads (media files are then
+    /// not read).
+    fn text_only(&self) -> bool {
+        false
+    }
+    /// The stage an earlier run of the same plan fitted, read back from
+    /// the dataset directory (see [`Stage::artifacts`]), if there is one.
+    fn resume(&self, _out: &Path) -> Result<Option<Arc<dyn Stage>>> {
+        Ok(None)
+    }
+    /// Read every batch once; the stage that runs.
+    fn fit(
+        &self,
+        batches: &mut (dyn Iterator<Item = RecordBatch> + Send),
+        cx: &FitContext,
+    ) -> Result<Arc<dyn Stage>>;
+}
+
+/// What a fit gets besides the batches.
+pub struct FitContext {
+    pub threads: usize,
+    /// Bytes of input the scan reads.
+    pub input_bytes: u64,
+}
 
 pub trait Stage: Send + Sync {
     /// The name rejects and logs carry.
@@ -35,6 +238,11 @@ pub trait Stage: Send + Sync {
     /// A line for the run summary (which model ran on which device...).
     fn report(&self) -> Option<String> {
         None
+    }
+    /// Files the stage writes into the dataset directory (the tokenizer
+    /// its ids come from), by name.
+    fn artifacts(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        Ok(Vec::new())
     }
 }
 

@@ -19,7 +19,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::error::Result;
 use crate::stages::{BatchContext, Stage};
 
-pub struct SqlStage {
+pub struct Sql {
     query: String,
     output: SchemaRef,
 }
@@ -36,7 +36,7 @@ fn run<F: std::future::Future>(f: F) -> F::Output {
     futures::executor::block_on(f)
 }
 
-impl SqlStage {
+impl Sql {
     /// Plan `query` against `input`; fails with a message for the user when
     /// the query is invalid, not row-wise, or drops what later stages need.
     pub fn new(
@@ -71,7 +71,7 @@ impl SqlStage {
                 ));
             }
         }
-        Ok(SqlStage {
+        Ok(Sql {
             query: query.to_string(),
             output,
         })
@@ -111,7 +111,7 @@ fn check_row_wise(plan: &LogicalPlan) -> std::result::Result<(), String> {
     }
 }
 
-impl Stage for SqlStage {
+impl Stage for Sql {
     fn name(&self) -> &str {
         "sql"
     }
@@ -146,7 +146,7 @@ impl Stage for SqlStage {
     }
 }
 
-impl SqlStage {
+impl Sql {
     /// The query over one batch, in the planned schema.
     fn run(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let ctx = context();
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn accepts_filters_and_projections() {
         let schema = record_schema(&["lang".to_string()]);
-        let s = SqlStage::new(
+        let s = Sql::new(
             "SELECT sample_id, upper(text) AS text FROM input WHERE lang = 'en' AND length(text) > 3",
             &schema,
             &["sample_id", "text"],
@@ -189,24 +189,24 @@ mod tests {
     #[test]
     fn refuses_aggregates_and_missing_columns() {
         let schema = record_schema(&[]);
-        let e = SqlStage::new("SELECT count(*) AS n FROM input", &schema, &[])
+        let e = Sql::new("SELECT count(*) AS n FROM input", &schema, &[])
             .err()
             .unwrap();
         assert!(e.contains("row-wise"), "{e}");
-        let e = SqlStage::new("SELECT text FROM input", &schema, &["sample_id"])
+        let e = Sql::new("SELECT text FROM input", &schema, &["sample_id"])
             .err()
             .unwrap();
         assert!(e.contains("sample_id"), "{e}");
-        let e = SqlStage::new("SELECT nope FROM input", &schema, &[])
+        let e = Sql::new("SELECT nope FROM input", &schema, &[])
             .err()
             .unwrap();
         assert!(e.contains("nope"), "{e}");
-        let e = SqlStage::new("SELECT * FROM input WHERE random() < 0.5", &schema, &[])
+        let e = Sql::new("SELECT * FROM input WHERE random() < 0.5", &schema, &[])
             .err()
             .unwrap();
         assert!(e.contains("random"), "{e}");
         let q = "SELECT * FROM input WHERE length(text) > (SELECT avg(length(text)) FROM input)";
-        let e = SqlStage::new(q, &schema, &[]).err().unwrap();
+        let e = Sql::new(q, &schema, &[]).err().unwrap();
         assert!(e.contains("subquer"), "{e}");
     }
 
@@ -216,7 +216,7 @@ mod tests {
         use crate::sources::RecordBuilder;
         let schema = record_schema(&["score".to_string()]);
         let q = "SELECT * FROM input WHERE 10 / CAST(score AS INT) > 0";
-        let s = SqlStage::new(q, &schema, &["sample_id"]).unwrap();
+        let s = Sql::new(q, &schema, &["sample_id"]).unwrap();
         let mut b = RecordBuilder::new(schema.clone(), &["score".to_string()], "f");
         for (i, v) in ["1", "0", "-3", "2"].iter().enumerate() {
             b.push(i as u64, "t", &[Some(v)]);

@@ -36,8 +36,8 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::OutputFormat;
-use crate::engine::commit::Manifest;
+use crate::dataset::Manifest;
+use crate::dataset::OutputFormat;
 use crate::error::{Error, IoContext, Result};
 
 /// One record-batch message of a shard.

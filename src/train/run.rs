@@ -112,8 +112,8 @@ pub enum MixMode {
 
 impl TrainMix {
     /// The offline stage's parameters, whose drawing rules are shared.
-    fn params(&self) -> crate::config::MixConfig {
-        crate::config::MixConfig {
+    fn params(&self) -> crate::stages::image::mix::MixConfig {
+        crate::stages::image::mix::MixConfig {
             copies: 1,
             mixup_alpha: self.mixup_alpha,
             cutmix_alpha: self.cutmix_alpha,

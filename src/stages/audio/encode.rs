@@ -10,11 +10,32 @@ use arrow::datatypes::{Field, SchemaRef};
 use rayon::prelude::*;
 
 use super::{WaveShape, Waves, require_wave};
-use crate::config::{EncodeAudioConfig, SampleFormat};
 use crate::error::Result;
 use crate::schema::{HF_FEATURE, SAMPLE_RATE, media_struct_column, media_struct_type};
 use crate::stages::columns::{batch_with, keep_ok, schema_with};
-use crate::stages::{BatchContext, Stage};
+use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleFormat {
+    /// 16-bit integer PCM.
+    #[default]
+    Pcm16,
+    /// 32-bit float.
+    Float32,
+}
+
+/// Store the decoded waveform as WAV bytes in the `audio` column, the layout
+/// HuggingFace `datasets` reads as its `Audio` feature.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeAudioConfig {
+    #[serde(default)]
+    pub sample_format: SampleFormat,
+}
 
 /// The largest WAV `encode_audio` stores (an Arrow binary column holds at
 /// most 2 GiB a batch, a WAV header counts to 4 GiB).
@@ -59,19 +80,19 @@ pub fn wav(samples: &[f32], channels: usize, rate: u32, format: SampleFormat) ->
     out
 }
 
-pub struct EncodeAudioStage {
+pub struct EncodeAudio {
     format: SampleFormat,
 }
 
-impl EncodeAudioStage {
+impl EncodeAudio {
     pub fn new(cfg: &EncodeAudioConfig) -> Self {
-        EncodeAudioStage {
+        EncodeAudio {
             format: cfg.sample_format,
         }
     }
 }
 
-impl Stage for EncodeAudioStage {
+impl Stage for EncodeAudio {
     fn name(&self) -> &str {
         "encode_audio"
     }
@@ -109,6 +130,16 @@ impl Stage for EncodeAudioStage {
         let audio = media_struct_column(&batch, files)?;
         let schema = self.output_schema(&batch.schema())?;
         batch_with(&batch, &schema, vec![("audio", audio)])
+    }
+}
+
+impl BuildStage for EncodeAudioConfig {
+    fn build(&self, _cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+        Ok(Built::Ready(Arc::new(EncodeAudio::new(self))))
+    }
+
+    fn is_audio(&self) -> bool {
+        true
     }
 }
 

@@ -15,10 +15,110 @@ use realfft::{RealFftPlanner, RealToComplex};
 use serde::{Deserialize, Serialize};
 
 use super::{Waves, require_wave};
-use crate::config::{MelLog, MelNorm, MelSpectrogramConfig};
 use crate::error::Result;
 use crate::stages::columns::{batch_with, keep_ok, schema_with};
-use crate::stages::{BatchContext, Stage};
+use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MelLog {
+    /// `10 log10(max(amin, x))`, floored at `max - top_db` (librosa's
+    /// `power_to_db` with `ref = 1.0`).
+    #[default]
+    Db,
+    /// `ln(x + eps)`.
+    Log,
+    /// The mel energies as they are.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MelNorm {
+    /// Slaney's area normalisation (librosa's default).
+    #[default]
+    Slaney,
+    None,
+}
+
+/// A (log-)mel spectrogram of the decoded waveform, as librosa's
+/// `feature.melspectrogram` computes it; the defaults are librosa's.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MelSpectrogramConfig {
+    #[serde(default = "default_n_fft")]
+    pub n_fft: usize,
+    /// By default `n_fft / 4`.
+    #[serde(default)]
+    pub hop_length: Option<usize>,
+    /// By default `n_fft`.
+    #[serde(default)]
+    pub win_length: Option<usize>,
+    #[serde(default = "default_window")]
+    pub window: Window,
+    #[serde(default = "default_true")]
+    pub center: bool,
+    #[serde(default = "default_pad_mode")]
+    pub pad_mode: PadMode,
+    #[serde(default = "default_n_mels")]
+    pub n_mels: usize,
+    #[serde(default)]
+    pub fmin: f64,
+    /// By default half the sample rate.
+    #[serde(default)]
+    pub fmax: Option<f64>,
+    /// `slaney` (librosa's default) or `htk`.
+    #[serde(default = "default_mel_scale")]
+    pub scale: MelScale,
+    #[serde(default)]
+    pub norm: MelNorm,
+    /// 2 for power, 1 for magnitude.
+    #[serde(default = "default_power")]
+    pub power: f64,
+    #[serde(default)]
+    pub log: MelLog,
+    /// `log = "db"`: the floor of the energies.
+    #[serde(default = "default_amin")]
+    pub amin: f64,
+    /// `log = "db"`: the dynamic range kept below the maximum; 0 keeps all.
+    #[serde(default = "default_top_db")]
+    pub top_db: f64,
+    /// `log = "log"`: added before the logarithm.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+}
+
+fn default_n_fft() -> usize {
+    2048
+}
+fn default_window() -> Window {
+    Window::Hann
+}
+fn default_pad_mode() -> PadMode {
+    PadMode::Constant
+}
+fn default_n_mels() -> usize {
+    128
+}
+fn default_mel_scale() -> MelScale {
+    MelScale::Slaney
+}
+fn default_power() -> f64 {
+    2.0
+}
+fn default_amin() -> f64 {
+    1e-10
+}
+fn default_top_db() -> f64 {
+    80.0
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+
+fn default_true() -> bool {
+    true
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -272,11 +372,11 @@ pub fn mel_spectrogram(wave: &[f32], p: &MelParams) -> (Vec<f32>, usize) {
 }
 
 /// `mel_spectrogram`: `mel` and `mel_frames` from the mono waveform.
-pub struct MelStage {
+pub struct MelSpectrogram {
     plan: MelPlan,
 }
 
-impl MelStage {
+impl MelSpectrogram {
     /// Checks the parameters against what the decoded audio shares.
     pub fn build(
         cfg: &MelSpectrogramConfig,
@@ -362,13 +462,13 @@ impl MelStage {
             power: cfg.power,
             log,
         };
-        Ok(MelStage {
+        Ok(MelSpectrogram {
             plan: MelPlan::new(&params),
         })
     }
 }
 
-impl Stage for MelStage {
+impl Stage for MelSpectrogram {
     fn name(&self) -> &str {
         "mel_spectrogram"
     }
@@ -407,6 +507,18 @@ impl Stage for MelStage {
             &schema,
             vec![("mel", mel), ("mel_frames", Arc::new(frames))],
         )
+    }
+}
+
+impl BuildStage for MelSpectrogramConfig {
+    fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+        Ok(Built::Ready(Arc::new(MelSpectrogram::build(
+            self, cx.input,
+        )?)))
+    }
+
+    fn is_audio(&self) -> bool {
+        true
     }
 }
 

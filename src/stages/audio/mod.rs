@@ -1,6 +1,5 @@
-//! Audio stages, and the signal processing under them: `decode` turns files
-//! into samples with symphonia; `resample` changes their rate (rubato);
-//! `mel` computes mel spectrograms as librosa does (its reference values
+//! Audio stages: `decode` turns files into samples (with
+//! [`crate::codec::audio`] and [`crate::codec::resample`]); `mel` computes mel spectrograms as librosa does (its reference values
 //! are the tests); `specaugment` masks and warps them as Park et al. (2019)
 //! describe.
 //!
@@ -22,7 +21,6 @@
 pub mod decode;
 pub mod encode;
 pub mod mel;
-pub mod resample;
 pub mod specaugment;
 
 use std::collections::HashMap;

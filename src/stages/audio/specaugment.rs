@@ -24,10 +24,48 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{CHANNELS, WAVE};
-use crate::config::SpecAugmentConfig;
 use crate::error::{Error, Result};
 use crate::stages::columns::{batch_with, fixed_list_type, schema_with};
-use crate::stages::{BatchContext, Stage};
+use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
+
+/// SpecAugment copies of the mel spectrogram (Park et al. 2019): a policy's
+/// parameters, each overridable.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecAugmentConfig {
+    /// `LB`, `LD`, `SM` or `SS`; by default `LB`.
+    #[serde(default)]
+    pub policy: Option<Policy>,
+    /// W: the largest time shift of the warp anchor, in frames; 0 turns
+    /// warping off.
+    #[serde(default)]
+    pub time_warp: Option<u32>,
+    /// F: the widest frequency mask, in mel bins.
+    #[serde(default)]
+    pub freq_mask: Option<u32>,
+    /// mF: frequency masks per copy.
+    #[serde(default)]
+    pub freq_masks: Option<u32>,
+    /// T: the widest time mask, in frames.
+    #[serde(default)]
+    pub time_mask: Option<u32>,
+    /// p: a time mask is at most this fraction of the frames.
+    #[serde(default)]
+    pub time_mask_ratio: Option<f64>,
+    /// mT: time masks per copy.
+    #[serde(default)]
+    pub time_masks: Option<u32>,
+    /// `zero` or `mean` (of the spectrogram after warping).
+    #[serde(default)]
+    pub mask_value: Option<MaskValue>,
+    /// Augmented copies per sample, written after the sample itself.
+    #[serde(default = "default_copies")]
+    pub copies: u32,
+}
+
+fn default_copies() -> u32 {
+    1
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -163,12 +201,12 @@ pub fn apply(
 /// from a generator seeded by (run seed, `ID#specaugK`, stage), with what
 /// was drawn in `warp_anchor`, `warp_shift`, `freq_masks`, `time_masks` and
 /// `mask_value`. The waveform is not copied: `encode_audio` goes before.
-pub struct SpecAugmentStage {
+pub struct SpecAugment {
     params: SpecAugmentParams,
     copies: u32,
 }
 
-impl SpecAugmentStage {
+impl SpecAugment {
     pub fn build(cfg: &SpecAugmentConfig) -> std::result::Result<Self, (String, String)> {
         let mut p = cfg.policy.unwrap_or(Policy::LB).params();
         let set = |v: Option<u32>, into: &mut u32| {
@@ -199,7 +237,7 @@ impl SpecAugmentStage {
                 "copies must be at least 1 (leave the stage out for none)".into(),
             ));
         }
-        Ok(SpecAugmentStage {
+        Ok(SpecAugment {
             params: p,
             copies: cfg.copies,
         })
@@ -239,7 +277,7 @@ fn pairs_column(rows: &[&[(u32, u32)]]) -> Result<ArrayRef> {
     )?))
 }
 
-impl Stage for SpecAugmentStage {
+impl Stage for SpecAugment {
     fn name(&self) -> &str {
         "spec_augment"
     }
@@ -357,6 +395,16 @@ impl Stage for SpecAugmentStage {
             ),
         ];
         batch_with(&taken, &schema, added)
+    }
+}
+
+impl BuildStage for SpecAugmentConfig {
+    fn build(&self, _cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+        Ok(Built::Ready(Arc::new(SpecAugment::build(self)?)))
+    }
+
+    fn is_audio(&self) -> bool {
+        true
     }
 }
 

@@ -1,4 +1,5 @@
-//! `decode_image` and `resize_image`.
+//! `decode_image`: encoded bytes to RGB pixels, resized in the same pass
+//! when a `resize_image` follows.
 //!
 //! Decoding turns the encoded bytes into RGB pixels with the EXIF
 //! orientation applied (alpha is dropped, grey and palette images expanded,
@@ -15,103 +16,30 @@
 //! after a decode runs in the same pass over each image, so a batch never
 //! holds full-size pixels.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BinaryBuilder, RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::{PIXELS, Pixels, pixel_fields, require_pixels, schema_with};
-use crate::config::{CropMode, ResizeFilter, ResizeImageConfig};
+use super::resize::{CropMode, ResizeFilter, ResizeImageConfig, check_resize};
+use super::{PIXELS, pixel_fields, schema_with};
+use crate::codec::image::decode_guarded;
+pub use crate::codec::image::{Decoded, decode};
 use crate::error::{Error, Result};
-use crate::stages::{BatchContext, Stage};
+use crate::stages::StageConfig;
+use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
 
-use crate::rejects::Rejection;
+use serde::{Deserialize, Serialize};
 
-/// Pixels `(rgb, width, height)`, or why not.
-pub type Decoded = std::result::Result<(Vec<u8>, u32, u32), Rejection>;
-
-/// Decode encoded image bytes to RGB8, orientation applied.
-pub fn decode(bytes: &[u8], max_pixels: u64) -> Decoded {
-    if bytes.is_empty() {
-        return Err(("empty_file", "the file is empty".into()));
-    }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| ("unreadable_image", e.to_string()))?;
-    let Some(format) = reader.format() else {
-        return Err((
-            "unknown_format",
-            "the bytes are not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)"
-                .into(),
-        ));
-    };
-    if format == ImageFormat::Jpeg && !ends_jpeg(bytes) {
-        return Err((
-            "truncated",
-            "the JPEG has no end-of-image marker: the file is cut short".into(),
-        ));
-    }
-    // Bound what the decoder may allocate, whatever the header says.
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(classify)?;
-    let (w, h) = decoder.dimensions();
-    let pixels = w as u64 * h as u64;
-    if pixels > max_pixels {
-        return Err((
-            "too_many_pixels",
-            format!(
-                "the image claims {w} x {h} = {pixels} pixels, over limits.max_image_pixels = {max_pixels}"
-            ),
-        ));
-    }
-    if pixels == 0 {
-        return Err(("empty_image", format!("the image is {w} x {h}")));
-    }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(classify)?;
-    img.apply_orientation(orientation);
-    let (w, h) = (img.width(), img.height());
-    Ok((img.into_rgb8().into_raw(), w, h))
-}
-
-/// [`decode`], with a decoder's panic on hostile bytes made a reject.
-fn decode_guarded(bytes: &[u8], max_pixels: u64) -> Decoded {
-    std::panic::catch_unwind(|| decode(bytes, max_pixels)).unwrap_or_else(|_| {
-        Err((
-            "corrupt_image",
-            "the decoder failed on these bytes (it panicked)".into(),
-        ))
-    })
-}
-
-/// Whether a JPEG ends with its end-of-image marker (trailing padding of a
-/// few bytes is allowed, as writers leave it).
-fn ends_jpeg(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(64)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
-}
-
-fn classify(e: ImageError) -> Rejection {
-    match &e {
-        ImageError::Limits(_) => ("too_many_pixels", format!("over the decoding limits: {e}")),
-        ImageError::Unsupported(_) => ("unsupported_image", e.to_string()),
-        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ("truncated", format!("the file is cut short: {e}"))
-        }
-        _ => ("corrupt_image", e.to_string()),
-    }
-}
+/// Decode the image bytes: EXIF orientation applied, converted to RGB.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeImageConfig {}
 
 /// Resize (shorter side to `cfg.size`) and crop. `rng` draws a random crop.
 pub fn resize_crop(
@@ -192,39 +120,24 @@ pub fn resize_crop(
     Ok((dst.into_vec(), out_w, out_h))
 }
 
-/// Check a resize config; the message names what is wrong.
-pub fn check_resize(cfg: &ResizeImageConfig) -> std::result::Result<(), String> {
-    if cfg.size == 0 {
-        return Err("size must be at least 1".into());
-    }
-    match cfg.crop {
-        Some(0) => Err("crop must be at least 1".into()),
-        Some(c) if c > cfg.size => Err(format!(
-            "crop = {c} is larger than size = {}: the shorter side would be too short to crop",
-            cfg.size
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// Decode, and resize in the same pass when a `resize_image` follows (its
 /// rejects, kind `resize_failed`, then carry the stage name `decode_image`).
-pub struct DecodeStage {
+pub struct DecodeImage {
     max_pixels: u64,
     resize: Option<ResizeImageConfig>,
 }
 
-impl DecodeStage {
+impl DecodeImage {
     pub fn new(max_pixels: u64, resize: Option<ResizeImageConfig>) -> Self {
-        DecodeStage { max_pixels, resize }
+        DecodeImage { max_pixels, resize }
     }
 }
 
-fn out_size(resize: &Option<ResizeImageConfig>) -> Option<(u32, u32)> {
+pub(super) fn out_size(resize: &Option<ResizeImageConfig>) -> Option<(u32, u32)> {
     resize.as_ref().and_then(|r| r.crop).map(|c| (c, c))
 }
 
-impl Stage for DecodeStage {
+impl Stage for DecodeImage {
     fn name(&self) -> &str {
         "decode_image"
     }
@@ -266,7 +179,7 @@ impl Stage for DecodeStage {
 }
 
 /// Build the output batch from per-row results, rejecting the failures.
-fn finish(
+pub(super) fn finish(
     batch: RecordBatch,
     results: Vec<Decoded>,
     cx: &mut BatchContext,
@@ -292,44 +205,17 @@ fn finish(
     )
 }
 
-/// `resize_image` on its own, on pixels an earlier stage decoded.
-pub struct ResizeStage {
-    cfg: ResizeImageConfig,
-    max_pixels: u64,
-}
-
-impl ResizeStage {
-    pub fn new(cfg: ResizeImageConfig, max_pixels: u64) -> Self {
-        ResizeStage { cfg, max_pixels }
-    }
-}
-
-impl Stage for ResizeStage {
-    fn name(&self) -> &str {
-        "resize_image"
-    }
-
-    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
-        require_pixels(input, "resize_image")?;
-        Ok(schema_with(
-            input,
-            &[],
-            &pixel_fields(out_size(&Some(self.cfg.clone()))),
-        ))
-    }
-
-    fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
-        let px = Pixels::of(&batch)?;
-        let seeds = super::sample_seeds(&batch, cx)?;
-        let results: Vec<_> = (0..batch.num_rows())
-            .into_par_iter()
-            .map_init(Resizer::new, |resizer, row| {
-                let (rgb, w, h) = px.get(row);
-                let mut rng = ChaCha8Rng::seed_from_u64(seeds[row]);
-                resize_crop(resizer, rgb, w, h, &self.cfg, self.max_pixels, &mut rng)
-            })
-            .collect();
-        finish(batch, results, cx, self)
+impl BuildStage for DecodeImageConfig {
+    fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+        // A resize right after runs in the same pass over each image.
+        let resize = match cx.after.first() {
+            Some(StageConfig::ResizeImage(r)) if check_resize(r).is_ok() => Some(r.clone()),
+            _ => None,
+        };
+        Ok(Built::Ready(Arc::new(DecodeImage::new(
+            cx.limits.max_image_pixels,
+            resize,
+        ))))
     }
 }
 

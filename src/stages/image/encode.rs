@@ -1,4 +1,4 @@
-//! `encode_image` and `to_tensor`: the two ways decoded pixels are stored.
+//! `encode_image`: decoded pixels stored as PNG or JPEG bytes.
 //!
 //! `encode_image` writes PNG (lossless, the default) or JPEG bytes into the
 //! `image` column as `struct<bytes, path>`, which HuggingFace `datasets`
@@ -8,33 +8,55 @@
 
 use std::sync::Arc;
 
-use arrow::array::{FixedSizeListArray, Float32Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, SchemaRef};
 use image::ImageEncoder;
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use rayon::prelude::*;
 
-use super::{
-    HEIGHT, PIXELS, Pixels, WIDTH, fixed_list_type, require_fixed_size, require_pixels, schema_with,
-};
-use crate::config::{EncodeImageConfig, ImageCodec, ToTensorConfig};
-use crate::error::{Error, Result};
+use super::{HEIGHT, PIXELS, Pixels, WIDTH, require_pixels, schema_with};
+use crate::error::Result;
 use crate::schema::{media_struct_column, media_struct_type};
-use crate::stages::{BatchContext, Stage};
+use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
+use serde::{Deserialize, Serialize};
 
-const PIXEL_COLUMNS: [&str; 3] = [PIXELS, WIDTH, HEIGHT];
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageCodec {
+    #[default]
+    Png,
+    Jpeg,
+}
 
-pub struct EncodeStage {
+/// Store the pixels as encoded image bytes in the `image` column, the layout
+/// HuggingFace `datasets` reads as its `Image` feature.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeImageConfig {
+    #[serde(default)]
+    pub format: ImageCodec,
+    /// JPEG quality, 1-100.
+    #[serde(default = "default_quality")]
+    pub quality: u8,
+}
+
+fn default_quality() -> u8 {
+    90
+}
+
+pub(super) const PIXEL_COLUMNS: [&str; 3] = [PIXELS, WIDTH, HEIGHT];
+
+pub struct EncodeImage {
     cfg: EncodeImageConfig,
 }
 
-impl EncodeStage {
+impl EncodeImage {
     pub fn new(cfg: &EncodeImageConfig) -> std::result::Result<Self, String> {
         if !(1..=100).contains(&cfg.quality) {
             return Err("quality must be within 1..=100".into());
         }
-        Ok(EncodeStage { cfg: cfg.clone() })
+        Ok(EncodeImage { cfg: cfg.clone() })
     }
 }
 
@@ -63,7 +85,7 @@ pub fn encode(
     Ok(out)
 }
 
-impl Stage for EncodeStage {
+impl Stage for EncodeImage {
     fn name(&self) -> &str {
         "encode_image"
     }
@@ -94,77 +116,9 @@ impl Stage for EncodeStage {
     }
 }
 
-pub struct TensorStage {
-    cfg: ToTensorConfig,
-    size: (u32, u32),
-}
-
-impl TensorStage {
-    pub fn build(cfg: &ToTensorConfig, input: &SchemaRef) -> Result<Self> {
-        let size = require_fixed_size(input, "to_tensor")?;
-        if cfg.std.contains(&0.0) {
-            return Err(Error::Config("std must not be 0".into()));
-        }
-        Ok(TensorStage {
-            cfg: cfg.clone(),
-            size,
-        })
-    }
-
-    fn tensor_type(&self) -> DataType {
-        let (w, h) = (self.size.0 as usize, self.size.1 as usize);
-        fixed_list_type(fixed_list_type(fixed_list_type(DataType::Float32, w), h), 3)
-    }
-}
-
-impl Stage for TensorStage {
-    fn name(&self) -> &str {
-        "to_tensor"
-    }
-
-    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
-        require_fixed_size(input, "to_tensor")?;
-        Ok(schema_with(
-            input,
-            &PIXEL_COLUMNS,
-            &[Field::new("pixel_values", self.tensor_type(), false)],
-        ))
-    }
-
-    fn process(&self, batch: RecordBatch, _cx: &mut BatchContext) -> Result<RecordBatch> {
-        let px = Pixels::of(&batch)?;
-        let (w, h) = (self.size.0 as usize, self.size.1 as usize);
-        let plane = w * h;
-        let mut values = vec![0f32; batch.num_rows() * 3 * plane];
-        values
-            .par_chunks_mut(3 * plane)
-            .enumerate()
-            .for_each(|(row, out)| {
-                let (rgb, _, _) = px.get(row);
-                for (p, pixel) in rgb.chunks_exact(3).enumerate() {
-                    for c in 0..3 {
-                        out[c * plane + p] = (pixel[c] as f32 - self.cfg.mean[c]) / self.cfg.std[c];
-                    }
-                }
-            });
-        let DataType::FixedSizeList(rows_field, _) = self.tensor_type() else {
-            unreachable!()
-        };
-        let DataType::FixedSizeList(cols_field, _) = rows_field.data_type().clone() else {
-            unreachable!()
-        };
-        let DataType::FixedSizeList(item, _) = cols_field.data_type().clone() else {
-            unreachable!()
-        };
-        let cols = FixedSizeListArray::try_new(
-            item,
-            w as i32,
-            Arc::new(Float32Array::from(values)),
-            None,
-        )?;
-        let rows = FixedSizeListArray::try_new(cols_field, h as i32, Arc::new(cols), None)?;
-        let channels = FixedSizeListArray::try_new(rows_field, 3, Arc::new(rows), None)?;
-        let schema = self.output_schema(&batch.schema())?;
-        super::batch_with(&batch, &schema, vec![("pixel_values", Arc::new(channels))])
+impl BuildStage for EncodeImageConfig {
+    fn build(&self, _cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+        let stage = EncodeImage::new(self).map_err(|m| BuildError::new("quality", m))?;
+        Ok(Built::Ready(Arc::new(stage)))
     }
 }

@@ -7,9 +7,7 @@
 //! The chosen output is stored as `image_features` (a fixed-size list of
 //! float32), optionally with `logits` and the `top_k` classes.
 //!
-//! ONNX Runtime is loaded at run time (`ORT_DYLIB_PATH`, else the
-//! `onnxruntime` Python package of a `.venv` next to the working directory
-//! or the executable, else the system's `libonnxruntime.so`). With
+//! ONNX Runtime is loaded at run time ([`crate::onnx`]). With
 //! `device = "auto"` the CUDA execution provider is used when it really
 //! loads and CPU otherwise; `device = "cuda"` fails with the reason when it
 //! does not. Which provider ran is reported in the run summary.
@@ -21,108 +19,75 @@
 //! with deterministic compute; an image's features do not depend on the
 //! batch it is run in nor on the thread count (tested).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, FixedSizeListArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, SchemaRef};
-use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::{Tensor, ValueType};
 use rayon::prelude::*;
 
 use super::{Pixels, f32_list, fixed_list_field, require_fixed_size, schema_with};
-use crate::config::{Device, ImageFeaturesConfig};
 use crate::error::{Error, Result};
-use crate::stages::{BatchContext, Stage};
+use crate::onnx::{environment, resolve_model};
+use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// CUDA when its provider really loads, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Features from an ONNX image model (EfficientNet-Lite0 by default).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageFeaturesConfig {
+    /// `efficientnet-lite0`, or the path of an `.onnx` file.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// The model's image input; by default its first input.
+    #[serde(default)]
+    pub input_name: Option<String>,
+    /// The output stored as `image_features`; by default `features`, else
+    /// the model's first output.
+    #[serde(default)]
+    pub features_output: Option<String>,
+    /// Per-channel mean and std in pixel units (0-255): the model sees
+    /// `(pixel - mean) / std`. Default: EfficientNet-Lite0's 127 and 128.
+    #[serde(default)]
+    pub mean: Option<[f32; 3]>,
+    #[serde(default)]
+    pub std: Option<[f32; 3]>,
+    /// Also store the output named here as `logits`.
+    #[serde(default)]
+    pub logits_output: Option<String>,
+    /// Also store the `top_k` classes of `logits_output` and their
+    /// softmax probabilities.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// Images per inference call. By default 32 on CUDA and 1 on CPU,
+    /// where bigger batches were no faster and took far more memory.
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    #[serde(default)]
+    pub device: Device,
+}
+
+fn default_model() -> String {
+    "efficientnet-lite0".into()
+}
 
 /// EfficientNet-Lite0's preprocessing: `(p - 127) / 128`.
 const LITE0_MEAN: [f32; 3] = [127.0; 3];
 const LITE0_STD: [f32; 3] = [128.0; 3];
 
-static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
-
-/// Where the ONNX Runtime library is looked for, in order.
-fn library_candidates() -> Vec<PathBuf> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        return vec![PathBuf::from(p)];
-    }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.push(cwd);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
-    }
-    let mut out = Vec::new();
-    for root in roots {
-        let pattern =
-            root.join(".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*");
-        if let Ok(paths) = glob::glob(&pattern.to_string_lossy()) {
-            out.extend(paths.flatten());
-        }
-    }
-    out.push(PathBuf::from("libonnxruntime.so"));
-    out
-}
-
-/// The process's ONNX Runtime environment, loaded once.
-pub fn environment() -> std::result::Result<&'static Environment, String> {
-    ENVIRONMENT
-        .get_or_init(|| {
-            let mut errors = Vec::new();
-            for lib in library_candidates() {
-                match ort::init_from(&lib) {
-                    Ok(builder) => {
-                        return builder
-                            .with_name("kiln")
-                            .build()
-                            .map_err(|e| format!("ONNX Runtime from {}: {e}", lib.display()));
-                    }
-                    Err(e) => errors.push(format!("{}: {e}", lib.display())),
-                }
-            }
-            Err(format!(
-                "cannot load ONNX Runtime 1.31 (run scripts/setup.sh, or set ORT_DYLIB_PATH to libonnxruntime.so): {}",
-                errors.join("; ")
-            ))
-        })
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
-/// The model file a `model` setting names.
-pub fn resolve_model(model: &str) -> std::result::Result<PathBuf, String> {
-    if model.ends_with(".onnx") || model.contains('/') {
-        let p = PathBuf::from(model);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("no model file `{model}`"))
-        };
-    }
-    let file = format!("{}.onnx", model.replace('-', "_"));
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Some(d) = std::env::var_os("KILN_MODELS") {
-        dirs.push(PathBuf::from(d));
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        dirs.push(cwd.join("models"));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        dirs.extend(exe.ancestors().skip(1).take(4).map(|a| a.join("models")));
-    }
-    dirs.iter()
-        .map(|d| d.join(&file))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!(
-                "model `{model}` not found as {file} in KILN_MODELS, ./models or beside the executable; `scripts/setup.sh` builds it"
-            )
-        })
-}
-
-pub struct FeaturesStage {
+pub struct ImageFeatures {
     model: PathBuf,
     input_name: String,
     features_output: String,
@@ -139,13 +104,13 @@ pub struct FeaturesStage {
     sessions: Mutex<Vec<Session>>,
 }
 
-impl FeaturesStage {
+impl ImageFeatures {
     /// Open the model and check it against the config and the image size;
     /// every failure is a message for the config error.
     pub fn build(
         cfg: &ImageFeaturesConfig,
         input: &SchemaRef,
-    ) -> std::result::Result<FeaturesStage, (String, String)> {
+    ) -> std::result::Result<ImageFeatures, (String, String)> {
         let key = |k: &str, m: String| (k.to_string(), m);
         let size =
             require_fixed_size(input, "image_features").map_err(|e| key("type", e.to_string()))?;
@@ -172,7 +137,7 @@ impl FeaturesStage {
         if std.contains(&0.0) {
             return Err(key("std", "std must not be 0".into()));
         }
-        let mut stage = FeaturesStage {
+        let mut stage = ImageFeatures {
             model,
             input_name: String::new(),
             features_output: String::new(),
@@ -379,7 +344,7 @@ impl FeaturesStage {
 /// The features and logits of some images, or why the model failed on them.
 type Inferred = std::result::Result<(Vec<f32>, Option<Vec<f32>>), String>;
 
-impl Stage for FeaturesStage {
+impl Stage for ImageFeatures {
     fn name(&self) -> &str {
         "image_features"
     }
@@ -507,6 +472,14 @@ pub fn top_k(logits: &[f32], classes: usize, k: usize) -> (Vec<i64>, Vec<f32>) {
         }
     }
     (ids, scores)
+}
+
+impl BuildStage for ImageFeaturesConfig {
+    fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+        Ok(Built::Ready(Arc::new(ImageFeatures::build(
+            self, cx.input,
+        )?)))
+    }
 }
 
 #[cfg(test)]

@@ -35,10 +35,59 @@ use rand_distr::{Beta, Distribution};
 use super::{
     PIXELS, Pixels, f32_list, fixed_list_field, fixed_list_type, require_fixed_size, schema_with,
 };
-use crate::config::MixConfig;
 use crate::error::{Error, Result};
 use crate::schema::class_names;
-use crate::stages::{BatchContext, Stage};
+use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
+use serde::{Deserialize, Serialize};
+
+/// CutMix and MixUp as offline augmentation, with timm's parameters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixConfig {
+    /// Augmented copies per sample, written after the sample itself.
+    #[serde(default = "default_copies")]
+    pub copies: u32,
+    #[serde(default = "default_mixup_alpha")]
+    pub mixup_alpha: f64,
+    #[serde(default)]
+    pub cutmix_alpha: f64,
+    /// Box size as fractions of the image (`[min, max]`); overrides `cutmix_alpha`.
+    #[serde(default)]
+    pub cutmix_minmax: Option<[f64; 2]>,
+    /// Probability that a copy is mixed at all.
+    #[serde(default = "default_one")]
+    pub prob: f64,
+    /// Probability of CutMix instead of MixUp when both are on.
+    #[serde(default = "default_switch_prob")]
+    pub switch_prob: f64,
+    /// Recompute lambda from the clipped CutMix box.
+    #[serde(default = "default_true")]
+    pub correct_lam: bool,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Also store the mixed, smoothed one-hot target `label_mixed`.
+    #[serde(default)]
+    pub one_hot: bool,
+    /// Classes of the one-hot target; by default the number of class names.
+    #[serde(default)]
+    pub num_classes: Option<usize>,
+}
+
+fn default_copies() -> u32 {
+    1
+}
+fn default_mixup_alpha() -> f64 {
+    1.0
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_switch_prob() -> f64 {
+    0.5
+}
+fn default_true() -> bool {
+    true
+}
 
 /// How one copy is mixed.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,19 +120,16 @@ impl Mixing {
     }
 }
 
-pub struct MixStage {
+pub struct Mix {
     cfg: MixConfig,
     size: (u32, u32),
     classes: Option<usize>,
     label_field: Field,
 }
 
-impl MixStage {
+impl Mix {
     /// Check the config against the input; `Err((key, message))`.
-    pub fn build(
-        cfg: &MixConfig,
-        input: &SchemaRef,
-    ) -> std::result::Result<MixStage, (String, String)> {
+    pub fn build(cfg: &MixConfig, input: &SchemaRef) -> std::result::Result<Mix, (String, String)> {
         let err = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
         let size =
             require_fixed_size(input, "mix").map_err(|e| ("type".to_string(), e.to_string()))?;
@@ -105,7 +151,7 @@ impl MixStage {
                 "one_hot needs the number of classes: set num_classes",
             );
         }
-        Ok(MixStage {
+        Ok(Mix {
             cfg: cfg.clone(),
             size,
             classes,
@@ -277,7 +323,7 @@ pub fn mixed_target(a: usize, b: usize, lam: f64, classes: usize, smoothing: f64
         .collect()
 }
 
-impl Stage for MixStage {
+impl Stage for Mix {
     fn name(&self) -> &str {
         "mix"
     }
@@ -422,6 +468,12 @@ impl Stage for MixStage {
             added.push(("label_mixed", f32_list(targets, classes)?));
         }
         super::batch_with(&taken, &schema, added)
+    }
+}
+
+impl BuildStage for MixConfig {
+    fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+        Ok(Built::Ready(Arc::new(Mix::build(self, cx.input)?)))
     }
 }
 

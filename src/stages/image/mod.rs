@@ -18,6 +18,8 @@ pub mod decode;
 pub mod encode;
 pub mod features;
 pub mod mix;
+pub mod resize;
+pub mod tensor;
 
 use arrow::array::{AsArray, BinaryArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema, UInt32Type};

@@ -27,17 +27,86 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::seq2seq::{Search, Seq2Seq};
-use super::synonym::{SynonymParams, SynonymReplacer};
-use super::translate::{Chain, ProcessTranslator, Translator, Unit, tagged_units};
-use super::wordnet::WordNet;
-use crate::config::{
-    AugmentMethod, AugmentTextConfig, BackTranslationConfig, BalanceConfig, PosTagger,
-    SynonymConfig, TranslatorBackend,
-};
+use crate::augment::seq2seq::{Search, Seq2Seq};
+use crate::augment::synonym::{PosTagger, SynonymConfig};
+use crate::augment::synonym::{SynonymParams, SynonymReplacer};
+use crate::augment::translate::{BackTranslationConfig, TranslatorBackend};
+use crate::augment::translate::{Chain, ProcessTranslator, Translator, Unit, tagged_units};
+use crate::augment::wordnet::WordNet;
 use crate::error::{Error, Result};
 use crate::stages::columns::{batch_with, schema_with};
-use crate::stages::{BatchContext, Stage};
+use crate::stages::{
+    BatchContext, BuildContext, BuildError, BuildStage, Built, Fit, FitContext, Stage, StageConfig,
+};
+use serde::{Deserialize, Serialize};
+
+/// Text augmentation: each sample, then augmented copies made by synonym
+/// replacement or back-translation, optionally more copies for rare labels.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentTextConfig {
+    /// The column holding the text.
+    #[serde(default = "default_text_field")]
+    pub text_column: String,
+    /// Augmented copies per sample, written after the sample itself.
+    /// Exclusive with [stages.balance], which decides per label.
+    #[serde(default)]
+    pub copies: Option<u32>,
+    /// The augmentations copy K uses, in turn: copy K takes
+    /// `methods[(K - 1) % len]`. By default those with a table, synonym
+    /// first.
+    #[serde(default)]
+    pub methods: Option<Vec<AugmentMethod>>,
+    #[serde(default)]
+    pub synonym: Option<SynonymConfig>,
+    #[serde(default)]
+    pub back_translation: Option<BackTranslationConfig>,
+    #[serde(default)]
+    pub balance: Option<BalanceConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AugmentMethod {
+    Synonym,
+    BackTranslation,
+}
+
+impl AugmentMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            AugmentMethod::Synonym => "synonym",
+            AugmentMethod::BackTranslation => "back_translation",
+        }
+    }
+}
+
+/// More copies for rare labels: a label with `c` samples gets
+/// `ceil(target / c) - 1` copies per sample (so it reaches at least the
+/// target), at most `max_multiplier - 1`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceConfig {
+    /// The column holding the label.
+    pub label_column: String,
+    /// Rows each label should reach. Exclusive with `target_ratio`.
+    #[serde(default)]
+    pub target: Option<u64>,
+    /// Or this fraction of the largest label's count.
+    #[serde(default)]
+    pub target_ratio: Option<f64>,
+    /// A sample and its copies are at most this many rows.
+    #[serde(default = "default_max_multiplier")]
+    pub max_multiplier: u32,
+}
+
+fn default_max_multiplier() -> u32 {
+    10
+}
+
+fn default_text_field() -> String {
+    "text".into()
+}
 
 /// Back-translation as the stage runs it.
 pub struct BackTranslation {
@@ -102,7 +171,7 @@ impl Balance {
     }
 }
 
-pub struct AugmentTextStage {
+pub struct AugmentText {
     text_column: String,
     methods: Vec<Method>,
     copies: u32,
@@ -115,14 +184,14 @@ enum Made {
     Failed(String),
 }
 
-impl AugmentTextStage {
+impl AugmentText {
     pub fn new(
         text_column: String,
         methods: Vec<Method>,
         copies: u32,
         balance: Option<Balance>,
     ) -> Self {
-        AugmentTextStage {
+        AugmentText {
             text_column,
             methods,
             copies,
@@ -136,8 +205,8 @@ impl AugmentTextStage {
     }
 
     /// The stage with the input's label counts.
-    pub fn with_counts(&self, counts: &HashMap<String, u64>) -> AugmentTextStage {
-        AugmentTextStage {
+    pub fn with_counts(&self, counts: &HashMap<String, u64>) -> AugmentText {
+        AugmentText {
             text_column: self.text_column.clone(),
             methods: self.methods.clone(),
             copies: self.copies,
@@ -174,12 +243,12 @@ fn in_chunks(
 }
 
 /// A config error: the key under the stage and the message.
-type Keyed = (String, String);
+type Keyed = BuildError;
 
 /// Build the stage from its config: WordNet read, the translator started
 /// and probed, every key checked, before any data is read.
-pub fn build(cfg: &AugmentTextConfig) -> std::result::Result<AugmentTextStage, Keyed> {
-    let keyed = |k: &str, m: String| (k.to_string(), m);
+pub fn build(cfg: &AugmentTextConfig) -> std::result::Result<AugmentText, Keyed> {
+    let keyed = |k: &str, m: String| BuildError::new(k, m);
     let kinds: Vec<AugmentMethod> = match &cfg.methods {
         Some(m) if m.is_empty() => {
             return Err(keyed("methods", "list at least one method".into()));
@@ -264,7 +333,7 @@ pub fn build(cfg: &AugmentTextConfig) -> std::result::Result<AugmentTextStage, K
             "copies must be at least 1 (leave the stage out for none)".into(),
         ));
     }
-    Ok(AugmentTextStage::new(
+    Ok(AugmentText::new(
         cfg.text_column.clone(),
         methods,
         copies,
@@ -273,7 +342,7 @@ pub fn build(cfg: &AugmentTextConfig) -> std::result::Result<AugmentTextStage, K
 }
 
 fn build_synonym(s: &SynonymConfig) -> std::result::Result<Synonym, Keyed> {
-    let keyed = |k: &str, m: String| (format!("synonym.{k}"), m);
+    let keyed = |k: &str, m: String| BuildError::new(&format!("synonym.{k}"), m);
     if !(s.aug_p >= 0.0 && s.aug_p <= 1.0) {
         return Err(keyed("aug_p", "aug_p must be from 0 to 1".into()));
     }
@@ -325,7 +394,7 @@ fn build_synonym(s: &SynonymConfig) -> std::result::Result<Synonym, Keyed> {
 fn build_back_translation(
     b: &BackTranslationConfig,
 ) -> std::result::Result<BackTranslation, Keyed> {
-    let keyed = |k: &str, m: String| (format!("back_translation.{k}"), m);
+    let keyed = |k: &str, m: String| BuildError::new(&format!("back_translation.{k}"), m);
     if b.batch_size == 0 {
         return Err(keyed("batch_size", "batch_size must be at least 1".into()));
     }
@@ -388,7 +457,7 @@ fn build_back_translation(
     })
 }
 
-impl Stage for AugmentTextStage {
+impl Stage for AugmentText {
     fn name(&self) -> &str {
         "augment_text"
     }
@@ -662,6 +731,69 @@ impl Stage for AugmentTextStage {
             }
         };
         Some(format!("augment_text: {}; {copies}", methods.join(", ")))
+    }
+}
+
+impl BuildStage for AugmentTextConfig {
+    fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+        if cx
+            .before
+            .iter()
+            .any(|s| matches!(s, StageConfig::Tokenize(_)))
+        {
+            return Err(BuildError::new(
+                "type",
+                "augment_text works on text: put it before the tokenize stage",
+            ));
+        }
+        let stage = build(self)?;
+        if stage.balance().is_none() {
+            return Ok(Built::Ready(Arc::new(stage)));
+        }
+        stage
+            .output_schema(cx.input)
+            .map_err(|e| BuildError::new("balance.label_column", e))?;
+        Ok(Built::Fit(Arc::new(CountLabels(stage))))
+    }
+}
+
+/// `augment_text` with `[stages.balance]`: the copies each label gets
+/// depend on the label counts of the whole input, counted first (null
+/// labels are not counted).
+struct CountLabels(AugmentText);
+
+impl CountLabels {
+    fn column(&self) -> &str {
+        self.0.balance().map_or("", |b| b.label_column.as_str())
+    }
+}
+
+impl Fit for CountLabels {
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        self.0.output_schema(input)
+    }
+
+    fn describe(&self, _cx: &FitContext) -> String {
+        format!("counting `{}` labels to balance them", self.column())
+    }
+
+    fn fit(
+        &self,
+        batches: &mut (dyn Iterator<Item = RecordBatch> + Send),
+        _cx: &FitContext,
+    ) -> Result<Arc<dyn Stage>> {
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for batch in batches {
+            if let Some(col) = batch
+                .column_by_name(self.column())
+                .and_then(|c| c.as_string_opt::<i32>())
+            {
+                for label in col.iter().flatten() {
+                    *counts.entry(label.to_string()).or_default() += 1;
+                }
+            }
+        }
+        Ok(Arc::new(self.0.with_counts(&counts)))
     }
 }
 

@@ -5,20 +5,29 @@
 
 use std::sync::Arc;
 
+use crate::error::{Error, Result};
+use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
 use arrow::array::{AsArray, ListArray, RecordBatch, UInt32Array};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, SchemaRef, UInt32Type};
+use serde::{Deserialize, Serialize};
 
-use crate::config::ChunkConfig;
-use crate::error::{Error, Result};
-use crate::stages::{BatchContext, Stage};
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkConfig {
+    /// Longest window, in tokens.
+    pub max_tokens: usize,
+    /// Tokens shared by consecutive windows.
+    #[serde(default)]
+    pub stride: usize,
+}
 
-pub struct ChunkStage {
+pub struct Chunk {
     max_tokens: usize,
     stride: usize,
 }
 
-impl ChunkStage {
+impl Chunk {
     /// Fails when the window would not advance.
     pub fn new(config: &ChunkConfig) -> std::result::Result<Self, String> {
         if config.max_tokens == 0 {
@@ -30,7 +39,7 @@ impl ChunkStage {
                 config.stride, config.max_tokens
             ));
         }
-        Ok(ChunkStage {
+        Ok(Chunk {
             max_tokens: config.max_tokens,
             stride: config.stride,
         })
@@ -49,7 +58,7 @@ impl ChunkStage {
     }
 }
 
-impl Stage for ChunkStage {
+impl Stage for Chunk {
     fn name(&self) -> &str {
         "chunk"
     }
@@ -127,12 +136,19 @@ impl Stage for ChunkStage {
     }
 }
 
+impl BuildStage for ChunkConfig {
+    fn build(&self, _cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+        let stage = Chunk::new(self).map_err(|m| BuildError::new("max_tokens", m))?;
+        Ok(Built::Ready(Arc::new(stage)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn windows(max: usize, stride: usize, len: usize) -> Vec<(usize, usize)> {
-        let s = ChunkStage::new(&ChunkConfig {
+        let s = Chunk::new(&ChunkConfig {
             max_tokens: max,
             stride,
         })
@@ -162,14 +178,14 @@ mod tests {
     #[test]
     fn stride_must_leave_room_to_advance() {
         assert!(
-            ChunkStage::new(&ChunkConfig {
+            Chunk::new(&ChunkConfig {
                 max_tokens: 4,
                 stride: 4
             })
             .is_err()
         );
         assert!(
-            ChunkStage::new(&ChunkConfig {
+            Chunk::new(&ChunkConfig {
                 max_tokens: 0,
                 stride: 0
             })

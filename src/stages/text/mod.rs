@@ -1,11 +1,7 @@
-//! Text stages: byte-level BPE tokenization, sliding-window chunking, and
-//! augmentation (WordNet synonyms, back-translation) before them.
+//! Text stages: augmentation (WordNet synonyms, back-translation) before
+//! tokenization, byte-level BPE tokenization, then sliding-window chunking
+//! or a length filter.
 
 pub mod augment;
-pub mod bytelevel;
 pub mod chunk;
-pub mod seq2seq;
-pub mod synonym;
 pub mod tokenize;
-pub mod translate;
-pub mod wordnet;

@@ -13,21 +13,47 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use aho_corasick::AhoCorasick;
 
+use crate::error::{Error, Result};
+use crate::stages::{
+    BatchContext, BuildContext, BuildError, BuildStage, Built, Fit, FitContext, Stage, StageConfig,
+};
+use crate::tokenize::TrainConfig;
+use crate::tokenize::{self, bytelevel};
 use arrow::array::{Array, ArrayRef, AsArray, ListArray, RecordBatch, UInt32Array};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use tokenizers::models::TrainerWrapper;
-use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use serde::{Deserialize, Serialize};
 use tokenizers::{
-    AddedToken, Model, ModelWrapper, OffsetReferential, OffsetType, PostProcessorWrapper,
-    PreTokenizer, PreTokenizerWrapper, Tokenizer,
+    Model, ModelWrapper, OffsetReferential, OffsetType, PostProcessorWrapper, PreTokenizer,
+    PreTokenizerWrapper, Tokenizer,
 };
 
-use crate::config::{TokenizeConfig, TrainConfig};
-use crate::error::{Error, Result};
-use crate::stages::text::bytelevel;
-use crate::stages::{BatchContext, Stage};
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeConfig {
+    /// An existing `tokenizer.json` to load. Exclusive with `train`.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+    /// Train a byte-level BPE tokenizer on the pipeline's own corpus.
+    #[serde(default)]
+    pub train: Option<TrainConfig>,
+    /// A file of terms, one per line, that are never split into sub-words.
+    #[serde(default)]
+    pub domain_vocab: Option<String>,
+    /// The column holding the text.
+    #[serde(default = "default_text_field")]
+    pub text_column: String,
+    /// Keep the text column in the output beside the ids.
+    #[serde(default)]
+    pub keep_text: bool,
+    /// Let the tokenizer's post-processor add its special tokens.
+    #[serde(default)]
+    pub add_special_tokens: bool,
+}
+
+fn default_text_field() -> String {
+    "text".into()
+}
 
 pub fn input_ids_field() -> Field {
     Field::new(
@@ -37,7 +63,7 @@ pub fn input_ids_field() -> Field {
     )
 }
 
-pub struct TokenizeStage {
+pub struct Tokenize {
     tokenizer: Arc<Tokenizer>,
     text_column: String,
     keep_text: bool,
@@ -107,7 +133,7 @@ thread_local! {
     static WORD_CACHE: RefCell<WordCache> = RefCell::new(WordCache::default());
 }
 
-impl TokenizeStage {
+impl Tokenize {
     pub fn new(config: &TokenizeConfig, tokenizer: Arc<Tokenizer>) -> Self {
         let deterministic =
             !matches!(tokenizer.get_model(), ModelWrapper::BPE(bpe) if bpe.dropout.is_some());
@@ -140,7 +166,7 @@ impl TokenizeStage {
             }
             _ => Mode::Words,
         };
-        TokenizeStage {
+        Tokenize {
             tokenizer,
             text_column: config.text_column.clone(),
             keep_text: config.keep_text,
@@ -249,94 +275,21 @@ impl TokenizeStage {
     }
 }
 
-/// Load a `tokenizer.json`.
-pub fn load(path: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_file(path)
-        .map_err(|e| Error::Config(format!("cannot load tokenizer {}: {e}", path.display())))
-}
-
-/// Read a domain vocabulary: one term per line, blank lines and `#` comments
-/// ignored.
-pub fn read_domain_vocab(path: &Path) -> std::io::Result<Vec<String>> {
-    Ok(std::fs::read_to_string(path)?
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
-}
-
-/// Add domain terms as whole tokens.
-pub fn add_domain_vocab(tokenizer: &mut Tokenizer, terms: &[String]) -> Result<()> {
-    let tokens = terms
-        .iter()
-        .map(|t| AddedToken::from(t.clone(), false).single_word(true));
-    tokenizer
-        .add_tokens(tokens)
-        .map_err(|e| Error::Execution(format!("cannot add the domain vocabulary: {e}")))?;
-    Ok(())
-}
-
-/// Train a byte-level BPE tokenizer on `texts`. The result depends only on
-/// the multiset of texts, not on their order or the thread count.
-pub fn train<I, S>(config: &TrainConfig, texts: I) -> Result<Tokenizer>
-where
-    I: Iterator<Item = S> + Send,
-    S: AsRef<str> + Send,
-{
-    let mut tokenizer = Tokenizer::new(BPE::default());
-    tokenizer.with_pre_tokenizer(Some(ByteLevel::default()));
-    tokenizer.with_decoder(Some(ByteLevel::default()));
-    tokenizer.with_post_processor(Some(ByteLevel::default()));
-    let special = config
-        .special_tokens
-        .iter()
-        .map(|t| AddedToken::from(t.clone(), true))
-        .collect();
-    let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
-        .vocab_size(config.vocab_size)
-        .min_frequency(config.min_frequency)
-        .special_tokens(special)
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .show_progress(false)
-        .build()
-        .into();
-    tokenizer
-        .train(&mut trainer, texts)
-        .map_err(|e| Error::Execution(format!("tokenizer training failed: {e}")))?;
-    Ok(tokenizer)
-}
-
-impl Stage for TokenizeStage {
+impl Stage for Tokenize {
     fn name(&self) -> &str {
         "tokenize"
     }
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
-        let text = input.field_with_name(&self.text_column).map_err(|_| {
-            Error::Config(format!(
-                "tokenize: the input has no column `{}`",
-                self.text_column
-            ))
-        })?;
-        if text.data_type() != &DataType::Utf8 {
-            return Err(Error::Config(format!(
-                "tokenize: column `{}` is {}, expected a string",
-                self.text_column,
-                text.data_type()
-            )));
-        }
-        let mut fields: Vec<Field> = input
-            .fields()
-            .iter()
-            .filter(|f| self.keep_text || f.name() != &self.text_column)
-            .filter(|f| !matches!(f.name().as_str(), "window" | "input_ids" | "length"))
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new("window", DataType::UInt32, false));
-        fields.push(input_ids_field());
-        fields.push(Field::new("length", DataType::UInt32, false));
-        Ok(Arc::new(Schema::new(fields)))
+        tokenized_schema(&self.text_column, self.keep_text, input)
+    }
+
+    fn artifacts(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let json = self
+            .tokenizer
+            .to_string(false)
+            .map_err(|e| Error::Execution(format!("cannot save the tokenizer: {e}")))?;
+        Ok(vec![(TOKENIZER_FILE, json.into_bytes())])
     }
 
     fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
@@ -401,6 +354,187 @@ impl Stage for TokenizeStage {
     }
 }
 
+/// The schema after tokenizing `text_column`: the ids and their count,
+/// the text kept or dropped.
+fn tokenized_schema(text_column: &str, keep_text: bool, input: &SchemaRef) -> Result<SchemaRef> {
+    let text = input.field_with_name(&text_column).map_err(|_| {
+        Error::Config(format!(
+            "tokenize: the input has no column `{}`",
+            text_column
+        ))
+    })?;
+    if text.data_type() != &DataType::Utf8 {
+        return Err(Error::Config(format!(
+            "tokenize: column `{}` is {}, expected a string",
+            text_column,
+            text.data_type()
+        )));
+    }
+    let mut fields: Vec<Field> = input
+        .fields()
+        .iter()
+        .filter(|f| keep_text || f.name() != &text_column)
+        .filter(|f| !matches!(f.name().as_str(), "window" | "input_ids" | "length"))
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("window", DataType::UInt32, false));
+    fields.push(input_ids_field());
+    fields.push(Field::new("length", DataType::UInt32, false));
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The file in the dataset directory holding the tokenizer the ids come from.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+impl BuildStage for TokenizeConfig {
+    fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+        if cx
+            .before
+            .iter()
+            .any(|s| matches!(s, StageConfig::Tokenize(_)))
+        {
+            return Err(BuildError::new(
+                "type",
+                "only one tokenize stage is allowed",
+            ));
+        }
+        let loaded = match (&self.tokenizer, &self.train) {
+            (Some(_), Some(_)) => {
+                return Err(BuildError::new(
+                    "tokenizer",
+                    "set either `tokenizer` or [stages.train], not both",
+                ));
+            }
+            (None, None) => {
+                return Err(BuildError::new(
+                    "type",
+                    "set `tokenizer = \"path/tokenizer.json\"` or a [stages.train] table",
+                ));
+            }
+            (Some(path), None) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    BuildError::new("tokenizer", format!("cannot read {path}: {e}"))
+                })?;
+                let tok =
+                    tokenize::load(Path::new(path)).map_err(|e| BuildError::new("tokenizer", e))?;
+                if let ModelWrapper::BPE(bpe) = tok.get_model()
+                    && bpe.dropout.is_some()
+                {
+                    return Err(BuildError::new(
+                        "tokenizer",
+                        format!(
+                            "{path} sets BPE dropout, which makes ids random; kiln's output must be a function of the input and the seed: remove \"dropout\" from it"
+                        ),
+                    ));
+                }
+                cx.files
+                    .push(("tokenizer", crate::dataset::sha256_hex(&bytes)));
+                Some(tok)
+            }
+            (None, Some(train)) => {
+                if train.vocab_size < 257 {
+                    return Err(BuildError::new(
+                        "train.vocab_size",
+                        "vocab_size must be at least 257 (the byte alphabet)",
+                    ));
+                }
+                None
+            }
+        };
+        let terms = match &self.domain_vocab {
+            Some(path) => {
+                let unreadable = |e: std::io::Error| {
+                    BuildError::new("domain_vocab", format!("cannot read {path}: {e}"))
+                };
+                let bytes = std::fs::read(path).map_err(unreadable)?;
+                let terms = tokenize::read_domain_vocab(Path::new(path)).map_err(unreadable)?;
+                cx.files
+                    .push(("domain_vocab", crate::dataset::sha256_hex(&bytes)));
+                Some(terms)
+            }
+            None => None,
+        };
+        tokenized_schema(&self.text_column, self.keep_text, cx.input)
+            .map_err(|e| BuildError::new("type", e))?;
+        match (loaded, &self.train) {
+            (Some(mut tok), _) => {
+                if let Some(terms) = &terms {
+                    tokenize::add_domain_vocab(&mut tok, terms)
+                        .map_err(|e| BuildError::new("domain_vocab", e))?;
+                }
+                Ok(Built::Ready(Arc::new(Tokenize::new(self, Arc::new(tok)))))
+            }
+            (None, train) => Ok(Built::Fit(Arc::new(TrainTokenizer {
+                config: self.clone(),
+                train: train.clone().expect("checked above"),
+                terms,
+            }))),
+        }
+    }
+}
+
+/// A `tokenize` stage whose tokenizer is trained on the pipeline's own
+/// input first (`[stages.train]`). The texts stream into the trainer; the
+/// tokenizer is saved in the dataset directory, where a resumed run finds it.
+struct TrainTokenizer {
+    config: TokenizeConfig,
+    train: TrainConfig,
+    /// The domain vocabulary, added once trained.
+    terms: Option<Vec<String>>,
+}
+
+impl Fit for TrainTokenizer {
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        tokenized_schema(&self.config.text_column, self.config.keep_text, input)
+    }
+
+    fn describe(&self, cx: &FitContext) -> String {
+        format!(
+            "training a byte-level BPE tokenizer (vocab {}) on {} of input",
+            self.train.vocab_size,
+            indicatif::HumanBytes(cx.input_bytes)
+        )
+    }
+
+    fn text_only(&self) -> bool {
+        true
+    }
+
+    fn resume(&self, out: &Path) -> Result<Option<Arc<dyn Stage>>> {
+        let path = out.join(TOKENIZER_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let tok = tokenize::load(&path)?;
+        Ok(Some(Arc::new(Tokenize::new(&self.config, Arc::new(tok)))))
+    }
+
+    fn fit(
+        &self,
+        batches: &mut (dyn Iterator<Item = RecordBatch> + Send),
+        cx: &FitContext,
+    ) -> Result<Arc<dyn Stage>> {
+        let column = self.config.text_column.as_str();
+        let texts = batches.flat_map(|batch| {
+            let texts: Vec<String> = batch
+                .column_by_name(column)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .map(|c| c.iter().flatten().map(str::to_string).collect())
+                .unwrap_or_default();
+            texts
+        });
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cx.threads)
+            .build()
+            .map_err(|e| Error::Execution(format!("thread pool: {e}")))?;
+        let mut tok = pool.install(|| tokenize::train(&self.train, texts))?;
+        if let Some(terms) = &self.terms {
+            tokenize::add_domain_vocab(&mut tok, terms)?;
+        }
+        Ok(Arc::new(Tokenize::new(&self.config, Arc::new(tok))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,7 +594,7 @@ mod tests {
         ] {
             let tok = Arc::new(tok);
             for add in [false, true] {
-                let stage = TokenizeStage::new(&config(add), tok.clone());
+                let stage = Tokenize::new(&config(add), tok.clone());
                 let got_mode = match stage.mode {
                     Mode::ByteLevel { .. } => "bytelevel",
                     Mode::Words => "words",

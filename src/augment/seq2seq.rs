@@ -31,7 +31,7 @@ use ort::value::Tensor;
 use tokenizers::Tokenizer;
 
 use super::translate::Translator;
-use crate::stages::image::features::environment;
+use crate::onnx::environment;
 
 /// What the search needs from `config.json`.
 #[derive(Debug, Clone, Copy)]

@@ -14,7 +14,7 @@ use std::collections::hash_map::Entry;
 use rubato::audioadapter_buffers::direct::SequentialSlice;
 use rubato::{Fft, FixedSync, Resampler, WindowFunction};
 
-use super::decode::Audio;
+use super::audio::Audio;
 use crate::rejects::Rejection;
 
 thread_local! {
