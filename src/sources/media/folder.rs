@@ -1,0 +1,88 @@
+//! The reader of whole media files, labelled by their parent folder.
+
+use std::path::Path;
+
+use arrow::array::RecordBatch;
+
+use super::MediaSpec;
+use super::files::{folder_label, read_limited};
+use super::record::{MediaRecordBuilder, Record, reject};
+use crate::error::Result;
+use crate::limits::Limits;
+use crate::rejects::RejectSink;
+use crate::sources::input::LabelSource;
+use crate::sources::{ReadOptions, SourceReader, Split, sample_id};
+
+/// Media files: the whole-file splits of an `images` or `audio` input that
+/// follow one another in a task, read into batches of many samples (so that
+/// stages batch, and mixing finds partners, across files).
+pub struct MediaFileReader {
+    paths: std::vec::IntoIter<String>,
+    spec: MediaSpec,
+    limits: Limits,
+    batch_rows: usize,
+    builder: MediaRecordBuilder,
+    captions_only: bool,
+}
+
+impl MediaFileReader {
+    pub fn new(splits: &[Split], spec: &MediaSpec, opts: &ReadOptions) -> Self {
+        MediaFileReader {
+            paths: splits
+                .iter()
+                .map(|s| s.path.clone())
+                .collect::<Vec<_>>()
+                .into_iter(),
+            spec: spec.clone(),
+            limits: opts.limits.clone(),
+            batch_rows: opts.batch_rows,
+            builder: MediaRecordBuilder::new(spec.media, opts),
+            captions_only: opts.captions_only,
+        }
+    }
+
+    fn read(&mut self, path: &str, rejects: &mut RejectSink) -> Result<()> {
+        let id = sample_id(path, 0);
+        let stage = self.spec.media.read_stage();
+        let fail = |kind: &str, msg: String| reject(stage, id.clone(), path, 0, kind, msg);
+        let label = match self.spec.labels {
+            LabelSource::None => None,
+            LabelSource::Folder => {
+                let name = folder_label(path).unwrap_or_default();
+                match self.spec.class_id(&name) {
+                    Ok(l) => Some(l),
+                    Err(m) => return rejects.push(fail("unknown_label", m)),
+                }
+            }
+        };
+        match read_limited(Path::new(path), self.limits.max_file_bytes) {
+            Ok(bytes) => self.builder.push(Record {
+                sample_id: id.clone(),
+                source: path,
+                position: 0,
+                path,
+                data: &bytes,
+                label,
+                text: None,
+                also: None,
+                extras: &[],
+            }),
+            Err((kind, msg)) => rejects.push(fail(kind, msg))?,
+        }
+        Ok(())
+    }
+}
+
+impl SourceReader for MediaFileReader {
+    fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
+        if self.captions_only {
+            // Media files carry no captions.
+            return Ok(None);
+        }
+        while !self.builder.is_full(self.batch_rows) {
+            let Some(path) = self.paths.next() else { break };
+            self.read(&path, rejects)?;
+        }
+        self.builder.finish()
+    }
+}
