@@ -25,84 +25,8 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use regex::Regex;
 
-use super::translate::{Unit, default_apertium_dir};
+use super::translate::Unit;
 use super::wordnet::{Pos, WordNet};
-use serde::{Deserialize, Serialize};
-
-/// WordNet synonym replacement, with nlpaug's SynonymAug parameters.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SynonymConfig {
-    /// The WordNet 3.0 database directory (`index.noun`, `data.noun`...).
-    #[serde(default = "default_wordnet")]
-    pub wordnet: String,
-    /// The share of words to replace, rounded up.
-    #[serde(default = "default_aug_p")]
-    pub aug_p: f64,
-    #[serde(default = "default_aug_min")]
-    pub aug_min: usize,
-    /// At most this many words per copy; 0 for no limit.
-    #[serde(default = "default_aug_max")]
-    pub aug_max: usize,
-    /// Words never replaced (compared lower-cased).
-    #[serde(default)]
-    pub stopwords: Vec<String>,
-    /// A file of more stopwords, one a line.
-    #[serde(default)]
-    pub stopwords_file: Option<String>,
-    /// Where parts of speech come from: `none` (synonyms of any part of
-    /// speech) or `apertium` (its tagger; nouns take noun synonyms...).
-    #[serde(default)]
-    pub pos: PosTagger,
-    /// `pos = "apertium"`: the mode whose analyser and tagger run
-    /// (`eng-spa` tags English).
-    #[serde(default = "default_tagger_mode")]
-    pub tagger: String,
-    /// `pos = "apertium"`: the data directory holding `modes/`.
-    #[serde(default = "default_apertium_dir")]
-    pub apertium_dir: String,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PosTagger {
-    #[default]
-    None,
-    Apertium,
-}
-
-fn default_tagger_mode() -> String {
-    "eng-spa".into()
-}
-
-impl Default for SynonymConfig {
-    fn default() -> Self {
-        SynonymConfig {
-            wordnet: default_wordnet(),
-            aug_p: default_aug_p(),
-            aug_min: default_aug_min(),
-            aug_max: default_aug_max(),
-            stopwords: Vec::new(),
-            stopwords_file: None,
-            pos: PosTagger::None,
-            tagger: default_tagger_mode(),
-            apertium_dir: default_apertium_dir(),
-        }
-    }
-}
-
-fn default_wordnet() -> String {
-    "/usr/share/wordnet".into()
-}
-fn default_aug_p() -> f64 {
-    0.3
-}
-fn default_aug_min() -> usize {
-    1
-}
-fn default_aug_max() -> usize {
-    10
-}
 
 /// A word: letters, with inner apostrophes or hyphens (`don't`, `well-known`).
 static WORD: LazyLock<Regex> =

@@ -10,111 +10,12 @@
 //! second failure is the batch's error, which the caller turns into
 //! rejects.
 
-use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TranslatorBackend {
-    /// Apertium's rule-based pairs, as a subprocess.
-    #[default]
-    Apertium,
-    /// A Marian-style encoder-decoder exported to ONNX.
-    Onnx,
-    /// Any command speaking the null-flush protocol (one text a line, then
-    /// a NUL byte; answered the same way).
-    Command,
-}
-
-/// Back-translation: the text into a pivot language and back.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackTranslationConfig {
-    #[serde(default)]
-    pub backend: TranslatorBackend,
-    /// Apertium: the language of the texts and the pivot (`eng`, `spa`):
-    /// pairs `eng-spa` then `spa-eng`.
-    #[serde(default = "default_source_lang")]
-    pub lang: String,
-    #[serde(default = "default_pivot_lang")]
-    pub pivot: String,
-    /// Apertium: the data directory holding `modes/`.
-    #[serde(default = "default_apertium_dir")]
-    pub apertium_dir: String,
-    /// Command: the program and its arguments; it translates there and back.
-    #[serde(default)]
-    pub command: Option<Vec<String>>,
-    /// ONNX: the model directory there (`encoder_model.onnx`,
-    /// `decoder_model.onnx`, `tokenizer.json`, `config.json`) and back.
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub back_model: Option<String>,
-    /// ONNX: beams of the search; 1 is greedy.
-    #[serde(default = "default_num_beams")]
-    pub num_beams: usize,
-    /// ONNX: the longest output, in tokens.
-    #[serde(default = "default_max_new_tokens")]
-    pub max_new_tokens: usize,
-    /// Texts per translator call.
-    #[serde(default = "default_translate_batch")]
-    pub batch_size: usize,
-    /// Longer texts are copied unchanged, with a note.
-    #[serde(default = "default_max_chars")]
-    pub max_chars: usize,
-    /// Seconds a batch may take before the translator is restarted.
-    #[serde(default = "default_translate_timeout")]
-    pub timeout_s: u64,
-}
-
-impl Default for BackTranslationConfig {
-    fn default() -> Self {
-        BackTranslationConfig {
-            backend: TranslatorBackend::default(),
-            lang: default_source_lang(),
-            pivot: default_pivot_lang(),
-            apertium_dir: default_apertium_dir(),
-            command: None,
-            model: None,
-            back_model: None,
-            num_beams: default_num_beams(),
-            max_new_tokens: default_max_new_tokens(),
-            batch_size: default_translate_batch(),
-            max_chars: default_max_chars(),
-            timeout_s: default_translate_timeout(),
-        }
-    }
-}
-
-fn default_source_lang() -> String {
-    "eng".into()
-}
-fn default_pivot_lang() -> String {
-    "spa".into()
-}
-pub fn default_apertium_dir() -> String {
-    "/usr/share/apertium".into()
-}
-fn default_num_beams() -> usize {
-    1
-}
-fn default_max_new_tokens() -> usize {
-    128
-}
-fn default_translate_batch() -> usize {
-    64
-}
-fn default_max_chars() -> usize {
-    5000
-}
-fn default_translate_timeout() -> u64 {
-    120
-}
 
 /// Translates batches of texts; one output per input, in order. `Err` is a
 /// failure of the whole batch.

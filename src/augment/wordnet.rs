@@ -227,10 +227,9 @@ mod tests {
     #[test]
     fn lookups_equal_nltk() {
         let wn = wordnet();
-        let reference: serde_json::Value = serde_json::from_str(include_str!(
-            "../../../fixtures/text/wordnet_reference.json"
-        ))
-        .unwrap();
+        let reference: serde_json::Value =
+            serde_json::from_str(include_str!("../../fixtures/text/wordnet_reference.json"))
+                .unwrap();
         let words = reference["words"].as_object().unwrap();
         assert!(words.len() > 50);
         for (word, want) in words {

@@ -81,7 +81,7 @@ fn probe<B: AsRef<[u8]> + Send + Sync + 'static>(
 }
 
 /// Decode with symphonia, whatever the format.
-fn decode_symphonia<B: AsRef<[u8]> + Send + Sync + 'static>(
+pub(crate) fn decode_symphonia<B: AsRef<[u8]> + Send + Sync + 'static>(
     bytes: B,
     max_seconds: f64,
     mono: bool,
@@ -263,7 +263,7 @@ fn split<const W: usize>(
 /// sample, which made it most of the cost of reading WAV). `None` for
 /// anything else, which symphonia then decodes or rejects: other codecs,
 /// odd layouts, a data chunk cut short, no samples, too long.
-fn decode_wav(b: &[u8], max_seconds: f64, mono: bool) -> Option<Audio> {
+pub(crate) fn decode_wav(b: &[u8], max_seconds: f64, mono: bool) -> Option<Audio> {
     let u16_at = |i: usize| Some(u16::from_le_bytes(b.get(i..i + 2)?.try_into().ok()?));
     let u32_at = |i: usize| Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?));
     if b.get(0..4)? != b"RIFF" || b.get(8..12)? != b"WAVE" {

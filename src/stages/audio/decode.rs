@@ -226,6 +226,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::codec::audio::{claimed_bytes, decode_symphonia, decode_wav};
 
     /// A WAV file: 16-bit PCM (`format` 1) or 32-bit float (3) of
     /// interleaved `frames`, its data size `declared` if given.

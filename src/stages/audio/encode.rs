@@ -154,7 +154,7 @@ mod tests {
         let samples = [left.clone(), right].concat();
         for format in [SampleFormat::Pcm16, SampleFormat::Float32] {
             let bytes = wav(&samples, 2, 16000, format);
-            let back = super::super::decode::decode(bytes, 10.0, false).unwrap();
+            let back = crate::codec::audio::decode(bytes, 10.0, false).unwrap();
             assert_eq!((back.channels, back.rate, back.frames()), (2, 16000, 800));
             let tol = match format {
                 SampleFormat::Pcm16 => 2.0 / 32768.0,

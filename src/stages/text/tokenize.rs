@@ -566,8 +566,8 @@ mod tests {
             min_frequency: 1,
             special_tokens: vec!["<s>".into()],
         };
-        let mut tok = super::train(&train, corpus.iter()).unwrap();
-        add_domain_vocab(&mut tok, &["kiln-fired".into()]).unwrap();
+        let mut tok = tokenize::train(&train, corpus.iter()).unwrap();
+        tokenize::add_domain_vocab(&mut tok, &["kiln-fired".into()]).unwrap();
         let texts = [
             "the kiln fires clay",
             "  leading and  double  spaces\tand tabs\n",

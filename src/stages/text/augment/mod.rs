@@ -16,10 +16,10 @@
 //! back-translated copy repeats its first (said in the note). A batch the
 //! translator fails twice rejects its samples (`translation_failed`).
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+mod methods;
+
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, SchemaRef};
@@ -27,17 +27,17 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::augment::seq2seq::{Search, Seq2Seq};
-use crate::augment::synonym::{PosTagger, SynonymConfig};
-use crate::augment::synonym::{SynonymParams, SynonymReplacer};
-use crate::augment::translate::{BackTranslationConfig, TranslatorBackend};
-use crate::augment::translate::{Chain, ProcessTranslator, Translator, Unit, tagged_units};
-use crate::augment::wordnet::WordNet;
+use crate::augment::translate::{Unit, tagged_units};
 use crate::error::{Error, Result};
 use crate::stages::columns::{batch_with, schema_with};
 use crate::stages::{
     BatchContext, BuildContext, BuildError, BuildStage, Built, Fit, FitContext, Stage, StageConfig,
 };
+pub use methods::{
+    BackTranslation, BackTranslationConfig, Method, PosTagger, Synonym, SynonymConfig,
+    TranslatorBackend,
+};
+use methods::{Keyed, TAG_BATCH, build_back_translation, build_synonym, in_chunks};
 use serde::{Deserialize, Serialize};
 
 /// Text augmentation: each sample, then augmented copies made by synonym
@@ -108,39 +108,6 @@ fn default_text_field() -> String {
     "text".into()
 }
 
-/// Back-translation as the stage runs it.
-pub struct BackTranslation {
-    pub translator: Box<dyn Translator>,
-    pub batch_size: usize,
-    pub max_chars: usize,
-}
-
-/// Synonym replacement as the stage runs it.
-pub struct Synonym {
-    pub replacer: SynonymReplacer,
-    /// Apertium's tagger, for parts of speech.
-    pub tagger: Option<Box<dyn Translator>>,
-}
-
-/// Texts a tagger call takes.
-const TAG_BATCH: usize = 64;
-
-#[derive(Clone)]
-pub enum Method {
-    Synonym(Arc<Synonym>),
-    BackTranslation(Arc<BackTranslation>),
-}
-
-impl Method {
-    fn kind(&self) -> AugmentMethod {
-        match self {
-            Method::Synonym(_) => AugmentMethod::Synonym,
-            Method::BackTranslation(_) => AugmentMethod::BackTranslation,
-        }
-    }
-}
-
-/// Copies per label, from the input's label counts.
 pub type Balance = BalanceConfig;
 
 impl Balance {
@@ -224,26 +191,6 @@ impl AugmentText {
         }
     }
 }
-
-/// `translator` over `texts` in chunks of `size`, the chunks in parallel;
-/// each text's result, or its chunk's error.
-fn in_chunks(
-    translator: &dyn Translator,
-    texts: &[String],
-    size: usize,
-) -> Vec<std::result::Result<String, String>> {
-    let chunks: Vec<&[String]> = texts.chunks(size.max(1)).collect();
-    chunks
-        .into_par_iter()
-        .flat_map_iter(|chunk| match translator.translate(chunk) {
-            Ok(out) => out.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => vec![Err(e); chunk.len()],
-        })
-        .collect()
-}
-
-/// A config error: the key under the stage and the message.
-type Keyed = BuildError;
 
 /// Build the stage from its config: WordNet read, the translator started
 /// and probed, every key checked, before any data is read.
@@ -339,122 +286,6 @@ pub fn build(cfg: &AugmentTextConfig) -> std::result::Result<AugmentText, Keyed>
         copies,
         balance,
     ))
-}
-
-fn build_synonym(s: &SynonymConfig) -> std::result::Result<Synonym, Keyed> {
-    let keyed = |k: &str, m: String| BuildError::new(&format!("synonym.{k}"), m);
-    if !(s.aug_p >= 0.0 && s.aug_p <= 1.0) {
-        return Err(keyed("aug_p", "aug_p must be from 0 to 1".into()));
-    }
-    if s.aug_max != 0 && s.aug_min > s.aug_max {
-        return Err(keyed("aug_min", "aug_min is above aug_max".into()));
-    }
-    let mut stopwords: HashSet<String> = s.stopwords.iter().map(|w| w.to_lowercase()).collect();
-    if let Some(path) = &s.stopwords_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| keyed("stopwords_file", format!("cannot read {path}: {e}")))?;
-        stopwords.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_lowercase),
-        );
-    }
-    let wordnet = WordNet::open(Path::new(&s.wordnet)).map_err(|e| {
-        keyed(
-            "wordnet",
-            format!("{e} (WordNet 3.0's database files; Debian's wordnet-base installs them in /usr/share/wordnet)"),
-        )
-    })?;
-    let tagger: Option<Box<dyn Translator>> = match s.pos {
-        PosTagger::None => None,
-        PosTagger::Apertium => Some(Box::new(
-            ProcessTranslator::apertium_tagger(
-                Path::new(&s.apertium_dir),
-                &s.tagger,
-                Duration::from_secs(120),
-            )
-            .map_err(|e| keyed("tagger", e))?,
-        )),
-    };
-    Ok(Synonym {
-        replacer: SynonymReplacer::new(
-            Arc::new(wordnet),
-            SynonymParams {
-                aug_p: s.aug_p,
-                aug_min: s.aug_min,
-                aug_max: (s.aug_max != 0).then_some(s.aug_max),
-                stopwords,
-            },
-        ),
-        tagger,
-    })
-}
-
-fn build_back_translation(
-    b: &BackTranslationConfig,
-) -> std::result::Result<BackTranslation, Keyed> {
-    let keyed = |k: &str, m: String| BuildError::new(&format!("back_translation.{k}"), m);
-    if b.batch_size == 0 {
-        return Err(keyed("batch_size", "batch_size must be at least 1".into()));
-    }
-    let timeout = Duration::from_secs(b.timeout_s.max(1));
-    let translator: Box<dyn Translator> = match b.backend {
-        TranslatorBackend::Apertium => {
-            let pairs = vec![
-                format!("{}-{}", b.lang, b.pivot),
-                format!("{}-{}", b.pivot, b.lang),
-            ];
-            Box::new(
-                ProcessTranslator::apertium(Path::new(&b.apertium_dir), &pairs, timeout)
-                    .map_err(|e| keyed("lang", e))?,
-            )
-        }
-        TranslatorBackend::Command => {
-            let argv = b.command.clone().ok_or_else(|| {
-                keyed(
-                    "command",
-                    "backend = \"command\" needs command = [\"program\", \"arg\"...]".into(),
-                )
-            })?;
-            Box::new(ProcessTranslator::command(argv, timeout).map_err(|e| keyed("command", e))?)
-        }
-        TranslatorBackend::Onnx => {
-            let search = Search {
-                beams: b.num_beams,
-                max_new_tokens: b.max_new_tokens,
-                length_penalty: 1.0,
-            };
-            if b.num_beams == 0 {
-                return Err(keyed(
-                    "num_beams",
-                    "num_beams must be at least 1 (1 is greedy)".into(),
-                ));
-            }
-            let mut legs: Vec<Box<dyn Translator>> = Vec::new();
-            for key in ["model", "back_model"] {
-                let dir = match key {
-                    "model" => &b.model,
-                    _ => &b.back_model,
-                };
-                let dir = dir.as_ref().ok_or_else(|| {
-                    keyed(
-                        key,
-                        format!("backend = \"onnx\" needs `model` (into the pivot language) and `back_model` (back): directories of a Marian model exported to ONNX; `{key}` is missing"),
-                    )
-                })?;
-                legs.push(Box::new(
-                    Seq2Seq::open(Path::new(dir), search).map_err(|e| keyed(key, e))?,
-                ));
-            }
-            Box::new(Chain(legs))
-        }
-    };
-    Ok(BackTranslation {
-        translator,
-        batch_size: b.batch_size,
-        max_chars: b.max_chars,
-    })
 }
 
 impl Stage for AugmentText {
