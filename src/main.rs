@@ -246,7 +246,7 @@ fn run(command: Command) -> kiln::Result<u8> {
         } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| kiln::Error::Config(format!("cannot read {}: {e}", file.display())))?;
-            let mut cfg: kiln::train::run::TrainFile = toml::from_str(&text).map_err(|e| {
+            let mut cfg: kiln::train::TrainFile = toml::from_str(&text).map_err(|e| {
                 kiln::Error::Config(format!("invalid training file {}: {e}", file.display()))
             })?;
             if let Some(d) = data {
@@ -257,9 +257,9 @@ fn run(command: Command) -> kiln::Result<u8> {
             }
             if let Some(d) = device {
                 cfg.output.device = match d.as_str() {
-                    "auto" => kiln::train::run::TrainDevice::Auto,
-                    "cpu" => kiln::train::run::TrainDevice::Cpu,
-                    "cuda" => kiln::train::run::TrainDevice::Cuda,
+                    "auto" => kiln::train::TrainDevice::Auto,
+                    "cpu" => kiln::train::TrainDevice::Cpu,
+                    "cuda" => kiln::train::TrainDevice::Cuda,
                     other => {
                         return Err(kiln::Error::Config(format!(
                             "--device {other}: auto, cpu or cuda"
@@ -267,7 +267,7 @@ fn run(command: Command) -> kiln::Result<u8> {
                     }
                 };
             }
-            let s = kiln::train::run::train(&cfg, resume.as_deref(), quiet)?;
+            let s = kiln::train::train(&cfg, resume.as_deref(), quiet)?;
             if !quiet {
                 eprintln!(
                     "kiln: trained {} steps on {}; validation accuracy {}; checkpoints and metrics.jsonl in {}",
