@@ -244,11 +244,7 @@ fn run(command: Command) -> kiln::Result<u8> {
             device,
             quiet,
         } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| kiln::Error::Config(format!("cannot read {}: {e}", file.display())))?;
-            let mut cfg: kiln::train::TrainFile = toml::from_str(&text).map_err(|e| {
-                kiln::Error::Config(format!("invalid training file {}: {e}", file.display()))
-            })?;
+            let mut cfg = kiln::train::TrainFile::load(&file)?;
             if let Some(d) = data {
                 cfg.data.path = d;
             }

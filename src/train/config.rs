@@ -1,9 +1,16 @@
 //! The training file: its tables, their defaults, and the checks made
 //! before any data is read.
+//!
+//! Every key is checked (`deny_unknown_fields`); a typo, a value of the
+//! wrong type or a refused value is an error that names the file, the key
+//! and its line, as for pipeline files ([`ConfigSource`]).
+
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::config::ConfigSource;
+use crate::error::Result;
 
 /// A training file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -22,6 +29,16 @@ pub struct TrainFile {
     #[serde(default)]
     pub mix: Option<TrainMix>,
     pub output: TrainOutput,
+}
+
+impl TrainFile {
+    /// Read, parse and check the training file at `path`.
+    pub fn load(path: &Path) -> Result<TrainFile> {
+        let source = ConfigSource::read_as(path, "training")?;
+        let file: TrainFile = source.parse_as()?;
+        check(&file, &source)?;
+        Ok(file)
+    }
 }
 
 /// Online CutMix/MixUp, with timm `Mixup`'s parameters and defaults.
@@ -279,23 +296,34 @@ fn default_keep() -> usize {
     3
 }
 
-/// What is refused before any data is read.
-pub(super) fn check(file: &TrainFile) -> Result<()> {
+/// What is refused before any data is read, reported at its key in
+/// `source`.
+fn check(file: &TrainFile, source: &ConfigSource) -> Result<()> {
     let o = &file.optim;
-    if o.batch_size == 0 || o.grad_accum == 0 {
-        return Err(Error::Config(
-            "optim.batch_size and optim.grad_accum must be at least 1".into(),
-        ));
+    for (key, value) in [
+        ("optim.batch_size", o.batch_size),
+        ("optim.grad_accum", o.grad_accum),
+    ] {
+        if value == 0 {
+            return Err(source.error(key, format!("{key} must be at least 1")));
+        }
     }
     if file.model.heads == 0 || !file.model.d_model.is_multiple_of(file.model.heads) {
-        return Err(Error::Config(format!(
-            "model.d_model = {} is not a multiple of model.heads = {}",
-            file.model.d_model, file.model.heads
-        )));
+        let key = match file.model.heads {
+            0 => "model.heads",
+            _ => "model.d_model",
+        };
+        return Err(source.error(
+            key,
+            format!(
+                "model.d_model = {} is not a multiple of model.heads = {}",
+                file.model.d_model, file.model.heads
+            ),
+        ));
     }
     if let Some(m) = &file.mix {
         crate::stages::image::mix::check_params(&m.params())
-            .map_err(|(key, why)| Error::Config(format!("mix.{key}: {why}")))?;
+            .map_err(|(key, why)| source.error(&format!("mix.{key}"), why))?;
     }
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! `kiln train`: the loop, its evaluation and its metrics.
 //!
-//! The training file is checked ([`super::config`]) and the device chosen
-//! (`device`: a CUDA GPU, in bf16 mixed precision by default, or the CPU in
-//! fp32) before any data is read; then the dataset is checked against the
-//! model (`shape`). The loop is one generic function over burn's backend.
+//! The training file is read and checked ([`super::config`]) and the device
+//! chosen (`device`: a CUDA GPU, in bf16 mixed precision by default, or the
+//! CPU in fp32) before any data is read; then the dataset is checked against
+//! the model (`shape`). The loop is one generic function over burn's backend.
 //!
 //! One optimiser step takes `grad_accum` micro-batches of `batch_size`
 //! rows (`batch`, which also mixes `pixel_values` online): each
@@ -34,7 +34,7 @@ use burn::tensor::{FloatDType, Int, Tensor};
 
 use super::batch::{Batch, mix_rng, split, task_loss, tensors};
 use super::checkpoint;
-use super::config::{Precision, TrainFile, check};
+use super::config::{Precision, TrainFile};
 use super::device::{CastParams, Chosen, Materialise, choose, in_f32};
 use super::loader::{Dataset, Loader, LoaderConfig};
 use super::model::{Dims, Fusion};
@@ -50,10 +50,9 @@ pub struct Summary {
     pub output: PathBuf,
 }
 
-/// Train as `file` says; `resume` continues from the newest checkpoint in
-/// that output directory.
+/// Train as `file` ([`TrainFile::load`] read and checked it) says; `resume`
+/// continues from the newest checkpoint in that output directory.
 pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Summary> {
-    check(file)?;
     let (chosen, fell_back) = choose(file.output.device)?;
     if let (Some(why), false) = (&fell_back, quiet) {
         eprintln!("kiln: training on the CPU: {why}");
