@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use kiln::config::{OutputFormat, Overrides};
 use kiln::engine::{self, Outcome, RunOptions};
 use kiln::pipeline::Pipeline;
+use kiln::train::{TrainDevice, TrainFile};
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Build machine-learning datasets from raw files", long_about = None)]
@@ -80,9 +81,9 @@ enum Command {
         /// Continue from the newest checkpoint in this output directory.
         #[arg(long)]
         resume: Option<PathBuf>,
-        /// auto | cpu | cuda, instead of `output.device`.
-        #[arg(long)]
-        device: Option<String>,
+        /// Where to train, instead of `output.device`.
+        #[arg(long, value_enum)]
+        device: Option<TrainDevice>,
         #[arg(short, long)]
         quiet: bool,
     },
@@ -244,7 +245,7 @@ fn run(command: Command) -> kiln::Result<u8> {
             device,
             quiet,
         } => {
-            let mut cfg = kiln::train::TrainFile::load(&file)?;
+            let mut cfg = TrainFile::load(&file)?;
             if let Some(d) = data {
                 cfg.data.path = d;
             }
@@ -252,16 +253,7 @@ fn run(command: Command) -> kiln::Result<u8> {
                 cfg.output.path = o;
             }
             if let Some(d) = device {
-                cfg.output.device = match d.as_str() {
-                    "auto" => kiln::train::TrainDevice::Auto,
-                    "cpu" => kiln::train::TrainDevice::Cpu,
-                    "cuda" => kiln::train::TrainDevice::Cuda,
-                    other => {
-                        return Err(kiln::Error::Config(format!(
-                            "--device {other}: auto, cpu or cuda"
-                        )));
-                    }
-                };
+                cfg.output.device = d;
             }
             let s = kiln::train::train(&cfg, resume.as_deref(), quiet)?;
             if !quiet {

@@ -250,12 +250,16 @@ pub struct TrainOutput {
     pub device: TrainDevice,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// Where training runs (`output.device`, `--device`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum TrainDevice {
+    /// The first CUDA GPU when one can train, else the CPU.
     #[default]
     Auto,
+    /// The CPU.
     Cpu,
+    /// The first CUDA GPU; refused when there is none.
     Cuda,
 }
 
