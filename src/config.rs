@@ -67,26 +67,51 @@ fn default_batch_rows() -> usize {
     1024
 }
 
-/// The text of a pipeline file, kept to point errors at lines.
+/// The text of a pipeline (or training) file, kept to point errors at lines.
 #[derive(Debug, Clone)]
 pub struct ConfigSource {
     pub path: PathBuf,
     pub text: String,
+    /// What the file is, for errors: `pipeline` or `training`.
+    what: &'static str,
 }
 
 impl ConfigSource {
+    /// Read a pipeline file.
     pub fn read(path: &Path) -> Result<Self> {
+        Self::read_as(path, "pipeline")
+    }
+
+    /// Read a `what` file (`training`), whose errors say so.
+    pub fn read_as(path: &Path, what: &'static str) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!("cannot read pipeline file {}: {e}", path.display()))
+            Error::Config(format!("cannot read {what} file {}: {e}", path.display()))
         })?;
         Ok(ConfigSource {
             path: path.to_path_buf(),
             text,
+            what,
         })
     }
 
-    /// Parse the file; an error names the file, the key path and the line.
+    /// Parse the pipeline file; an error names the file, the key path and
+    /// the line.
     pub fn parse(&self) -> Result<PipelineConfig> {
+        self.parse_with(|path| self.stage_detail(path))
+    }
+
+    /// Parse the file as a `T`; an error names the file, the key path and
+    /// the line.
+    pub fn parse_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        self.parse_with(|_| None)
+    }
+
+    /// Parse the file as a `T`; `detail` turns serde's key path into a more
+    /// precise key and message where it can (a stage's, behind its tag).
+    fn parse_with<T: serde::de::DeserializeOwned>(
+        &self,
+        detail: impl Fn(&str) -> Option<(String, String)>,
+    ) -> Result<T> {
         let de = toml::Deserializer::parse(&self.text).map_err(|e| {
             let line = e.span().map(|s| self.line_of_offset(s.start));
             self.error_at(line, None, e.message())
@@ -95,9 +120,8 @@ impl ConfigSource {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let span_line = inner.span().map(|s| self.line_of_offset(s.start));
-            let (key, message) = self
-                .stage_detail(&path)
-                .unwrap_or_else(|| (path.clone(), inner.message().to_string()));
+            let (key, message) =
+                detail(&path).unwrap_or_else(|| (path.clone(), inner.message().to_string()));
             let key = match unknown_field(&message) {
                 Some(field) if !key.ends_with(field) => format!("{key}.{field}"),
                 _ => key,
@@ -155,7 +179,7 @@ impl ConfigSource {
         key: Option<&str>,
         message: impl std::fmt::Display,
     ) -> Error {
-        let mut out = format!("invalid pipeline file {}", self.path.display());
+        let mut out = format!("invalid {} file {}", self.what, self.path.display());
         if let Some(line) = line {
             out.push_str(&format!(", line {line}"));
         }
@@ -282,6 +306,7 @@ mod tests {
         ConfigSource {
             path: "p.toml".into(),
             text: text.into(),
+            what: "pipeline",
         }
     }
 

@@ -10,6 +10,7 @@ use kiln::config::Overrides;
 use kiln::engine::{self, Outcome, RunOptions};
 use kiln::pipeline::Pipeline;
 use kiln::sinks::OutputFormat;
+use kiln::train::{TrainDevice, TrainFile};
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Build machine-learning datasets from raw files", long_about = None)]
@@ -81,9 +82,9 @@ enum Command {
         /// Continue from the newest checkpoint in this output directory.
         #[arg(long)]
         resume: Option<PathBuf>,
-        /// auto | cpu | cuda, instead of `output.device`.
-        #[arg(long)]
-        device: Option<String>,
+        /// Where to train, instead of `output.device`.
+        #[arg(long, value_enum)]
+        device: Option<TrainDevice>,
         #[arg(short, long)]
         quiet: bool,
     },
@@ -245,11 +246,7 @@ fn run(command: Command) -> kiln::Result<u8> {
             device,
             quiet,
         } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| kiln::Error::Config(format!("cannot read {}: {e}", file.display())))?;
-            let mut cfg: kiln::train::run::TrainFile = toml::from_str(&text).map_err(|e| {
-                kiln::Error::Config(format!("invalid training file {}: {e}", file.display()))
-            })?;
+            let mut cfg = TrainFile::load(&file)?;
             if let Some(d) = data {
                 cfg.data.path = d;
             }
@@ -257,18 +254,9 @@ fn run(command: Command) -> kiln::Result<u8> {
                 cfg.output.path = o;
             }
             if let Some(d) = device {
-                cfg.output.device = match d.as_str() {
-                    "auto" => kiln::train::run::TrainDevice::Auto,
-                    "cpu" => kiln::train::run::TrainDevice::Cpu,
-                    "cuda" => kiln::train::run::TrainDevice::Cuda,
-                    other => {
-                        return Err(kiln::Error::Config(format!(
-                            "--device {other}: auto, cpu or cuda"
-                        )));
-                    }
-                };
+                cfg.output.device = d;
             }
-            let s = kiln::train::run::train(&cfg, resume.as_deref(), quiet)?;
+            let s = kiln::train::train(&cfg, resume.as_deref(), quiet)?;
             if !quiet {
                 eprintln!(
                     "kiln: trained {} steps on {}; validation accuracy {}; checkpoints and metrics.jsonl in {}",

@@ -1,8 +1,9 @@
 //! `kiln train` on a dataset kiln built: a separable text classification
 //! task learned well above chance; a run stopped at a checkpoint and
 //! resumed ends with the same weights as one never stopped; two
-//! micro-batches of b make the same update as one batch of 2b; datasets and
-//! checkpoints that do not fit are refused before training.
+//! micro-batches of b make the same update as one batch of 2b; training
+//! files, datasets and checkpoints that do not fit are refused before
+//! training.
 
 mod common;
 
@@ -377,6 +378,28 @@ fn what_does_not_fit_is_refused_before_training() {
     let o = train(&s, &b, &["--resume", s.path("a").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("another model"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_bad_training_file_is_refused_at_its_key_and_line() {
+    let s = Scratch::new();
+    for (name, table, key) in [
+        ("typed", "[model]\nheads = \"four\"", "model.heads"),
+        ("unknown", "[optim]\nbatchsize = 8", "optim.batchsize"),
+        ("checked", "[optim]\ngrad_accum = 0", "optim.grad_accum"),
+        ("mixed", "[mix]\nprob = 2.0", "mix.prob"),
+    ] {
+        let body = format!(
+            "seed = 1\n\n[data]\npath = \"{}\"\n\n{table}",
+            s.path("none").display()
+        );
+        let e = refused(&s, name, &body, &[]);
+        assert!(e.contains("invalid training file "), "{e}");
+        assert!(
+            e.contains(&format!("{name}.toml, line 7, key `{key}`: ")),
+            "{e}"
+        );
+    }
 }
 
 #[test]

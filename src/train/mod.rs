@@ -1,11 +1,22 @@
-//! `kiln train`, the bundled trainer: the loader that streams a kiln
-//! dataset's Arrow shards in a (seed, epoch) order, split across ranks and
-//! resumable at any batch ([`loader`]); the fusion model on burn
-//! ([`model`]); the warmup + cosine learning-rate schedule ([`schedule`]);
-//! and the loop with its checkpoints and metrics ([`run`]).
+//! `kiln train`, the bundled trainer: the training file and its checks
+//! ([`config`]); the loader that streams a kiln dataset's Arrow shards in a
+//! (seed, epoch) order, split across ranks and resumable at any batch
+//! ([`loader`]); the dataset's columns and classes as the model reads them
+//! (`shape`) and its batches as tensors, mixed online (`batch`); the fusion
+//! model on burn ([`model`]); the device and precision (`device`); the
+//! warmup + cosine learning-rate schedule ([`schedule`]); checkpoints
+//! (`checkpoint`); and the loop with its metrics ([`run`]).
 
+mod batch;
+mod checkpoint;
+pub mod config;
+mod device;
 pub mod loader;
 pub mod model;
 pub mod plot;
 pub mod run;
 pub mod schedule;
+mod shape;
+
+pub use config::{TrainDevice, TrainFile};
+pub use run::{Summary, train};
