@@ -77,6 +77,15 @@ pub struct ConfigSource {
 }
 
 impl ConfigSource {
+    /// A pipeline file whose text is in hand.
+    pub fn pipeline(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
+        ConfigSource {
+            path: path.into(),
+            text: text.into(),
+            what: "pipeline",
+        }
+    }
+
     /// Read a pipeline file.
     pub fn read(path: &Path) -> Result<Self> {
         Self::read_as(path, "pipeline")

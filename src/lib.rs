@@ -45,6 +45,7 @@ pub mod engine;
 pub mod error;
 pub mod inspect;
 pub mod limits;
+pub mod mixing;
 pub mod onnx;
 pub mod pipeline;
 pub mod rejects;

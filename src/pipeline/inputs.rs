@@ -385,10 +385,7 @@ mod tests {
     use crate::config::ConfigSource;
 
     fn resolve_text(text: &str) -> Result<Inputs> {
-        let source = ConfigSource {
-            path: "p.toml".into(),
-            text: text.into(),
-        };
+        let source = ConfigSource::pipeline("p.toml", text);
         let config = source.parse()?;
         resolve(&source, &config, None)
     }

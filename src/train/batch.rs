@@ -99,7 +99,7 @@ fn mix_batch(
     n: usize,
     [h, w]: [usize; 2],
 ) -> Vec<f64> {
-    use crate::stages::image::mix::{Mixing, draw_mixing};
+    use crate::mixing::{Mixing, draw_mixing};
     let params = m.params();
     let draw = |rng: &mut ChaCha8Rng| match rng.random::<f64>() < m.prob {
         true => draw_mixing(&params, (w as u32, h as u32), rng),
@@ -272,7 +272,7 @@ pub(super) fn tensors<B: Backend>(
             Some((lams, smoothing)) => {
                 let mut t = Vec::with_capacity(b * classes);
                 for (i, &lam) in lams.iter().enumerate() {
-                    t.extend(crate::stages::image::mix::mixed_target(
+                    t.extend(crate::mixing::mixed_target(
                         y[i] as usize,
                         y[b - 1 - i] as usize,
                         lam,
@@ -369,7 +369,7 @@ pub(super) fn tensors<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::image::mix::mixed_target;
+    use crate::mixing::mixed_target;
 
     fn mix(mode: MixMode, mixup: f64, cutmix: f64) -> TrainMix {
         TrainMix {

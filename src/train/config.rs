@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigSource;
 use crate::error::Result;
+use crate::mixing::MixParams;
 
 /// A training file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -74,10 +75,9 @@ pub enum MixMode {
 }
 
 impl TrainMix {
-    /// The offline stage's parameters, whose drawing rules are shared.
-    pub(super) fn params(&self) -> crate::stages::image::mix::MixConfig {
-        crate::stages::image::mix::MixConfig {
-            copies: 1,
+    /// The mixing parameters, which the offline `mix` stage holds too.
+    pub(super) fn params(&self) -> MixParams {
+        MixParams {
             mixup_alpha: self.mixup_alpha,
             cutmix_alpha: self.cutmix_alpha,
             cutmix_minmax: self.cutmix_minmax,
@@ -85,8 +85,6 @@ impl TrainMix {
             switch_prob: self.switch_prob,
             correct_lam: self.correct_lam,
             label_smoothing: self.label_smoothing,
-            one_hot: false,
-            num_classes: None,
         }
     }
 }
@@ -326,7 +324,8 @@ fn check(file: &TrainFile, source: &ConfigSource) -> Result<()> {
         ));
     }
     if let Some(m) = &file.mix {
-        crate::stages::image::mix::check_params(&m.params())
+        m.params()
+            .check()
             .map_err(|(key, why)| source.error(&format!("mix.{key}"), why))?;
     }
     Ok(())

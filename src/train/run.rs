@@ -423,7 +423,7 @@ fn write_line(out: &mut std::fs::File, v: serde_json::Value) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::image::mix::mixed_target;
+    use crate::mixing::mixed_target;
     use burn::backend::ndarray::NdArrayDevice;
     use burn::module::ParamId;
     use burn::tensor::{DType, TensorData};
