@@ -332,6 +332,55 @@ batch_rows = 2
     assert_eq!(m["totals"]["rows"], 18);
 }
 
+/// `filter_length` on durations: the clips outside `[min, max]` seconds are
+/// filtered, not rejected, and the ones kept are within it.
+#[test]
+fn clips_outside_the_duration_bounds_are_filtered() {
+    let s = Scratch::new();
+    let all = build(
+        &s,
+        "all",
+        &with_stages("[[stages]]\ntype = \"decode_audio\"\n"),
+    );
+    let durations: Vec<f64> = read_dataset(&all)
+        .iter()
+        .flat_map(|b| {
+            let n = b
+                .column_by_name("num_samples")
+                .unwrap()
+                .as_primitive::<UInt32Type>();
+            let r = b
+                .column_by_name("sample_rate")
+                .unwrap()
+                .as_primitive::<UInt32Type>();
+            (0..b.num_rows())
+                .map(|i| n.value(i) as f64 / r.value(i) as f64)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut sorted = durations.clone();
+    sorted.sort_by(f64::total_cmp);
+    // Bounds between the shortest and the longest clip keep some and drop some.
+    let (lo, hi) = (sorted[1] - 1e-9, sorted[sorted.len() - 2] + 1e-9);
+    let kept = build(
+        &s,
+        "kept",
+        &with_stages(&format!(
+            "[[stages]]\ntype = \"decode_audio\"\n\n[[stages]]\ntype = \"filter_length\"\nmin_seconds = {lo}\nmax_seconds = {hi}\n"
+        )),
+    );
+    let want = durations.iter().filter(|d| (lo..=hi).contains(*d)).count() as u64;
+    let totals = &manifest(&kept)["totals"];
+    assert_eq!(totals["samples_out"], want);
+    assert_eq!(totals["filtered"], durations.len() as u64 - want);
+    assert_eq!(
+        totals["samples_in"],
+        manifest(&all)["totals"]["samples_in"],
+        "the same samples read"
+    );
+    assert_eq!(totals["rejected"], manifest(&all)["totals"]["rejected"]);
+}
+
 fn with_stages(stages: &str) -> String {
     format!(
         "[[inputs]]\npath = \"{}\"\nformat = \"audio\"\n\n{stages}\n[output]\npath = \"out\"\n",

@@ -357,7 +357,7 @@ impl Stage for Tokenize {
 /// The schema after tokenizing `text_column`: the ids and their count,
 /// the text kept or dropped.
 fn tokenized_schema(text_column: &str, keep_text: bool, input: &SchemaRef) -> Result<SchemaRef> {
-    let text = input.field_with_name(&text_column).map_err(|_| {
+    let text = input.field_with_name(text_column).map_err(|_| {
         Error::Config(format!(
             "tokenize: the input has no column `{}`",
             text_column
@@ -373,7 +373,7 @@ fn tokenized_schema(text_column: &str, keep_text: bool, input: &SchemaRef) -> Re
     let mut fields: Vec<Field> = input
         .fields()
         .iter()
-        .filter(|f| keep_text || f.name() != &text_column)
+        .filter(|f| keep_text || f.name() != text_column)
         .filter(|f| !matches!(f.name().as_str(), "window" | "input_ids" | "length"))
         .map(|f| f.as_ref().clone())
         .collect();

@@ -224,8 +224,6 @@ impl Method {
     }
 }
 
-/// Copies per label, from the input's label counts.
-
 /// `translator` over `texts` in chunks of `size`, the chunks in parallel;
 /// each text's result, or its chunk's error.
 pub(super) fn in_chunks(

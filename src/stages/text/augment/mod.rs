@@ -108,6 +108,7 @@ fn default_text_field() -> String {
     "text".into()
 }
 
+/// Copies per label, from the input's label counts.
 pub type Balance = BalanceConfig;
 
 impl Balance {
