@@ -1,7 +1,12 @@
-//! Readers that turn input files into Arrow record batches of documents.
+//! Readers that turn input files into Arrow record batches of records.
 //!
-//! Every reader produces the same *record schema*: `sample_id`, `source`,
-//! `position`, `text`, then the input's extra `columns` as strings. A record
+//! The text readers (JSONL, plain text, CSV, Parquet) produce the *text
+//! record schema*: `sample_id`, `source`, `position`, `text`, then the
+//! input's extra `columns` as strings. The media readers ([`media`]: image
+//! and audio files, tar shards, tables joined with the files they name)
+//! produce the media record schema, which carries the encoded file bytes,
+//! labels and captions instead. How each input is read is its `[[inputs]]`
+//! table ([`input`]). A record
 //! that cannot be read (bad UTF-8, a line over the limit, JSON without the
 //! field...) becomes a [`Reject`] and the reader goes on; a reader returns
 //! `Err` only for what no record is to blame for.

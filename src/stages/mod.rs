@@ -42,20 +42,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::limits::Limits;
 use crate::rejects::{Reject, RejectSink};
-use audio::decode::DecodeAudioConfig;
-use audio::encode::EncodeAudioConfig;
-use audio::mel::MelSpectrogramConfig;
-use audio::specaugment::SpecAugmentConfig;
-use filter_length::FilterLengthConfig;
-use image::decode::DecodeImageConfig;
-use image::encode::EncodeImageConfig;
-use image::features::ImageFeaturesConfig;
-use image::mix::MixConfig;
-use image::resize::ResizeImageConfig;
-use image::tensor::ToTensorConfig;
-use text::augment::AugmentTextConfig;
-use text::chunk::ChunkConfig;
-use text::tokenize::TokenizeConfig;
 
 /// Declares [`StageConfig`], the closed set of stages a pipeline file can
 /// name, from one line per stage: the variant, its config type (in the
@@ -109,20 +95,20 @@ macro_rules! stages {
 }
 
 stages! {
-    AugmentText(Box<AugmentTextConfig>) = "augment_text",
-    Tokenize(TokenizeConfig) = "tokenize",
-    Chunk(ChunkConfig) = "chunk",
-    FilterLength(FilterLengthConfig) = "filter_length",
-    DecodeImage(DecodeImageConfig) = "decode_image",
-    ResizeImage(ResizeImageConfig) = "resize_image",
-    ImageFeatures(ImageFeaturesConfig) = "image_features",
-    Mix(MixConfig) = "mix",
-    EncodeImage(EncodeImageConfig) = "encode_image",
-    ToTensor(ToTensorConfig) = "to_tensor",
-    DecodeAudio(DecodeAudioConfig) = "decode_audio",
-    MelSpectrogram(MelSpectrogramConfig) = "mel_spectrogram",
-    SpecAugment(SpecAugmentConfig) = "spec_augment",
-    EncodeAudio(EncodeAudioConfig) = "encode_audio",
+    AugmentText(Box<text::augment::AugmentTextConfig>) = "augment_text",
+    Tokenize(text::tokenize::TokenizeConfig) = "tokenize",
+    Chunk(text::chunk::ChunkConfig) = "chunk",
+    FilterLength(filter_length::FilterLengthConfig) = "filter_length",
+    DecodeImage(image::decode::DecodeImageConfig) = "decode_image",
+    ResizeImage(image::resize::ResizeImageConfig) = "resize_image",
+    ImageFeatures(image::features::ImageFeaturesConfig) = "image_features",
+    Mix(image::mix::MixConfig) = "mix",
+    EncodeImage(image::encode::EncodeImageConfig) = "encode_image",
+    ToTensor(image::tensor::ToTensorConfig) = "to_tensor",
+    DecodeAudio(audio::decode::DecodeAudioConfig) = "decode_audio",
+    MelSpectrogram(audio::mel::MelSpectrogramConfig) = "mel_spectrogram",
+    SpecAugment(audio::specaugment::SpecAugmentConfig) = "spec_augment",
+    EncodeAudio(audio::encode::EncodeAudioConfig) = "encode_audio",
 }
 
 /// How a stage's config becomes what runs. Implemented by each stage's
