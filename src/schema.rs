@@ -95,7 +95,7 @@ pub fn media_struct_column(batch: &RecordBatch, files: Vec<Vec<u8>>) -> Result<A
     let paths = batch
         .column_by_name("path")
         .cloned()
-        .ok_or_else(|| Error::Execution("no `path` column beside the encoded files".into()))?;
+        .ok_or_else(|| Error::Internal("no `path` column beside the encoded files".into()))?;
     let bytes = arrow::array::BinaryArray::from_iter_values(files);
     Ok(Arc::new(arrow::array::StructArray::try_new(
         media_struct_fields(),
@@ -189,7 +189,7 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     for f in schema.fields() {
         let col = batch
             .column_by_name(f.name())
-            .ok_or_else(|| Error::Execution(format!("sink: batch has no column `{}`", f.name())))?;
+            .ok_or_else(|| Error::Internal(format!("sink: batch has no column `{}`", f.name())))?;
         if col.data_type() != f.data_type() {
             return Err(Error::Execution(format!(
                 "sink: column `{}` is {}, schema says {}",

@@ -40,7 +40,7 @@ pub fn batch_with(
                 .find(|(n, _)| *n == f.name())
                 .map(|(_, a)| a.clone())
                 .or_else(|| batch.column_by_name(f.name()).cloned())
-                .ok_or_else(|| Error::Execution(format!("no column `{}`", f.name())))
+                .ok_or_else(|| Error::Internal(format!("no column `{}`", f.name())))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
@@ -101,9 +101,36 @@ pub fn f32_list(values: Vec<f32>, n: usize) -> Result<ArrayRef> {
 pub fn sample_seeds(batch: &RecordBatch, cx: &BatchContext) -> Result<Vec<u64>> {
     let ids = batch
         .column_by_name("sample_id")
-        .ok_or_else(|| Error::Execution(format!("{}: no `sample_id` column", cx.stage)))?
+        .ok_or_else(|| Error::Internal(format!("{}: no `sample_id` column", cx.stage)))?
         .as_string::<i32>();
     Ok((0..batch.num_rows())
         .map(|r| cx.sample_seed(ids.value(r)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rejects::RejectSink;
+    use arrow::array::UInt32Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    /// A batch that lost a column its schema promised is kiln's bug, and
+    /// says so, rather than an error the user could fix.
+    #[test]
+    fn a_missing_promised_column_is_an_internal_error() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::UInt32, false)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(UInt32Array::from(vec![1]))]).unwrap();
+        let mut rejects = RejectSink::discard();
+        let cx = BatchContext {
+            seed: 0,
+            stage: "mix",
+            rejects: &mut rejects,
+            filtered: 0,
+        };
+        let err = sample_seeds(&batch, &cx).unwrap_err();
+        assert!(matches!(err, Error::Internal(_)), "{err:?}");
+        assert!(err.to_string().contains("please report"), "{err}");
+    }
 }

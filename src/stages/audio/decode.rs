@@ -176,7 +176,7 @@ impl Stage for DecodeAudio {
     fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
         let bytes = batch
             .column_by_name("_audio")
-            .ok_or_else(|| Error::Execution("decode_audio: no `_audio` column".into()))?
+            .ok_or_else(|| Error::Internal("decode_audio: no `_audio` column".into()))?
             .as_binary::<i32>()
             .clone();
         let seeds = sample_seeds(&batch, cx)?;

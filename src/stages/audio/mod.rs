@@ -105,7 +105,7 @@ impl<'a> Waves<'a> {
         let col = |name: &str| {
             batch
                 .column_by_name(name)
-                .ok_or_else(|| Error::Execution(format!("no `{name}` column")))
+                .ok_or_else(|| Error::Internal(format!("no `{name}` column")))
         };
         let samples = col(WAVE)?.as_list::<i32>();
         Ok(Waves {

@@ -310,7 +310,7 @@ impl Stage for SpecAugment {
         let col = |name: &str| {
             batch
                 .column_by_name(name)
-                .ok_or_else(|| Error::Execution(format!("spec_augment: no `{name}` column")))
+                .ok_or_else(|| Error::Internal(format!("spec_augment: no `{name}` column")))
         };
         let ids = col("sample_id")?.as_string::<i32>().clone();
         let mel = col("mel")?.as_list::<i32>().clone();

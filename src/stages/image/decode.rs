@@ -158,7 +158,7 @@ impl Stage for DecodeImage {
     fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
         let images = batch
             .column_by_name("_image")
-            .ok_or_else(|| Error::Execution("decode_image: no `_image` column".into()))?
+            .ok_or_else(|| Error::Internal("decode_image: no `_image` column".into()))?
             .as_binary::<i32>();
         let seeds = super::sample_seeds(&batch, cx)?;
         let results: Vec<_> = (0..batch.num_rows())

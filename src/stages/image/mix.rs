@@ -195,7 +195,7 @@ impl Stage for Mix {
         // A sample without a label cannot be mixed.
         let labels = batch
             .column_by_name("label")
-            .ok_or_else(|| Error::Execution("mix: no `label` column".into()))?
+            .ok_or_else(|| Error::Internal("mix: no `label` column".into()))?
             .as_primitive::<Int64Type>()
             .clone();
         let checked: Vec<_> = (0..batch.num_rows())
@@ -221,7 +221,7 @@ impl Stage for Mix {
             .clone();
         let ids = batch
             .column_by_name("sample_id")
-            .ok_or_else(|| Error::Execution("mix: no `sample_id` column".into()))?
+            .ok_or_else(|| Error::Internal("mix: no `sample_id` column".into()))?
             .as_string::<i32>()
             .clone();
         let px = Pixels::of(&batch)?;

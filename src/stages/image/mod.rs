@@ -87,7 +87,7 @@ impl<'a> Pixels<'a> {
         let col = |name: &str| {
             batch
                 .column_by_name(name)
-                .ok_or_else(|| Error::Execution(format!("batch has no column `{name}`")))
+                .ok_or_else(|| Error::Internal(format!("batch has no column `{name}`")))
         };
         Ok(Pixels {
             data: col(PIXELS)?.as_binary::<i32>(),

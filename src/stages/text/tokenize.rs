@@ -297,7 +297,7 @@ impl Stage for Tokenize {
             .column_by_name(&self.text_column)
             .and_then(|c| c.as_string_opt::<i32>())
             .ok_or_else(|| {
-                Error::Execution(format!("tokenize: no string column `{}`", self.text_column))
+                Error::Internal(format!("tokenize: no string column `{}`", self.text_column))
             })?;
         let mut keep = Vec::with_capacity(batch.num_rows());
         let mut values: Vec<u32> = Vec::new();

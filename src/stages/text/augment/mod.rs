@@ -336,7 +336,7 @@ impl Stage for AugmentText {
         let col = |name: &str| {
             batch
                 .column_by_name(name)
-                .ok_or_else(|| Error::Execution(format!("augment_text: no `{name}` column")))
+                .ok_or_else(|| Error::Internal(format!("augment_text: no `{name}` column")))
         };
         let ids = col("sample_id")?.as_string::<i32>().clone();
         let texts = col(&self.text_column)?.as_string::<i32>().clone();
@@ -519,7 +519,7 @@ impl Stage for AugmentText {
                     };
                     (t.clone(), note)
                 }
-                _ => return Err(Error::Execution("augment_text: a copy was not made".into())),
+                _ => return Err(Error::Internal("augment_text: a copy was not made".into())),
             };
             new_texts.push(Some(t));
             notes.push(note);
