@@ -185,50 +185,6 @@ fn table_join_rejects_missing_and_bad_files_and_keeps_captions() {
     );
 }
 
-fn with_stages(stages: &str) -> String {
-    format!(
-        "[[inputs]]\npath = \"{}\"\n\n{stages}\n[output]\npath = \"out\"\n",
-        fixture("folder")
-    )
-}
-
-#[test]
-fn image_configs_are_refused_before_reading_naming_key_and_line() {
-    let e = refused(&with_stages(
-        "[[stages]]\ntype = \"decode_image\"\n\n[[stages]]\ntype = \"image_features\"\n",
-    ));
-    assert!(e.contains("stages[1]") && e.contains("crop"), "{e}");
-    assert!(e.contains("line 8"), "{e}");
-
-    let e = refused(&with_stages(
-        "[[stages]]\ntype = \"decode_image\"\n\n[[stages]]\ntype = \"resize_image\"\nsize = 64\ncrop = 100\n",
-    ));
-    assert!(e.contains("crop = 100 is larger than size = 64"), "{e}");
-
-    let e = refused(&with_stages(
-        "[[stages]]\ntype = \"decode_image\"\n[[stages]]\ntype = \"resize_image\"\nsize = 64\ncrop = 64\n[[stages]]\ntype = \"image_features\"\n",
-    ));
-    assert!(
-        e.contains("shape") && e.contains("224"),
-        "the model's size is named: {e}"
-    );
-
-    let e = refused(&with_stages(
-        "[[stages]]\ntype = \"decode_image\"\n[[stages]]\ntype = \"resize_image\"\nsize = 224\ncrop = 224\n[[stages]]\ntype = \"image_features\"\ndevice = \"cuda\"\n",
-    ));
-    assert!(e.contains("device") && e.contains("cuda"), "{e}");
-
-    let e = refused(&with_stages(
-        "[[stages]]\ntype = \"decode_image\"\n[[stages]]\ntype = \"resize_image\"\nsize = 8\ncrop = 8\n[[stages]]\ntype = \"mix\"\ncopies = 0\n",
-    ));
-    assert!(e.contains("copies"), "{e}");
-
-    let e = refused(&with_stages(
-        "[[stages]]\ntype = \"image_features\"\nmodel = \"no/such.onnx\"\n",
-    ));
-    assert!(e.contains("decode_image"), "{e}");
-}
-
 #[test]
 fn cuda_is_used_only_when_it_loads() {
     // On a host without CUDA, `auto` runs on CPU and says so.

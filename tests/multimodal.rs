@@ -65,16 +65,3 @@ fn the_example_joins_text_image_and_audio_in_one_row() {
     assert_eq!(m["kind"], "multimodal");
     assert_eq!(m["totals"]["samples_in"], 17);
 }
-
-#[test]
-fn a_multimodal_table_beside_other_inputs_is_refused() {
-    let rows = fixture_path("multimodal/rows.jsonl");
-    let images = fixture_path("images/folder");
-    let e = refused(&format!(
-        "[[inputs]]\npath = \"{rows}\"\nimage_column = \"image\"\naudio_column = \"audio\"\n\n[[inputs]]\npath = \"{images}\"\nformat = \"images\"\n\n[output]\npath = \"out\"\n"
-    ));
-    assert!(
-        e.contains("inputs[1].path") && e.contains("image and audio"),
-        "{e}"
-    );
-}

@@ -8,9 +8,9 @@
 //! # message: stride (8) must be smaller
 //! ```
 //!
-//! and `kiln validate` on it must exit with 2 and an error naming the file,
-//! that key, that line and a message containing the fragment. Add a case by
-//! adding a file.
+//! and `kiln run` on it must exit with 2 before writing anything, with an
+//! error naming the file, that key, that line and a message containing the
+//! fragment. Add a case by adding a file.
 
 mod common;
 
@@ -47,20 +47,28 @@ fn every_refusal_names_its_file_key_line_and_reason() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 10, "the refusal cases are found");
+    assert!(files.len() >= 20, "the refusal cases are found");
     let mut failures = Vec::new();
     for path in &files {
         let text = std::fs::read_to_string(path).unwrap();
         let want = expect(path, &text);
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("out");
         let o = kiln()
             .current_dir(root())
-            .args(["validate", path.to_str().unwrap()])
+            .args([
+                "run",
+                path.to_str().unwrap(),
+                "--output",
+                dest.to_str().unwrap(),
+            ])
             .output()
             .unwrap();
         let err = stderr(&o);
         let name = path.file_name().unwrap().to_string_lossy();
         let checks = [
             (o.status.code() == Some(2), "exit code 2".to_string()),
+            (!dest.exists(), "nothing written".to_string()),
             (err.contains(name.as_ref()), format!("the file {name}")),
             (
                 err.contains(&format!("key `{}`", want.key)),
