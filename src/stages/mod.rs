@@ -147,6 +147,13 @@ pub struct BuildContext<'a> {
     pub files: Vec<(&'static str, String)>,
 }
 
+impl BuildContext<'_> {
+    /// Whether a stage written before this one is `type`.
+    pub fn after_a(&self, type_name: &str) -> bool {
+        self.before.iter().any(|s| s.type_name() == type_name)
+    }
+}
+
 /// A built stage.
 pub enum Built {
     /// Runs as built.

@@ -15,7 +15,7 @@ use aho_corasick::AhoCorasick;
 
 use crate::error::{Error, Result};
 use crate::stages::{
-    BatchContext, BuildContext, BuildError, BuildStage, Built, Fit, FitContext, Stage, StageConfig,
+    BatchContext, BuildContext, BuildError, BuildStage, Built, Fit, FitContext, Stage,
 };
 use crate::tokenize::TrainConfig;
 use crate::tokenize::{self, bytelevel};
@@ -388,11 +388,7 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 impl BuildStage for TokenizeConfig {
     fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
-        if cx
-            .before
-            .iter()
-            .any(|s| matches!(s, StageConfig::Tokenize(_)))
-        {
+        if cx.after_a("tokenize") {
             return Err(BuildError::new(
                 "type",
                 "only one tokenize stage is allowed",

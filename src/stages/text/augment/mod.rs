@@ -31,7 +31,7 @@ use crate::augment::translate::{Unit, tagged_units};
 use crate::error::{Error, Result};
 use crate::stages::columns::{batch_with, schema_with};
 use crate::stages::{
-    BatchContext, BuildContext, BuildError, BuildStage, Built, Fit, FitContext, Stage, StageConfig,
+    BatchContext, BuildContext, BuildError, BuildStage, Built, Fit, FitContext, Stage,
 };
 pub use methods::{
     BackTranslation, BackTranslationConfig, Method, PosTagger, Synonym, SynonymConfig,
@@ -568,11 +568,7 @@ impl Stage for AugmentText {
 
 impl BuildStage for AugmentTextConfig {
     fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
-        if cx
-            .before
-            .iter()
-            .any(|s| matches!(s, StageConfig::Tokenize(_)))
-        {
+        if cx.after_a("tokenize") {
             return Err(BuildError::new(
                 "type",
                 "augment_text works on text: put it before the tokenize stage",
