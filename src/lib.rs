@@ -23,7 +23,7 @@
 //! kiln train: dataset shards --loader (seed, epoch order; exact resume)--> batches
 //!   --> fusion model (burn) --> AdamW, warmup + cosine --> checkpoints, metrics.jsonl
 //!
-//! layers (tests/layout.rs): engine, inspect, train > config, pipeline
+//! layers (tests/it/layout.rs): engine, inspect, train > config, pipeline
 //!   > sources, stages, sinks > error, rejects, schema, limits, dataset,
 //!     codec, onnx, tokenize, augment
 //! ```

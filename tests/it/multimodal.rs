@@ -4,11 +4,9 @@
 //! image or audio fails is rejected with that file's reason; the bytes are
 //! the same at any thread count.
 
-mod common;
-
+use crate::common::*;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int64Type, UInt32Type};
-use common::*;
 
 #[test]
 fn the_example_joins_text_image_and_audio_in_one_row() {

@@ -5,13 +5,11 @@
 //! rejects its samples, and bad configurations are refused naming key and
 //! line.
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common::*;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::UInt32Type;
-use common::*;
 
 /// One output row's columns that augmentation fills.
 #[derive(Debug, Clone)]

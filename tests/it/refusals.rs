@@ -12,9 +12,7 @@
 //! error naming the file, that key, that line and a message containing the
 //! fragment. Add a case by adding a file.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// The expectations in a refusal file's header.
 struct Expect {

@@ -1,13 +1,11 @@
 //! End-to-end runs of pipelines (the examples are in examples.rs): bad
 //! input, the sample invariant, determinism across thread counts, chunking, SQL, formats.
 
-mod common;
-
 use std::path::Path;
 
+use crate::common::*;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::UInt32Type;
-use common::*;
 
 fn totals(dir: &Path) -> (u64, u64, u64, u64) {
     let t = &manifest(dir)["totals"];

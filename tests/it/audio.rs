@@ -4,11 +4,9 @@
 //! resumed to the same bytes, and configurations refused before any data
 //! is read.
 
-mod common;
-
+use crate::common::*;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float32Type, Int32Type, UInt32Type};
-use common::*;
 
 fn fixture(rel: &str) -> String {
     fixture_path(&format!("audio/{rel}"))

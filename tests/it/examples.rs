@@ -7,7 +7,7 @@
 //! and first values to three digits, bytes by length. A change of layout or
 //! code that is meant to keep behaviour keeps these files as they are; a
 //! change meant to alter the output regenerates them with `KILN_BLESS=1
-//! cargo nextest run --test examples` and says why in its commit.
+//! cargo nextest run examples::` and says why in its commit.
 //!
 //! Float outputs (EfficientNet features from ONNX Runtime, FFTs, SIMD
 //! resizing) may differ in their last bits on a CPU with other vector
@@ -16,15 +16,13 @@
 //! instructions recorded in the golden file's first line; elsewhere their
 //! rounded rows are. Text examples are checked byte for byte everywhere.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type};
 
-use common::*;
+use crate::common::*;
 
 /// `train.toml` is `kiln train`'s file (tests/train.rs runs it).
 const NOT_PIPELINES: [&str; 1] = ["train.toml"];
@@ -302,7 +300,7 @@ macro_rules! examples {
             for entry in std::fs::read_dir(root().join("pipelines")).unwrap() {
                 let name = entry.unwrap().file_name().to_string_lossy().into_owned();
                 if name.ends_with(".toml") && !NOT_PIPELINES.contains(&name.as_str()) {
-                    assert!(listed.contains(&name.as_str()), "pipelines/{name} has no test in tests/examples.rs");
+                    assert!(listed.contains(&name.as_str()), "pipelines/{name} has no test in tests/it/examples.rs");
                 }
             }
         }

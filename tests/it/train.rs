@@ -5,12 +5,10 @@
 //! files, datasets and checkpoints that do not fit are refused before
 //! training.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 /// 400 sentences of two topics with disjoint words, tokenized with the
 /// fixture tokenizer; `label` is the topic's name.

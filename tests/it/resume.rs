@@ -1,13 +1,11 @@
 //! Killed runs resume to the same bytes; tasks split over processes commit to
 //! the same bytes as one process.
 
-mod common;
-
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn setup() -> Scratch {
     let s = Scratch::new();

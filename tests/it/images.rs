@@ -4,14 +4,12 @@
 //!
 //! Needs the models and ONNX Runtime that `scripts/setup.sh` installs.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::common::*;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
-use common::*;
 
 fn fixture(rel: &str) -> String {
     fixture_path(&format!("images/{rel}"))

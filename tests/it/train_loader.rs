@@ -3,14 +3,12 @@
 //! the order a function of (seed, epoch), and a saved position resuming to
 //! exactly the batches an uninterrupted loader gives.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::common::*;
 use arrow::array::{AsArray, RecordBatch};
-use common::*;
 use kiln::train::loader::{Dataset, Loader, LoaderConfig, Position, Prefetcher};
 
 /// The text fixtures (120 documents) tokenized, 7 rows a shard.

@@ -1,10 +1,8 @@
 //! The command line: exit codes, messages, refusals.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn bad_config(s: &Scratch, pipeline: &str) -> String {
     s.write("bad.toml", pipeline);

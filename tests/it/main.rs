@@ -1,0 +1,22 @@
+//! kiln's integration tests, one binary (each test binary links the whole
+//! crate again, so one is much cheaper to build than one per file). Each
+//! module is a topic: `examples` (every example pipeline's bytes and rows
+//! against `tests/golden/`), `refusals` (`tests/refusals/*.toml`), `layout`
+//! (the import layers, no circles, file sizes), `pipelines`, `cli`,
+//! `resume`, `images`, `audio`, `multimodal`, `text_augment`, `train`,
+//! `train_loader`. Run one with `cargo nextest run MODULE::`.
+
+mod common;
+
+mod audio;
+mod cli;
+mod examples;
+mod images;
+mod layout;
+mod multimodal;
+mod pipelines;
+mod refusals;
+mod resume;
+mod text_augment;
+mod train;
+mod train_loader;
