@@ -35,6 +35,14 @@ pub struct PipelineConfig {
     pub limits: Limits,
     #[serde(default)]
     pub plan: PlanConfig,
+    /// Object-store settings (endpoint, region, plain HTTP, timeout,
+    /// retries); credentials come from the environment only.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub storage: crate::storage::StorageConfig,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// How inputs are cut into tasks and batches. Part of the plan: changing it

@@ -34,6 +34,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether trying again may succeed: an I/O failure (a disk, the
+    /// network, an object store), not a wrong pipeline or output.
+    pub fn retriable(&self) -> bool {
+        matches!(self, Error::Io { .. })
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),

@@ -53,6 +53,7 @@ pub mod schema;
 pub mod sinks;
 pub mod sources;
 pub mod stages;
+pub mod storage;
 pub mod tokenize;
 pub mod train;
 

@@ -1,6 +1,8 @@
-//! The `kiln` command line: parse, run, exit code. Exit codes: 0 done; 1 done
-//! but samples were rejected and `--strict` was given; 2 fatal (bad pipeline
-//! file or arguments, unusable output, I/O failure).
+//! The `kiln` command line: parse, run, exit code. Exit codes, which tell a
+//! scheduler what to retry: 0 done; 1 done but samples were rejected and
+//! `--strict` was given; 2 failed, not worth retrying (bad pipeline file or
+//! arguments, an output that holds another plan or another dataset); 3
+//! failed, worth retrying (I/O: a disk, the network, an object store).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,19 +49,31 @@ enum Command {
         #[arg(long)]
         strict: bool,
         /// Run only this slot of the plan's tasks (0-based; with --tasks).
-        #[arg(long, requires = "tasks")]
+        #[arg(long, requires = "tasks", conflicts_with = "task_from_env")]
         task: Option<usize>,
-        /// Number of slots the plan's tasks are dealt into (with --task).
-        #[arg(long, requires = "task")]
+        /// Number of slots the plan's tasks are dealt into (with --task or
+        /// --task-from-env). Always given: never read from the scheduler.
+        #[arg(long)]
         tasks: Option<usize>,
+        /// Take the slot from the scheduler: KILN_TASK, SLURM_ARRAY_TASK_ID
+        /// or JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs), the first set.
+        #[arg(long, requires = "tasks")]
+        task_from_env: bool,
+        /// Run the tasks but do not commit; `kiln commit OUTPUT` does.
+        #[arg(long)]
+        no_commit: bool,
+        /// Only plan and fit: write the plan and the trained tokenizer, run
+        /// no task. A job's tasks then start from them.
+        #[arg(long, conflicts_with_all = ["task", "task_from_env", "no_commit"])]
+        prepare: bool,
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
     },
     /// Write the manifest of a dataset whose tasks were run separately.
     Commit {
-        /// The dataset directory.
-        dir: PathBuf,
+        /// The dataset directory or URL.
+        dir: String,
     },
     /// Parse and build a pipeline and check its schemas; reads no data.
     Validate {
@@ -113,7 +127,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("kiln: error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(if e.retriable() { 3 } else { 2 })
         }
     }
 }
@@ -130,8 +144,19 @@ fn run(command: Command) -> kiln::Result<u8> {
             strict,
             task,
             tasks,
+            task_from_env,
+            no_commit,
+            prepare,
             quiet,
         } => {
+            let task = match task_from_env {
+                true => Some(task_from(&[
+                    "KILN_TASK",
+                    "SLURM_ARRAY_TASK_ID",
+                    "JOB_COMPLETION_INDEX",
+                ])?),
+                false => task,
+            };
             let overrides = Overrides {
                 input,
                 output,
@@ -145,6 +170,11 @@ fn run(command: Command) -> kiln::Result<u8> {
                         "--task {i} must be below --tasks {n}"
                     )));
                 }
+                (None, Some(n)) => {
+                    return Err(kiln::Error::Config(format!(
+                        "--tasks {n} needs --task or --task-from-env"
+                    )));
+                }
                 _ => None,
             };
             let pipeline = Pipeline::load(&pipeline, &overrides)?;
@@ -156,6 +186,8 @@ fn run(command: Command) -> kiln::Result<u8> {
                     threads,
                     shard_of,
                     quiet,
+                    no_commit,
+                    prepare_only: prepare,
                 },
             )?;
             let out = &pipeline.config.output.path;
@@ -183,6 +215,22 @@ fn run(command: Command) -> kiln::Result<u8> {
                     summary(out, &manifest, ran_tasks, seconds, input_bytes);
                     manifest.totals.rejected
                 }
+                Outcome::Prepared { tasks } => {
+                    eprintln!(
+                        "kiln: prepared {out}: the plan has {tasks} tasks; run them with --task I --tasks N, then `kiln commit {out}`"
+                    );
+                    0
+                }
+                Outcome::Partial {
+                    ran_tasks,
+                    remaining,
+                    seconds,
+                } if remaining.is_empty() => {
+                    eprintln!(
+                        "kiln: ran {ran_tasks} tasks in {seconds:.1}s; every task is done: `kiln commit {out}` writes the manifest"
+                    );
+                    0
+                }
                 Outcome::Partial {
                     ran_tasks,
                     remaining,
@@ -199,19 +247,15 @@ fn run(command: Command) -> kiln::Result<u8> {
             Ok(if strict && rejected > 0 { 1 } else { 0 })
         }
         Command::Commit { dir } => {
-            let (m, wrote) = engine::commit_dir(&dir)?;
+            let (m, wrote) = engine::commit_location(&dir)?;
             if wrote {
                 eprintln!(
-                    "kiln: committed {}: {} rows in {} shards",
-                    dir.display(),
+                    "kiln: committed {dir}: {} rows in {} shards",
                     m.totals.rows,
                     m.shards.len()
                 );
             } else {
-                eprintln!(
-                    "kiln: nothing to do: {} is already committed",
-                    dir.display()
-                );
+                eprintln!("kiln: nothing to do: {dir} is already committed");
             }
             Ok(0)
         }
@@ -303,4 +347,20 @@ fn summary(out: &str, m: &engine::Manifest, ran_tasks: usize, seconds: f64, inpu
         t.samples_in as f64 / secs,
         input_bytes as f64 / secs / 1e6
     );
+}
+
+/// The task index from the first of `vars` that is set.
+fn task_from(vars: &[&str]) -> kiln::Result<usize> {
+    for var in vars {
+        if let Ok(v) = std::env::var(var) {
+            return v
+                .trim()
+                .parse()
+                .map_err(|_| kiln::Error::Config(format!("{var}={v} is not a task index")));
+        }
+    }
+    Err(kiln::Error::Config(format!(
+        "--task-from-env: none of {} is set",
+        vars.join(", ")
+    )))
 }

@@ -56,7 +56,7 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
             reject_files.push(dir.join("rejects.arrow"));
         }
         for s in &m.shards {
-            let name = format!("data-{:05}-of-{:05}.{ext}", shards.len(), total);
+            let name = shard_name(shards.len(), total, format);
             let from = dir.join(&s.file);
             let to = out.join(&name);
             if from.exists() {
@@ -107,37 +107,60 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
     rejects::merge(&reject_files, &tmp)?;
     std::fs::rename(&tmp, out.join(&rejects_file)).at("rename", &tmp)?;
 
-    if format == OutputFormat::Arrow {
-        let info = json!({
-            "citation": "",
-            "description": "",
-            "features": plan.features,
-            "homepage": "",
-            "license": "",
-        });
-        write_atomic(
-            &out.join("dataset_info.json"),
-            &serde_json::to_vec_pretty(&info)?,
-        )?;
-        let files: Vec<_> = shards
-            .iter()
-            .map(|s| json!({ "filename": s.file }))
-            .collect();
-        let state = json!({
-            "_data_files": files,
-            "_fingerprint": &plan.hash[..16],
-            "_format_columns": null,
-            "_format_kwargs": {},
-            "_format_type": null,
-            "_output_all_columns": false,
-            "_split": null,
-        });
-        write_atomic(&out.join("state.json"), &serde_json::to_vec_pretty(&state)?)?;
+    for (name, bytes) in loader_files(plan, &shards)? {
+        write_atomic(&out.join(name), &bytes)?;
     }
-    let manifest = Manifest {
+    let manifest = manifest(plan, shards, rejects_file, totals);
+    write_atomic(
+        &out.join("manifest.json"),
+        &serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    Ok(manifest)
+}
+
+/// The files `datasets.load_from_disk` reads besides the shards
+/// (`dataset_info.json`, `state.json`), for Arrow datasets.
+pub fn loader_files(plan: &Plan, shards: &[ManifestShard]) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    if plan.format != OutputFormat::Arrow {
+        return Ok(Vec::new());
+    }
+    let info = json!({
+        "citation": "",
+        "description": "",
+        "features": plan.features,
+        "homepage": "",
+        "license": "",
+    });
+    let files: Vec<_> = shards
+        .iter()
+        .map(|s| json!({ "filename": s.file }))
+        .collect();
+    let state = json!({
+        "_data_files": files,
+        "_fingerprint": &plan.hash[..16],
+        "_format_columns": null,
+        "_format_kwargs": {},
+        "_format_type": null,
+        "_output_all_columns": false,
+        "_split": null,
+    });
+    Ok(vec![
+        ("dataset_info.json", serde_json::to_vec_pretty(&info)?),
+        ("state.json", serde_json::to_vec_pretty(&state)?),
+    ])
+}
+
+/// The manifest of a committed dataset.
+pub fn manifest(
+    plan: &Plan,
+    shards: Vec<ManifestShard>,
+    rejects_file: String,
+    totals: Counts,
+) -> Manifest {
+    Manifest {
         kiln: env!("CARGO_PKG_VERSION").to_string(),
         kind: plan.kind.clone(),
-        format,
+        format: plan.format,
         plan: plan.hash.clone(),
         seed: plan.seed,
         tasks: plan.tasks.len(),
@@ -145,12 +168,12 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
         shards,
         rejects_file,
         totals,
-    };
-    write_atomic(
-        &out.join("manifest.json"),
-        &serde_json::to_vec_pretty(&manifest)?,
-    )?;
-    Ok(manifest)
+    }
+}
+
+/// The final name of shard `i` of `total`.
+pub fn shard_name(i: usize, total: usize, format: OutputFormat) -> String {
+    format!("data-{i:05}-of-{total:05}.{}", format.extension())
 }
 
 /// Remove what killed writers left half-written in the dataset directory

@@ -19,6 +19,8 @@
 pub mod commit;
 pub mod plan;
 pub mod progress;
+#[cfg(feature = "cloud")]
+mod remote;
 pub mod task;
 
 use std::fs::File;
@@ -47,6 +49,11 @@ pub struct RunOptions {
     pub shard_of: Option<(usize, usize)>,
     /// No progress output.
     pub quiet: bool,
+    /// Run the tasks but leave the commit to `kiln commit`.
+    pub no_commit: bool,
+    /// Only plan and fit (write the plan and the trained tokenizer), so
+    /// that the tasks of a job start from them.
+    pub prepare_only: bool,
 }
 
 /// What a run did.
@@ -61,7 +68,10 @@ pub enum Outcome {
         seconds: f64,
         input_bytes: u64,
     },
-    /// This process's tasks are done; others remain.
+    /// The plan and what the fits made are written; no task ran.
+    Prepared { tasks: usize },
+    /// This process's tasks are done; others remain, or the commit is
+    /// left to `kiln commit`.
     Partial {
         ran_tasks: usize,
         remaining: Vec<usize>,
@@ -179,10 +189,28 @@ fn prepare_output(out: &Path, plan: &Plan) -> Result<Option<Manifest>> {
     Ok(None)
 }
 
+/// Size rayon's pool, which stages run their per-row work (decoding,
+/// inference) on: `--threads` bounds it too. The first run of a process
+/// sets it.
+fn init_threads(opts: &RunOptions) -> usize {
+    let threads = opts.threads.max(1);
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    threads
+}
+
 /// Build the dataset (or this process's share of it).
 pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
+    let location = &pipeline.config.output.path;
+    if crate::storage::is_url(location) {
+        #[cfg(feature = "cloud")]
+        return remote::run(pipeline, opts, location);
+        #[cfg(not(feature = "cloud"))]
+        return Err(Error::Config(crate::storage::check(location).unwrap_err()));
+    }
     let started = Instant::now();
-    let out = PathBuf::from(&pipeline.config.output.path);
+    let out = PathBuf::from(location);
     let plan = Plan::make(pipeline)?;
     std::fs::create_dir_all(kiln_dir(&out)).at("create", &out)?;
     let _lock = match opts.shard_of {
@@ -192,14 +220,14 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
     if let Some(m) = prepare_output(&out, &plan)? {
         return Ok(Outcome::UpToDate(m));
     }
-    let threads = opts.threads.max(1);
-    // Stages run their per-row work (decoding, inference) on rayon's pool:
-    // `--threads` bounds it too. The first run of a process sets it.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
+    let threads = init_threads(opts);
     prepare_empty_shard(pipeline, &out)?;
     let stages = fit_stages(pipeline, &plan, &out, threads, opts.quiet)?;
+    if opts.prepare_only {
+        return Ok(Outcome::Prepared {
+            tasks: plan.tasks.len(),
+        });
+    }
 
     let todo: Vec<&Task> = plan
         .tasks
@@ -220,11 +248,12 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
         plan_hash: &plan.hash,
         stages,
         progress: &progress,
+        publish: None,
     };
     run_tasks(&env, &todo, threads, opts.quiet)?;
 
     let remaining = commit::missing_tasks(&out, &plan)?;
-    if !remaining.is_empty() {
+    if !remaining.is_empty() || opts.no_commit {
         return Ok(Outcome::Partial {
             ran_tasks: todo.len(),
             remaining,
@@ -252,8 +281,18 @@ fn commit_locked(out: &Path, plan: &Plan) -> Result<Manifest> {
     commit::commit(out, plan)
 }
 
-/// `kiln commit DIR`: write the manifest once every task is done.
-pub fn commit_dir(out: &Path) -> Result<(Manifest, bool)> {
+/// `kiln commit DIR`: write the manifest once every task is done. `DIR`
+/// may be a URL. The bool says whether this call committed.
+pub fn commit_location(location: &str) -> Result<(Manifest, bool)> {
+    if crate::storage::is_url(location) {
+        crate::storage::check(location).map_err(Error::Config)?;
+        #[cfg(feature = "cloud")]
+        return remote::commit_url(location);
+    }
+    commit_dir(Path::new(location))
+}
+
+fn commit_dir(out: &Path) -> Result<(Manifest, bool)> {
     let plan = Plan::read(&kiln_dir(out).join("plan.json"))?.ok_or_else(|| {
         Error::Output(format!(
             "{} has no .kiln/plan.json: not a kiln output",

@@ -22,6 +22,9 @@ pub struct Fingerprint {
     pub path: String,
     pub size: u64,
     pub modified_ns: u128,
+    /// The store's entity tag of a remote object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,26 +64,22 @@ impl Plan {
         let mut pieces: Vec<(Split, u64)> = Vec::new();
         for (i, input) in pipeline.inputs.iter().enumerate() {
             for path in &input.files {
-                let meta = std::fs::metadata(path);
-                let (size, modified_ns) = match &meta {
-                    Ok(m) => (
-                        m.len(),
-                        m.modified()
-                            .ok()
-                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                            .map_or(0, |d| d.as_nanos()),
-                    ),
+                let (size, modified_ns, etag) = match crate::storage::stat(path) {
+                    Ok(m) => (m.size, m.modified_ns, m.etag),
                     // Unreadable now: the reader will reject it.
-                    Err(_) => (0, 0),
+                    Err(_) => (0, 0, None),
                 };
                 fingerprints.push(Fingerprint {
                     path: path.clone(),
                     size,
                     modified_ns,
+                    etag,
                 });
+                let name = input.name_of(path);
                 let split = |start, end, first_row| Split {
                     input: i,
                     path: path.clone(),
+                    name: name.clone(),
                     start,
                     end,
                     first_row,
@@ -160,6 +159,8 @@ impl Plan {
 fn plan_hash(pipeline: &Pipeline, inputs: &[Fingerprint], tasks: &[Task]) -> Result<String> {
     let mut config = pipeline.config.clone();
     config.output.path = String::new();
+    // Where the store is and how patiently it is asked do not change a byte.
+    config.storage = Default::default();
     let mut doc = serde_json::json!({
         "kiln": env!("CARGO_PKG_VERSION"),
         "config": config,

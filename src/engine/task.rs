@@ -59,6 +59,9 @@ pub struct TaskEnv<'a> {
     pub plan_hash: &'a str,
     pub stages: Vec<Arc<dyn Stage>>,
     pub progress: &'a Progress,
+    /// Called with each finished task's marker, once its files are in
+    /// `out`: a remote output uploads them and claims the task.
+    pub publish: Option<&'a (dyn Fn(&TaskMarker) -> Result<()> + Sync)>,
 }
 
 /// Run `task` unless another process is running it or has done it: then
@@ -78,6 +81,9 @@ pub fn run_task(env: &TaskEnv, task: &Task) -> Result<Option<TaskMarker>> {
         return Ok(None);
     }
     let marker = run_locked(env, task)?;
+    if let Some(publish) = env.publish {
+        publish(&marker)?;
+    }
     drop(lock);
     Ok(Some(marker))
 }

@@ -3,7 +3,7 @@
 //! of dataset the inputs make (text, images, audio or both), the class
 //! names, and the schema the readers produce. Reads no data.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -16,12 +16,37 @@ use crate::sources::media::{
     AlsoFile, Media, MediaSpec, folder_classes, media_record_schema, walk_media,
 };
 use crate::sources::{self, InputSpec};
+use crate::storage;
 
 /// An input with its files, sorted.
 #[derive(Debug, Clone)]
 pub struct ResolvedInput {
     pub spec: InputSpec,
     pub files: Vec<String>,
+    /// The folder the input's ids are relative to: the folder given, or
+    /// the part of the path or glob before its first wildcard, cut back to
+    /// a folder (`data/` of `data/*.jsonl` and of `data/docs.jsonl`).
+    pub root: String,
+    /// What ids of this input start with: `NAME/` when the pipeline has
+    /// several inputs (the input's `name`, else its index) or the input
+    /// is named, else nothing.
+    pub prefix: String,
+}
+
+impl ResolvedInput {
+    /// The name of one of the input's files in sample ids and `source`:
+    /// its path below the input's root, after the input's prefix. The same
+    /// corpus gets the same names from any directory, mount or bucket.
+    pub fn name_of(&self, file: &str) -> String {
+        let rel = Path::new(file)
+            .strip_prefix(&self.root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .map(str::to_string)
+            .or_else(|| file.strip_prefix(&self.root).map(str::to_string))
+            .unwrap_or_else(|| file.to_string());
+        format!("{}{}", self.prefix, rel.trim_start_matches('/'))
+    }
 }
 
 /// What the inputs make together.
@@ -60,13 +85,20 @@ pub fn resolve(
     let mut classes: Option<(Vec<String>, usize)> = None;
     for (i, input) in config.inputs.iter().enumerate() {
         let key = |k: &str| format!("inputs[{i}].{k}");
-        let format = match input
-            .format
-            .or_else(|| match Path::new(&input.path).is_dir() {
-                true if audio_stages => Some(InputFormat::Audio),
-                true => Some(InputFormat::Images),
-                false => InputFormat::from_path(&input.path),
-            }) {
+        storage::check(&input.path).map_err(|m| source.error(&key("path"), m))?;
+        let is_folder = match storage::is_url(&input.path) {
+            // A prefix with no wildcard and no file extension is a folder.
+            true => {
+                !input.path.contains(['*', '?', '['])
+                    && InputFormat::from_path(&input.path).is_none()
+            }
+            false => Path::new(&input.path).is_dir(),
+        };
+        let format = match input.format.or_else(|| match is_folder {
+            true if audio_stages => Some(InputFormat::Audio),
+            true => Some(InputFormat::Images),
+            false => InputFormat::from_path(&input.path),
+        }) {
             Some(f) => f,
             None => {
                 return Err(source.error(
@@ -202,9 +234,9 @@ pub fn resolve(
                 columns.push(c.clone());
             }
         }
-        let walked = format.is_media_files() && Path::new(&input.path).is_dir();
+        let walked = format.is_media_files() && is_folder;
         let files = match (walked, media) {
-            (true, Some(m)) => match walk_media(Path::new(&input.path), m) {
+            (true, Some(m)) => match walk_media(&input.path, m) {
                 Ok(f) if f.is_empty() => {
                     return Err(source.error(
                         &key("path"),
@@ -265,12 +297,9 @@ pub fn resolve(
                 || format == InputFormat::Tar
                 || input.label_column.is_some();
             has_caption |= format == InputFormat::Tar || input.caption_column.is_some();
-            let table_dir = Path::new(files.first().map(String::as_str).unwrap_or("."))
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
+            let table_dir = storage::parent(files.first().map(String::as_str).unwrap_or("."));
             let root = match input.image_root.as_ref().or(input.audio_root.as_ref()) {
-                Some(r) => PathBuf::from(r),
+                Some(r) => r.clone(),
                 None => table_dir.clone(),
             };
             spec.media = Some(MediaSpec {
@@ -284,11 +313,25 @@ pub fn resolve(
                 also: also_column.map(|column| AlsoFile {
                     media: Media::Audio,
                     column,
-                    root: input.audio_root.as_ref().map_or(table_dir, PathBuf::from),
+                    root: input.audio_root.clone().unwrap_or(table_dir),
                 }),
             });
         }
-        inputs.push(ResolvedInput { spec, files });
+        let root = match walked {
+            true => format!("{}/", input.path.trim_end_matches('/')),
+            false => storage::glob_root(&input.path),
+        };
+        let prefix = match (&input.name, config.inputs.len()) {
+            (Some(n), _) => format!("{n}/"),
+            (None, 1) => String::new(),
+            (None, _) => format!("{i}/"),
+        };
+        inputs.push(ResolvedInput {
+            spec,
+            files,
+            root,
+            prefix,
+        });
     }
     let media = pipeline_media.and_then(|(m, _, _)| m);
     let also = pipeline_media.and_then(|(_, a, _)| a);
@@ -353,6 +396,27 @@ fn with_class_names(schema: &SchemaRef, classes: &[String]) -> SchemaRef {
 /// Files a path or glob names, sorted; an error message when none.
 fn expand(pattern: &str) -> std::result::Result<Vec<String>, String> {
     let is_glob = pattern.contains(['*', '?', '[']);
+    if storage::is_url(pattern) {
+        if !is_glob {
+            return match storage::stat(pattern) {
+                Ok(_) => Ok(vec![pattern.to_string()]),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(format!("no such object: `{pattern}`"))
+                }
+                Err(e) => Err(format!("cannot read `{pattern}`: {e}")),
+            };
+        }
+        if !storage::can_list(pattern) {
+            return Err(format!(
+                "`{pattern}`: an HTTP server cannot list, so a glob cannot be expanded; name each file"
+            ));
+        }
+        let files = storage::glob(pattern)?;
+        if files.is_empty() {
+            return Err(format!("`{pattern}` matches no objects"));
+        }
+        return Ok(files);
+    }
     if !is_glob {
         let p = Path::new(pattern);
         if p.is_dir() {

@@ -66,6 +66,7 @@ impl Pipeline {
     }
 
     pub fn build(source: ConfigSource, config: PipelineConfig) -> Result<Pipeline> {
+        crate::storage::configure(&config.storage);
         let audio_stage = config.stages.iter().position(|s| s.config().is_audio());
         let inputs::Inputs {
             inputs,

@@ -1,6 +1,5 @@
 //! CSV with a header row; the document in a named column.
 
-use std::fs::File;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +14,7 @@ use crate::sources::input::InputFormat;
 
 pub struct CsvReader {
     path: String,
+    name: String,
     delimiter: u8,
     text_field: String,
     columns: Vec<String>,
@@ -32,7 +32,7 @@ pub struct CsvReader {
 /// record, so that a record without an end (an open quote, a file without
 /// newlines) is rejected instead of read into memory whole.
 struct RecordGuard {
-    file: File,
+    file: Box<dyn crate::storage::ReadSeek>,
     read: u64,
     record_start: Arc<AtomicU64>,
     limit: u64,
@@ -74,6 +74,7 @@ impl CsvReader {
     ) -> Self {
         CsvReader {
             path: split.path.clone(),
+            name: split.name.clone(),
             delimiter: spec.delimiter,
             text_field: spec.text_field.clone(),
             columns: spec.columns.clone(),
@@ -87,11 +88,13 @@ impl CsvReader {
     }
 
     fn open(&self, rejects: &mut RejectSink) -> Result<State> {
-        let file = match File::open(&self.path) {
+        let opened = crate::storage::stat(&self.path)
+            .and_then(|m| Ok((m.size, crate::storage::open(&self.path)?)));
+        let (size, file) = match opened {
             Ok(f) => f,
             Err(e) => {
                 rejects.push(reject(
-                    &self.path,
+                    &self.name,
                     0,
                     "unreadable",
                     format!("cannot read the file: {e}"),
@@ -99,8 +102,8 @@ impl CsvReader {
                 return Ok(State::Done);
             }
         };
-        if file.metadata().map(|m| m.len() == 0).unwrap_or(false) {
-            rejects.push(reject(&self.path, 0, "empty_file", "the file is empty"))?;
+        if size == 0 {
+            rejects.push(reject(&self.name, 0, "empty_file", "the file is empty"))?;
             return Ok(State::Done);
         }
         let guard = RecordGuard {
@@ -119,7 +122,7 @@ impl CsvReader {
             Ok(h) => h.clone(),
             Err(e) => {
                 rejects.push(reject(
-                    &self.path,
+                    &self.name,
                     0,
                     "invalid_csv",
                     format!("cannot read the header: {e}"),
@@ -130,7 +133,7 @@ impl CsvReader {
         let find = |name: &str| headers.iter().position(|h| h == name.as_bytes());
         let Some(text_ix) = find(&self.text_field) else {
             rejects.push(reject(
-                &self.path,
+                &self.name,
                 0,
                 "missing_column",
                 format!(
@@ -176,14 +179,14 @@ impl SourceReader for CsvReader {
                         "a record runs past limits.max_line_bytes = {} (an unclosed quote?); the rest of the file is rejected: {e}",
                         self.limits.max_line_bytes
                     );
-                    rejects.push(reject(&self.path, pos, "line_too_long", msg))?;
+                    rejects.push(reject(&self.name, pos, "line_too_long", msg))?;
                     self.state = State::Done;
                     break;
                 }
                 Err(e) => {
                     let io = e.is_io_error();
                     let kind = if io { "read_error" } else { "invalid_csv" };
-                    rejects.push(reject(&self.path, pos, kind, format!("{e}")))?;
+                    rejects.push(reject(&self.name, pos, kind, format!("{e}")))?;
                     if io {
                         self.state = State::Done;
                         break;
@@ -193,7 +196,7 @@ impl SourceReader for CsvReader {
             }
             if record.as_slice().len() > self.limits.max_line_bytes {
                 rejects.push(reject(
-                    &self.path,
+                    &self.name,
                     pos,
                     "line_too_long",
                     format!(
@@ -206,7 +209,7 @@ impl SourceReader for CsvReader {
             }
             let Some(field) = record.get(*text_ix) else {
                 rejects.push(reject(
-                    &self.path,
+                    &self.name,
                     pos,
                     "missing_field",
                     format!(
@@ -222,7 +225,7 @@ impl SourceReader for CsvReader {
             {
                 Ok(t) => t,
                 Err((kind, msg)) => {
-                    rejects.push(reject(&self.path, pos, kind, msg))?;
+                    rejects.push(reject(&self.name, pos, kind, msg))?;
                     continue;
                 }
             };

@@ -65,8 +65,13 @@ pub enum DocumentMode {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputConfig {
-    /// A local path or a glob (`corpus/*.jsonl`, `data/**/*.txt`).
+    /// A local path or a glob (`corpus/*.jsonl`, `data/**/*.txt`), or the
+    /// same as a URL (`s3://bucket/corpus/*.jsonl`, `https://host/a.tar`).
     pub path: String,
+    /// The input's name in sample ids. With several inputs, ids are
+    /// `NAME/FILE:POSITION`, and NAME is the input's index when not given.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Inferred from the extension when omitted.
     #[serde(default)]
     pub format: Option<InputFormat>,

@@ -53,7 +53,7 @@ impl SourceReader for JsonlReader {
                     self.builder.push(pos, &doc, &ex);
                 }
                 Err((kind, msg)) => {
-                    let path = self.lines.path();
+                    let path = self.lines.name();
                     rejects.push(super::reject(InputFormat::Jsonl, path, pos, kind, msg))?;
                 }
             }

@@ -1,7 +1,6 @@
 //! A line reader over a byte range of a file that never holds more than the
 //! line limit in memory, whatever the file contains.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
 /// One line, without its `\n` (and `\r`).
@@ -12,7 +11,7 @@ pub enum Line<'a> {
 }
 
 pub struct LineReader {
-    inner: BufReader<File>,
+    inner: BufReader<Box<dyn crate::storage::ReadSeek>>,
     /// Offset of the next unread byte.
     pos: u64,
     /// Lines starting at or after `end` belong to the next split.
@@ -26,7 +25,7 @@ pub struct LineReader {
 impl LineReader {
     /// Open `path` for the lines that start in `start..end`.
     pub fn open(path: &str, start: u64, end: u64, max: usize) -> std::io::Result<Self> {
-        let mut file = File::open(path)?;
+        let mut file = crate::storage::open(path)?;
         let mut pos = start;
         let mut skip_partial = false;
         if start > 0 {
@@ -113,7 +112,7 @@ impl LineReader {
 }
 
 /// Skip to just after the next `\n`; returns the bytes skipped.
-fn skip_line(reader: &mut BufReader<File>) -> std::io::Result<u64> {
+fn skip_line(reader: &mut BufReader<Box<dyn crate::storage::ReadSeek>>) -> std::io::Result<u64> {
     let mut skipped = 0u64;
     loop {
         let chunk = reader.fill_buf()?;

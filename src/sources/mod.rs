@@ -42,7 +42,12 @@ pub use self::parquet::row_groups;
 pub struct Split {
     /// Index into the pipeline's `inputs`.
     pub input: usize,
+    /// Where the file is: a local path or a URL.
     pub path: String,
+    /// The file's name in sample ids and the `source` column: relative to
+    /// its input's root (see `pipeline::inputs::ResolvedInput`), so that the same
+    /// corpus gives the same dataset wherever it is mounted or stored.
+    pub name: String,
     /// Byte range for line-oriented files, row-group range for Parquet,
     /// `0..size` for whole files.
     pub start: u64,
@@ -176,7 +181,7 @@ pub fn open(split: &Split, spec: &InputSpec, opts: &ReadOptions) -> Box<dyn Sour
             }
         }
     }
-    let builder = RecordBuilder::new(opts.schema.clone(), &spec.columns, &split.path);
+    let builder = RecordBuilder::new(opts.schema.clone(), &spec.columns, &split.name);
     match (spec.format, spec.document) {
         (InputFormat::Jsonl, _) => Box::new(jsonl::JsonlReader::new(split, spec, opts, builder)),
         (InputFormat::Text, DocumentMode::Lines) => {

@@ -1,5 +1,6 @@
 //! Parquet tables: the document in a named string column; splits are ranges
-//! of row groups.
+//! of row groups. A remote file is read by ranges: the footer, then the
+//! column chunks of the row groups a split reads.
 
 use std::fs::File;
 
@@ -15,10 +16,64 @@ use crate::limits::Limits;
 use crate::rejects::{RejectSink, Rejection};
 use crate::sources::input::InputFormat;
 
+/// A Parquet file on disk or in an object store.
+enum ParquetFile {
+    Local(File),
+    #[cfg(feature = "cloud")]
+    Remote(crate::storage::RemoteFile),
+}
+
+impl ParquetFile {
+    fn open(location: &str) -> std::io::Result<ParquetFile> {
+        if crate::storage::is_url(location) {
+            #[cfg(feature = "cloud")]
+            return crate::storage::RemoteFile::open(location).map(ParquetFile::Remote);
+        }
+        Ok(ParquetFile::Local(File::open(location)?))
+    }
+}
+
+impl parquet::file::reader::Length for ParquetFile {
+    fn len(&self) -> u64 {
+        match self {
+            ParquetFile::Local(f) => f.len(),
+            #[cfg(feature = "cloud")]
+            ParquetFile::Remote(r) => r.len(),
+        }
+    }
+}
+
+impl parquet::file::reader::ChunkReader for ParquetFile {
+    type T = Box<dyn std::io::Read + Send>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        match self {
+            ParquetFile::Local(f) => Ok(Box::new(f.get_read(start)?)),
+            #[cfg(feature = "cloud")]
+            ParquetFile::Remote(r) => {
+                use std::io::Seek;
+                let mut r = r.clone();
+                r.seek(std::io::SeekFrom::Start(start))?;
+                Ok(Box::new(r))
+            }
+        }
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        match self {
+            ParquetFile::Local(f) => f.get_bytes(start, length),
+            #[cfg(feature = "cloud")]
+            ParquetFile::Remote(r) => r
+                .range(start, length as u64)
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e))),
+        }
+    }
+}
+
 /// Row counts of each row group, read from the footer only. `Err` when the
 /// file is not Parquet (the planner turns that into a reject).
 pub fn row_groups(path: &str) -> std::result::Result<Vec<u64>, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
+    let file = ParquetFile::open(path).map_err(|e| e.to_string())?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
     builder
         .metadata()
@@ -78,7 +133,7 @@ impl ParquetReader {
     }
 
     fn open(&mut self) -> std::result::Result<ParquetRecordBatchReader, Rejection> {
-        let file = File::open(&self.split.path)
+        let file = ParquetFile::open(&self.split.path)
             .map_err(|e| ("unreadable", format!("cannot read the file: {e}")))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
             (
@@ -167,10 +222,10 @@ impl ParquetReader {
         let (start, end) = (self.next_row, self.end_row.max(self.next_row + 1));
         if end - start > LIST_REJECTED_ROWS {
             let msg = format!("{message} (rows {start} to {} of the file)", end - 1);
-            rejects.push_counted(reject(&self.split.path, start, kind, msg), end - start)?;
+            rejects.push_counted(reject(&self.split.name, start, kind, msg), end - start)?;
         } else {
             for row in start..end {
-                rejects.push(reject(&self.split.path, row, kind, message))?;
+                rejects.push(reject(&self.split.name, row, kind, message))?;
             }
         }
         self.next_row = end;
@@ -262,7 +317,7 @@ impl ParquetReader {
                 for row in p.next..p.rows {
                     let msg = format!("column `{}` cannot be read as text: {e}", self.text_field);
                     rejects.push(reject(
-                        &self.split.path,
+                        &self.split.name,
                         self.next_row + row as u64,
                         "wrong_type",
                         msg,
@@ -278,12 +333,12 @@ impl ParquetReader {
             let pos = self.next_row + row as u64;
             if text.is_null(row) {
                 let msg = format!("`{}` is null", self.text_field);
-                rejects.push(reject(&self.split.path, pos, "missing_field", msg))?;
+                rejects.push(reject(&self.split.name, pos, "missing_field", msg))?;
                 continue;
             }
             let t = text.value(row);
             if let Err((kind, msg)) = super::check_document(t, &self.limits) {
-                rejects.push(reject(&self.split.path, pos, kind, msg))?;
+                rejects.push(reject(&self.split.name, pos, kind, msg))?;
                 continue;
             }
             let ex: Vec<Option<&str>> = p

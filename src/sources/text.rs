@@ -13,13 +13,14 @@ use crate::sources::input::InputFormat;
 /// and `None`.
 pub fn open_lines(
     path: &str,
+    name: &str,
     (start, end): (u64, u64),
     max_line: usize,
     format: InputFormat,
     rejects: &mut RejectSink,
 ) -> Result<Option<LineReader>> {
-    let opened = std::fs::metadata(path).and_then(|m| {
-        if start == 0 && m.len() == 0 {
+    let opened = crate::storage::stat(path).and_then(|m| {
+        if start == 0 && m.size == 0 {
             Ok(None)
         } else {
             LineReader::open(path, start, end, max_line).map(Some)
@@ -30,7 +31,7 @@ pub fn open_lines(
         Ok(None) => {
             rejects.push(super::reject(
                 format,
-                path,
+                name,
                 0,
                 "empty_file",
                 "the file is empty",
@@ -40,7 +41,7 @@ pub fn open_lines(
         Err(e) => {
             rejects.push(super::reject(
                 format,
-                path,
+                name,
                 start,
                 "unreadable",
                 format!("cannot read the file: {e}"),
@@ -54,6 +55,7 @@ pub fn open_lines(
 /// (too long, bad UTF-8, a read error) is rejected on the way.
 pub struct Lines {
     path: String,
+    name: String,
     range: (u64, u64),
     format: InputFormat,
     max_line: usize,
@@ -65,6 +67,7 @@ impl Lines {
     pub fn new(split: &Split, format: InputFormat, max_line: usize) -> Self {
         Lines {
             path: split.path.clone(),
+            name: split.name.clone(),
             range: (split.start, split.end),
             format,
             max_line,
@@ -73,18 +76,26 @@ impl Lines {
         }
     }
 
-    pub fn path(&self) -> &str {
-        &self.path
+    /// The file's name in ids (see [`Split::name`]).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The next good line and its offset; `None` at the end of the split.
     pub fn next(&mut self, rejects: &mut RejectSink) -> Result<Option<(u64, &str)>> {
         if !self.opened {
             self.opened = true;
-            self.reader = open_lines(&self.path, self.range, self.max_line, self.format, rejects)?;
+            self.reader = open_lines(
+                &self.path,
+                &self.name,
+                self.range,
+                self.max_line,
+                self.format,
+                rejects,
+            )?;
         }
         let reject =
-            |pos, kind: &str, msg: String| super::reject(self.format, &self.path, pos, kind, msg);
+            |pos, kind: &str, msg: String| super::reject(self.format, &self.name, pos, kind, msg);
         loop {
             let Some(reader) = self.reader.as_mut() else {
                 return Ok(None);
@@ -158,7 +169,7 @@ impl SourceReader for TextLinesReader {
         while let Some((pos, text)) = self.lines.next(rejects)? {
             match super::check_document(text, &self.limits) {
                 Ok(()) => self.builder.push(pos, text, &[]),
-                Err((kind, msg)) => rejects.push(reject(self.lines.path(), pos, kind, msg))?,
+                Err((kind, msg)) => rejects.push(reject(self.lines.name(), pos, kind, msg))?,
             }
             if self.builder.is_full(self.batch_rows) {
                 break;
@@ -171,6 +182,7 @@ impl SourceReader for TextLinesReader {
 /// Whole files as documents; a split lists one file.
 pub struct TextFileReader {
     path: String,
+    name: String,
     done: bool,
     limits: Limits,
     builder: RecordBuilder,
@@ -180,6 +192,7 @@ impl TextFileReader {
     pub fn new(split: &Split, opts: &ReadOptions, builder: RecordBuilder) -> Self {
         TextFileReader {
             path: split.path.clone(),
+            name: split.name.clone(),
             done: false,
             limits: opts.limits.clone(),
             builder,
@@ -193,18 +206,12 @@ impl SourceReader for TextFileReader {
             return Ok(None);
         }
         let max = self.limits.max_document_bytes;
-        let read = std::fs::metadata(&self.path).and_then(|m| {
-            if m.len() > max as u64 {
-                Ok(Err(m.len()))
-            } else {
-                std::fs::read(&self.path).map(Ok)
-            }
-        });
+        let read = crate::storage::read_limited(&self.path, max as u64);
         let bytes = match read {
             Ok(Ok(b)) => b,
             Ok(Err(len)) => {
                 rejects.push(reject(
-                    &self.path,
+                    &self.name,
                     0,
                     "document_too_long",
                     format!("file is {len} bytes, over limits.max_document_bytes = {max}"),
@@ -213,7 +220,7 @@ impl SourceReader for TextFileReader {
             }
             Err(e) => {
                 rejects.push(reject(
-                    &self.path,
+                    &self.name,
                     0,
                     "unreadable",
                     format!("cannot read the file: {e}"),
@@ -223,7 +230,7 @@ impl SourceReader for TextFileReader {
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             rejects.push(reject(
-                &self.path,
+                &self.name,
                 0,
                 "empty_file",
                 "the file is empty or blank",
@@ -232,7 +239,7 @@ impl SourceReader for TextFileReader {
         }
         match super::utf8(&bytes).and_then(|t| super::check_document(t, &self.limits).map(|_| t)) {
             Ok(text) => self.builder.push(0, text, &[]),
-            Err((kind, msg)) => rejects.push(reject(&self.path, 0, kind, msg))?,
+            Err((kind, msg)) => rejects.push(reject(&self.name, 0, kind, msg))?,
         }
         self.builder.finish()
     }

@@ -154,7 +154,7 @@ fn input_and_output_override_the_pipeline_file() {
     assert_ok(&o);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
-        text.contains("tokens per row") && text.contains("other/part-000.jsonl:0"),
+        text.contains("tokens per row") && text.contains("part-000.jsonl:0"),
         "{text}"
     );
 }

@@ -9,7 +9,8 @@
 //! 2  config                        the pipeline file, parsed
 //! 1  sources, stages, sinks        read, transform, write (never each other)
 //! 0  error, rejects, schema, limits, dataset, codec, onnx, mixing,
-//!    tokenize, augment             shared contracts, codecs and libraries
+//!    tokenize, augment, storage    shared contracts, codecs, libraries and
+//!                                  where bytes live (local paths, object stores)
 //! ```
 //!
 //! `inspect` and `train` read datasets through `dataset` alone: they import
@@ -28,7 +29,7 @@ const MAX_LINES: usize = 700;
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
         "error" | "rejects" | "schema" | "limits" | "dataset" | "codec" | "onnx" | "mixing"
-        | "tokenize" | "augment" => 0,
+        | "tokenize" | "augment" | "storage" => 0,
         "sources" | "stages" | "sinks" => 1,
         "config" => 2,
         "pipeline" => 3,

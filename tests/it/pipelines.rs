@@ -51,14 +51,14 @@ fn bad_input_is_rejected_with_reasons_and_nothing_is_lost() {
         .collect();
     got.sort();
     let mut want = vec![
-        ("in/a.jsonl:24", "invalid_utf8"),
-        ("in/a.jsonl:48", "invalid_json"),
-        ("in/a.jsonl:71", "missing_field"),
-        ("in/a.jsonl:97", "not_an_object"),
-        ("in/a.jsonl:107", "wrong_type"),
-        ("in/a.jsonl:125", "line_too_long"),
-        ("in/b.jsonl:0", "empty_file"),
-        ("in/c.jsonl:0", "unreadable"),
+        ("a.jsonl:24", "invalid_utf8"),
+        ("a.jsonl:48", "invalid_json"),
+        ("a.jsonl:71", "missing_field"),
+        ("a.jsonl:97", "not_an_object"),
+        ("a.jsonl:107", "wrong_type"),
+        ("a.jsonl:125", "line_too_long"),
+        ("b.jsonl:0", "empty_file"),
+        ("c.jsonl:0", "unreadable"),
     ];
     want.sort();
     let want: Vec<(String, String)> = want
@@ -79,7 +79,7 @@ fn bad_input_is_rejected_with_reasons_and_nothing_is_lost() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    assert_eq!(ids, ["in/a.jsonl:0", "in/a.jsonl:438"]);
+    assert_eq!(ids, ["a.jsonl:0", "a.jsonl:438"]);
     // The summary says what was rejected and why.
     let err = stderr(&o);
     assert!(err.contains("rejected read_jsonl/invalid_utf8: 1"), "{err}");
@@ -248,14 +248,16 @@ path = "out"
         }
     }
     let want = [
-        ("in/lines.txt:0", "first line of text"),
-        ("in/lines.txt:20", "second line"),
-        ("in/docs/one.txt:0", "a whole file\nis one document\n"),
-        ("in/docs/two.txt:0", "another file"),
-        ("in/table.csv:14", "a csv, with comma"),
-        ("in/table.csv:40", "plain csv row"),
-        ("in/table.parquet:0", "first line of text"),
-        ("in/table.parquet:1", "second line"),
+        // Several inputs: ids start with the input's index, then the
+        // file's path below the input's root.
+        ("0/lines.txt:0", "first line of text"),
+        ("0/lines.txt:20", "second line"),
+        ("1/one.txt:0", "a whole file\nis one document\n"),
+        ("1/two.txt:0", "another file"),
+        ("2/table.csv:14", "a csv, with comma"),
+        ("2/table.csv:40", "plain csv row"),
+        ("3/table.parquet:0", "first line of text"),
+        ("3/table.parquet:1", "second line"),
     ];
     let want: Vec<(String, String)> = want
         .iter()
@@ -409,10 +411,7 @@ fn csv_record_without_an_end_is_rejected_not_read_whole() {
         .into_iter()
         .map(|(id, _, kind)| (id, kind))
         .collect();
-    assert_eq!(
-        got,
-        [("in/t.csv:21".to_string(), "line_too_long".to_string())]
-    );
+    assert_eq!(got, [("t.csv:21".to_string(), "line_too_long".to_string())]);
     assert_eq!(totals(&s.path("out")), (2, 1, 1, 0));
 }
 

@@ -1,8 +1,6 @@
 //! Media files on disk: the folder walk, folder labels, size-limited reads
 //! and what a file's header claims it decodes to.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use super::Media;
@@ -18,10 +16,17 @@ pub fn folder_label(path: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Files of `media` under a folder, recursively, sorted.
-pub fn walk_media(dir: &Path, media: Media) -> std::io::Result<Vec<String>> {
+/// Files of `media` under a folder (or a URL prefix), recursively, sorted.
+pub fn walk_media(dir: &str, media: Media) -> std::io::Result<Vec<String>> {
+    if crate::storage::is_url(dir) {
+        return Ok(crate::storage::list(dir)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| media.is_file(name))
+            .collect());
+    }
     let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
+    let mut stack = vec![Path::new(dir).to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d)? {
             let entry = entry?;
@@ -40,27 +45,15 @@ pub fn walk_media(dir: &Path, media: Media) -> std::io::Result<Vec<String>> {
 }
 
 /// Read a whole file, refusing one over `max` bytes before reading it.
-pub fn read_limited(path: &Path, max: u64) -> std::result::Result<Vec<u8>, Rejection> {
-    let f = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ("missing_file", "no such file".to_string()),
-        _ => ("unreadable_file", format!("cannot open: {e}")),
-    })?;
-    let size = f
-        .metadata()
-        .map_err(|e| ("unreadable_file", format!("cannot stat: {e}")))?
-        .len();
-    if size > max {
-        return Err(file_too_large(size, max));
+pub fn read_limited(location: &str, max: u64) -> std::result::Result<Vec<u8>, Rejection> {
+    match crate::storage::read_limited(location, max) {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(size)) => Err(file_too_large(size, max)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(("missing_file", "no such file".to_string()))
+        }
+        Err(e) => Err(("unreadable_file", format!("cannot read: {e}"))),
     }
-    let mut bytes = Vec::with_capacity(size as usize);
-    // A file that grows while read is cut at the limit and refused.
-    f.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| ("unreadable_file", format!("cannot read: {e}")))?;
-    if bytes.len() as u64 > max {
-        return Err(file_too_large(bytes.len() as u64, max));
-    }
-    Ok(bytes)
 }
 
 pub(super) fn file_too_large(size: u64, max: u64) -> Rejection {

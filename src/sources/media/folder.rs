@@ -1,7 +1,5 @@
 //! The reader of whole media files, labelled by their parent folder.
 
-use std::path::Path;
-
 use arrow::array::RecordBatch;
 
 use super::MediaSpec;
@@ -17,7 +15,8 @@ use crate::sources::{ReadOptions, SourceReader, Split, sample_id};
 /// follow one another in a task, read into batches of many samples (so that
 /// stages batch, and mixing finds partners, across files).
 pub struct MediaFileReader {
-    paths: std::vec::IntoIter<String>,
+    /// (location, name in ids) of each file.
+    paths: std::vec::IntoIter<(String, String)>,
     spec: MediaSpec,
     limits: Limits,
     batch_rows: usize,
@@ -30,7 +29,7 @@ impl MediaFileReader {
         MediaFileReader {
             paths: splits
                 .iter()
-                .map(|s| s.path.clone())
+                .map(|s| (s.path.clone(), s.name.clone()))
                 .collect::<Vec<_>>()
                 .into_iter(),
             spec: spec.clone(),
@@ -41,10 +40,10 @@ impl MediaFileReader {
         }
     }
 
-    fn read(&mut self, path: &str, rejects: &mut RejectSink) -> Result<()> {
-        let id = sample_id(path, 0);
+    fn read(&mut self, path: &str, name: &str, rejects: &mut RejectSink) -> Result<()> {
+        let id = sample_id(name, 0);
         let stage = self.spec.media.read_stage();
-        let fail = |kind: &str, msg: String| reject(stage, id.clone(), path, 0, kind, msg);
+        let fail = |kind: &str, msg: String| reject(stage, id.clone(), name, 0, kind, msg);
         let label = match self.spec.labels {
             LabelSource::None => None,
             LabelSource::Folder => {
@@ -55,12 +54,12 @@ impl MediaFileReader {
                 }
             }
         };
-        match read_limited(Path::new(path), self.limits.max_file_bytes) {
+        match read_limited(path, self.limits.max_file_bytes) {
             Ok(bytes) => self.builder.push(Record {
                 sample_id: id.clone(),
-                source: path,
+                source: name,
                 position: 0,
-                path,
+                path: name,
                 data: &bytes,
                 label,
                 text: None,
@@ -80,8 +79,10 @@ impl SourceReader for MediaFileReader {
             return Ok(None);
         }
         while !self.builder.is_full(self.batch_rows) {
-            let Some(path) = self.paths.next() else { break };
-            self.read(&path, rejects)?;
+            let Some((path, name)) = self.paths.next() else {
+                break;
+            };
+            self.read(&path, &name, rejects)?;
         }
         self.builder.finish()
     }

@@ -1,6 +1,6 @@
 //! The reader of metadata tables joined with the media files they name.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 
@@ -91,7 +91,7 @@ impl TableMediaReader {
             let file = string(&a.column).unwrap_or_default();
             let (path, read) = match file.is_empty() && !self.captions_only {
                 true => (
-                    a.root.join(file).to_string_lossy().into_owned(),
+                    crate::storage::join(&a.root, file),
                     Err((
                         "missing_file",
                         format!("the row names no file in `{}`", a.column),
@@ -100,7 +100,8 @@ impl TableMediaReader {
                 false => self.read_named(&a.root, file),
             };
             match read {
-                Ok(b) => also = Some((path, b)),
+                // Stored as the row names it, whatever the root.
+                Ok(b) => also = Some((file.to_string(), b)),
                 Err((kind, msg)) => {
                     return rejects.push(reject(
                         a.media.read_stage(),
@@ -118,7 +119,7 @@ impl TableMediaReader {
             sample_id: id,
             source,
             position,
-            path: &full_str,
+            path: file,
             data: &bytes,
             label,
             text,
@@ -134,18 +135,18 @@ impl TableMediaReader {
     /// when only captions are read).
     fn read_named(
         &self,
-        root: &Path,
+        root: &str,
         file: &str,
     ) -> (String, std::result::Result<Vec<u8>, Rejection>) {
-        let full = match Path::new(file).is_absolute() {
-            true => PathBuf::from(file),
-            false => root.join(file),
+        let full = match crate::storage::is_url(file) || Path::new(file).is_absolute() {
+            true => file.to_string(),
+            false => crate::storage::join(root, file),
         };
         let read = match self.captions_only {
             true => Ok(Vec::new()),
             false => read_limited(&full, self.limits.max_file_bytes),
         };
-        (full.to_string_lossy().into_owned(), read)
+        (full, read)
     }
 }
 

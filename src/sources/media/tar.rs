@@ -1,6 +1,5 @@
 //! The reader of WebDataset-style tar shards.
 
-use std::fs::File;
 use std::io::Read;
 
 use arrow::array::RecordBatch;
@@ -21,6 +20,8 @@ use crate::sources::{ReadOptions, SourceReader, Split};
 /// extra columns.
 pub struct TarReader {
     path: String,
+    /// The shard's name in ids (see [`Split::name`]).
+    name: String,
     spec: MediaSpec,
     limits: Limits,
     batch_rows: usize,
@@ -64,6 +65,7 @@ impl TarReader {
     pub fn new(split: &Split, spec: &MediaSpec, opts: &ReadOptions) -> Self {
         TarReader {
             path: split.path.clone(),
+            name: split.name.clone(),
             spec: spec.clone(),
             limits: opts.limits.clone(),
             batch_rows: opts.batch_rows,
@@ -77,7 +79,7 @@ impl TarReader {
     }
 
     fn sample_id(&self, key: &str) -> String {
-        format!("{}:{key}", self.path)
+        format!("{}:{key}", self.name)
     }
 
     /// Turn a gathered sample into a record or a reject.
@@ -86,8 +88,8 @@ impl TarReader {
             // Its members are not together: a second sample of the same key.
             return rejects.push(reject(
                 "read_tar",
-                format!("{}:{}@{}", self.path, s.key, s.position),
-                &self.path,
+                format!("{}:{}@{}", self.name, s.key, s.position),
+                &self.name,
                 s.position,
                 "duplicate_key",
                 format!(
@@ -98,7 +100,7 @@ impl TarReader {
         }
         let id = self.sample_id(&s.key);
         let fail = |kind: &str, msg: String| {
-            reject("read_tar", id.clone(), &self.path, s.position, kind, msg)
+            reject("read_tar", id.clone(), &self.name, s.position, kind, msg)
         };
         let media = self.spec.media;
         let mut file: Option<(&str, &[u8])> = None;
@@ -165,10 +167,10 @@ impl TarReader {
             })
             .collect();
         let extras: Vec<Option<&str>> = extra_values.iter().map(Option::as_deref).collect();
-        let member = format!("{}/{}.{ext}", self.path, s.key);
+        let member = format!("{}/{}.{ext}", self.name, s.key);
         self.builder.push(Record {
             sample_id: id.clone(),
-            source: &self.path,
+            source: &self.name,
             position: s.position,
             path: &member,
             data: bytes,
@@ -197,7 +199,11 @@ impl TarReader {
     /// Read members of the shard (`file`, opened once a batch) from the
     /// saved offset until the batch is full or the shard ends; finished
     /// samples go to the builder or to rejects.
-    fn fill(&mut self, mut file: File, rejects: &mut RejectSink) -> Result<Option<String>> {
+    fn fill(
+        &mut self,
+        mut file: Box<dyn crate::storage::ReadSeek>,
+        rejects: &mut RejectSink,
+    ) -> Result<Option<String>> {
         use std::io::{Seek, SeekFrom};
         let base = self.offset;
         file.seek(SeekFrom::Start(base))
@@ -274,14 +280,14 @@ impl SourceReader for TarReader {
         // A call may finish no sample (one large sample, or all rejected):
         // read on until a batch has rows or the shard ends.
         while !self.done {
-            let failure = match File::open(&self.path) {
+            let failure = match crate::storage::open(&self.path) {
                 Ok(file) => self.fill(file, rejects)?,
                 Err(e) => {
                     self.done = true;
                     rejects.push(reject(
                         "read_tar",
-                        format!("{}:*", self.path),
-                        &self.path,
+                        format!("{}:*", self.name),
+                        &self.name,
                         0,
                         "unreadable_file",
                         format!("cannot open: {e}"),

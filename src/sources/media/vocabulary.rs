@@ -1,7 +1,7 @@
 //! The media vocabulary: what a media input holds, where its labels and
 //! captions come from, and the media record schema.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -77,7 +77,7 @@ pub struct MediaSpec {
     /// Tables: the column naming the media file.
     pub file_column: Option<String>,
     /// Tables: the folder relative file paths start from.
-    pub root: PathBuf,
+    pub root: String,
     pub caption_column: Option<String>,
     pub label_column: Option<String>,
     /// The dataset's class names, in id order.
@@ -93,7 +93,7 @@ pub struct AlsoFile {
     pub media: Media,
     pub column: String,
     /// The folder relative paths start from.
-    pub root: PathBuf,
+    pub root: String,
 }
 
 /// Columns the table readers fill themselves, which a table's own columns
@@ -219,7 +219,7 @@ mod tests {
             media: Media::Image,
             labels: LabelSource::Folder,
             file_column: None,
-            root: PathBuf::new(),
+            root: String::new(),
             caption_column: None,
             label_column: None,
             classes: Arc::new(vec!["bird".into(), "cat".into()]),
