@@ -6,7 +6,6 @@
 //!     python3 benches/gen_images.py --n 2000 --out bench-data/images
 //!     cargo bench --bench image_decode [-- DIR]
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -70,8 +69,7 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "bench-data/images".into());
-    let files =
-        walk_media(Path::new(&dir), Media::Image).expect("list the images (benches/gen_images.py)");
+    let files = walk_media(&dir, Media::Image).expect("list the images (benches/gen_images.py)");
     let bytes: u64 = files
         .iter()
         .map(|f| std::fs::metadata(f).unwrap().len())

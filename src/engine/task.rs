@@ -52,6 +52,9 @@ pub fn read_marker(out: &Path, task: usize) -> Result<Option<TaskMarker>> {
     }
 }
 
+/// What a remote output does with a finished task (see [`TaskEnv::publish`]).
+pub type Publish<'a> = dyn Fn(&TaskMarker) -> Result<()> + Sync + 'a;
+
 /// What every task of a run shares.
 pub struct TaskEnv<'a> {
     pub out: &'a Path,
@@ -61,7 +64,7 @@ pub struct TaskEnv<'a> {
     pub progress: &'a Progress,
     /// Called with each finished task's marker, once its files are in
     /// `out`: a remote output uploads them and claims the task.
-    pub publish: Option<&'a (dyn Fn(&TaskMarker) -> Result<()> + Sync)>,
+    pub publish: Option<&'a Publish<'a>>,
 }
 
 /// Run `task` unless another process is running it or has done it: then

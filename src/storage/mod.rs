@@ -62,6 +62,7 @@ pub fn configure(config: &StorageConfig) {
     *CONFIG.write().expect("not poisoned") = Some(config.clone());
 }
 
+#[cfg(feature = "cloud")]
 fn settings() -> StorageConfig {
     CONFIG
         .read()
@@ -144,10 +145,24 @@ pub fn redact(location: &str) -> String {
     format!("{scheme}://{host}{path}")
 }
 
-/// `root` and a relative name under it.
+/// `root` and a relative name under it. In a URL, `.` and `..` segments
+/// are resolved (object keys have no such folders); `..` stops at the
+/// bucket.
 pub fn join(root: &str, name: &str) -> String {
     if is_url(root) {
-        format!("{}/{}", root.trim_end_matches('/'), name)
+        let (scheme, rest) = root.split_once("://").expect("a URL");
+        let (authority, key) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut parts: Vec<&str> = key.split('/').filter(|p| !p.is_empty()).collect();
+        for part in name.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                p => parts.push(p),
+            }
+        }
+        format!("{scheme}://{authority}/{}", parts.join("/"))
     } else {
         Path::new(root).join(name).to_string_lossy().into_owned()
     }
@@ -359,6 +374,8 @@ mod tests {
         assert_eq!(parent("dir/x.jsonl"), "dir");
         assert_eq!(join("s3://b/a/", "x/y.png"), "s3://b/a/x/y.png");
         assert_eq!(join("s3://b/a", "x"), "s3://b/a/x");
+        assert_eq!(join("s3://b/a/t", "../img/./x.png"), "s3://b/a/img/x.png");
+        assert_eq!(join("s3://b/a", "../../x"), "s3://b/x");
         assert_eq!(redact("https://u:p@h:9/x?q=1"), "https://h:9/x");
     }
 }

@@ -286,6 +286,10 @@ impl RangeReader {
         self.size
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
     /// `len` bytes from `start` (fewer at the end of the object).
     pub fn range(&self, start: u64, len: u64) -> std::io::Result<Bytes> {
         let end = start.saturating_add(len).min(self.size);

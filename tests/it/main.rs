@@ -4,7 +4,7 @@
 //! against `tests/golden/`), `refusals` (`tests/refusals/*.toml`), `layout`
 //! (the import layers, no circles, file sizes), `pipelines`, `cli`,
 //! `resume`, `images`, `audio`, `multimodal`, `text_augment`, `train`,
-//! `train_loader`. Run one with `cargo nextest run MODULE::`.
+//! `train_loader`, `remote` (object storage, against a moto server). Run one with `cargo nextest run MODULE::`.
 
 mod common;
 
@@ -16,6 +16,7 @@ mod layout;
 mod multimodal;
 mod pipelines;
 mod refusals;
+mod remote;
 mod resume;
 mod text_augment;
 mod train;

@@ -1,0 +1,446 @@
+//! Inputs and outputs in an object store: a real S3-compatible server
+//! (moto, from the project's Python environment) started on 127.0.0.1 by
+//! each test. The same corpus gives the same bytes from any directory and
+//! from the store; parallel, racing and killed task processes commit the
+//! same dataset as one local process; secrets stay in the environment.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A secret kiln must never print or store.
+const CANARY: &str = "kiln-canary-secret-5e1f0c";
+
+/// A moto server on a free port of 127.0.0.1, stopped when dropped.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(root().join(".venv/bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server is installed by scripts/setup.sh");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "moto started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The environment kiln and the helper read the store's address and
+    /// credentials from.
+    fn env<'a>(&self, c: &'a mut Command) -> &'a mut Command {
+        c.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "kiln-test")
+            .env("AWS_SECRET_ACCESS_KEY", CANARY)
+            .env("AWS_REGION", "us-east-1")
+    }
+
+    /// `tests/support/s3.py ARGS...`, which must succeed.
+    fn helper(&self, args: &[&str]) -> String {
+        let mut c = Command::new(root().join(".venv/bin/python"));
+        c.arg(root().join("tests/support/s3.py")).args(args);
+        let o = self.env(&mut c).output().unwrap();
+        assert!(o.status.success(), "s3.py {args:?}: {}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn put(&self, local: &Path, url: &str) {
+        self.helper(&["put", local.to_str().unwrap(), url]);
+    }
+
+    /// Every object under `url`, downloaded into `to`.
+    fn get(&self, url: &str, to: &Path) -> PathBuf {
+        self.helper(&["get", url, to.to_str().unwrap()]);
+        to.to_path_buf()
+    }
+
+    fn keys(&self, url: &str) -> Vec<String> {
+        self.helper(&["ls", url])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `kiln ARGS` in `dir` against this store.
+    fn kiln(&self, dir: &Path, args: &[&str]) -> Output {
+        let mut c = kiln();
+        c.current_dir(dir).args(args);
+        self.env(&mut c).output().unwrap()
+    }
+
+    fn spawn(&self, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Child {
+        let mut c = kiln();
+        c.current_dir(dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        self.env(&mut c).spawn().unwrap()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// The shards of two datasets are the same bytes, listed alike.
+fn same_shards(a: &Path, b: &Path) {
+    let (ma, mb) = (manifest(a), manifest(b));
+    assert_eq!(ma["shards"], mb["shards"], "shards of {a:?} and {b:?}");
+    assert_eq!(ma["totals"], mb["totals"]);
+    for s in ma["shards"].as_array().unwrap() {
+        let f = s["file"].as_str().unwrap();
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn the_same_corpus_from_two_directories_and_the_store_is_the_same_dataset() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    corpus(&s, "a/in", 3, 300);
+    corpus(&s, "b/deep/er/in", 3, 300);
+    moto.put(&s.path("a/in"), "s3://data/corpus");
+    s.write(
+        "p.toml",
+        text_pipeline("a/in/*.jsonl", "out-a", "", "")
+            .replace("[output]", "[plan]\ntask_bytes = 20000\n\n[output]"),
+    );
+    let run = |input: &str, output: &str| {
+        let o = moto.kiln(
+            s.dir.path(),
+            &["run", "p.toml", "-q", "--input", input, "--output", output],
+        );
+        assert_ok(&o);
+        assert!(!stderr(&o).contains(CANARY));
+    };
+    run("a/in/*.jsonl", "out-a");
+    run("b/deep/er/in/*.jsonl", "out-b");
+    run("s3://data/corpus/*.jsonl", "out-s");
+    run("s3://data/corpus/*.jsonl", "s3://data/built");
+    same_shards(&s.path("out-a"), &s.path("out-b"));
+    same_shards(&s.path("out-a"), &s.path("out-s"));
+    let keys = moto.keys("s3://data/built");
+    assert!(
+        keys.iter().all(|k| !k.contains(".kiln")),
+        "the work area is gone after commit: {keys:?}"
+    );
+    let got = moto.get("s3://data/built", &s.path("got"));
+    same_shards(&s.path("out-a"), &got);
+    assert!(got.join("tokenizer.json").exists() && got.join("rejects.arrow").exists());
+    assert_eq!(
+        std::fs::read(s.path("out-a/tokenizer.json")).unwrap(),
+        std::fs::read(got.join("tokenizer.json")).unwrap()
+    );
+    // A second run finds the dataset complete.
+    let o = moto.kiln(
+        s.dir.path(),
+        &[
+            "run",
+            "p.toml",
+            "--input",
+            "s3://data/corpus/*.jsonl",
+            "--output",
+            "s3://data/built",
+        ],
+    );
+    assert_ok(&o);
+    assert!(stderr(&o).contains("nothing to do"), "{}", stderr(&o));
+}
+
+#[test]
+fn media_tables_tar_shards_and_parquet_are_read_from_the_store() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    moto.put(&root().join("fixtures"), "s3://data/fixtures");
+    // A Parquet table, made by kiln, read back by row groups.
+    s.write(
+        "p.toml",
+        text_pipeline("in/*.jsonl", "pq", "", "keep_text = true")
+            .replace("[output]", "[output]\nformat = \"parquet\""),
+    );
+    corpus(&s, "in", 1, 200);
+    assert_ok(&s.kiln(&["run", "p.toml", "-q"]));
+    moto.put(&s.path("pq"), "s3://data/pq");
+    for (example, local, remote) in [
+        (
+            "multimodal.toml",
+            "fixtures/multimodal/rows.jsonl",
+            "s3://data/fixtures/multimodal/rows.jsonl",
+        ),
+        (
+            "image_mix.toml",
+            "fixtures/images/shard-*.tar",
+            "s3://data/fixtures/images/shard-*.tar",
+        ),
+        (
+            "audio_specaug.toml",
+            "fixtures/audio/folder",
+            "s3://data/fixtures/audio/folder",
+        ),
+    ] {
+        let pipeline = root().join("pipelines").join(example);
+        let pipeline = pipeline.to_str().unwrap();
+        let here = root();
+        let a = s.path(&format!("{example}-local"));
+        let b = s.path(&format!("{example}-remote"));
+        let o = moto.kiln(
+            here,
+            &[
+                "run",
+                pipeline,
+                "-q",
+                "--input",
+                local,
+                "--output",
+                a.to_str().unwrap(),
+            ],
+        );
+        assert_ok(&o);
+        let o = moto.kiln(
+            here,
+            &[
+                "run",
+                pipeline,
+                "-q",
+                "--input",
+                remote,
+                "--output",
+                b.to_str().unwrap(),
+            ],
+        );
+        assert_ok(&o);
+        same_shards(&a, &b);
+        assert_eq!(rejects(&a), rejects(&b), "{example}");
+    }
+    let pq = s.path("pq");
+    let shard = manifest(&pq)["shards"][0]["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.write(
+        "q.toml",
+        text_pipeline("x", "from-pq", "", "")
+            .replace("path = \"x\"", "path = \"x\"\nformat = \"parquet\""),
+    );
+    let local = pq.join(&shard);
+    let remote = format!("s3://data/pq/{shard}");
+    for (input, out) in [
+        (local.to_str().unwrap(), "pq-local"),
+        (remote.as_str(), "pq-remote"),
+    ] {
+        assert_ok(&moto.kiln(
+            s.dir.path(),
+            &["run", "q.toml", "-q", "--input", input, "--output", out],
+        ));
+    }
+    same_shards(&s.path("pq-local"), &s.path("pq-remote"));
+}
+
+/// The text job with several tasks, to a local folder by one process.
+fn reference(s: &Scratch) -> PathBuf {
+    corpus(s, "in", 4, 300);
+    s.write(
+        "p.toml",
+        text_pipeline("in/*.jsonl", "local", "", "").replace(
+            "[output]",
+            "[plan]\ntask_bytes = 15000\nbatch_rows = 64\n\n[output]",
+        ),
+    );
+    assert_ok(&s.kiln(&["run", "p.toml", "-q", "--threads", "1"]));
+    let tasks = manifest(&s.path("local"))["tasks"].as_u64().unwrap();
+    assert!(tasks >= 4, "{tasks} tasks");
+    s.path("local")
+}
+
+#[test]
+fn separate_task_processes_and_racing_attempts_commit_the_same_bytes() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let local = reference(&s);
+    moto.put(&s.path("in"), "s3://data/in");
+    let out = "s3://data/job";
+    let dir = s.dir.path();
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "run",
+            "p.toml",
+            "-q",
+            "--input",
+            "s3://data/in/*.jsonl",
+            "--output",
+            out,
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    assert_ok(&moto.kiln(dir, &args(&["--prepare"])));
+    assert!(
+        moto.keys(out)
+            .iter()
+            .any(|k| k.ends_with(".kiln/plan.json"))
+    );
+    // Three slots as a Kubernetes Indexed Job runs them, and a second
+    // attempt of slot 1 racing the first.
+    let mut children = Vec::new();
+    for (i, index) in ["0", "1", "2", "1"].iter().enumerate() {
+        children.push((
+            i,
+            moto.spawn(
+                dir,
+                &args(&[
+                    "--tasks",
+                    "3",
+                    "--task-from-env",
+                    "--no-commit",
+                    "--threads",
+                    "1",
+                ]),
+                &[("JOB_COMPLETION_INDEX", index)],
+            ),
+        ));
+    }
+    for (i, c) in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "slot {i}: {}", stderr(&o));
+    }
+    let keys = moto.keys(out);
+    assert!(
+        !keys.iter().any(|k| k.starts_with("job/data-")),
+        "not committed yet"
+    );
+    let o = moto.kiln(dir, &["commit", out]);
+    assert_ok(&o);
+    same_shards(&local, &moto.get(out, &s.path("job")));
+    assert!(moto.keys(out).iter().all(|k| !k.contains(".kiln")));
+    // Committing again is a no-op.
+    let o = moto.kiln(dir, &["commit", out]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("already committed"), "{}", stderr(&o));
+}
+
+#[test]
+fn killed_task_processes_resume_on_the_store_without_loss_or_duplicates() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let local = reference(&s);
+    moto.put(&s.path("in"), "s3://data/in");
+    let out = "s3://data/killed";
+    let dir = s.dir.path();
+    let args = [
+        "run",
+        "p.toml",
+        "-q",
+        "--input",
+        "s3://data/in/*.jsonl",
+        "--output",
+        out,
+        "--threads",
+        "2",
+    ];
+    // Kill at spread-out moments, a few times over, then run to the end.
+    let mut killed = 0;
+    for ms in [
+        150u64, 400, 700, 1000, 1300, 1700, 2100, 2600, 3200, 3900, 4700,
+    ] {
+        let mut child = moto.spawn(dir, &args, &[("KILN_THROTTLE_MS", "30")]);
+        std::thread::sleep(Duration::from_millis(ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        killed >= 3,
+        "only {killed} runs were killed before they finished"
+    );
+    let o = moto.kiln(dir, &args);
+    assert_ok(&o);
+    same_shards(&local, &moto.get(out, &s.path("got")));
+    assert!(moto.keys(out).iter().all(|k| !k.contains(".kiln")));
+}
+
+#[test]
+fn bad_urls_missing_buckets_and_empty_prefixes_are_clear_errors_without_secrets() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    corpus(&s, "in", 1, 20);
+    moto.put(&s.path("in"), "s3://data/in");
+    s.write("p.toml", text_pipeline("in/*.jsonl", "out", "", ""));
+    let dir = s.dir.path();
+    let fails = |input: &str, output: &str, code: i32, says: &str| {
+        let o = moto.kiln(
+            dir,
+            &[
+                "run", "p.toml", "-q", "-vv", "--input", input, "--output", output,
+            ],
+        );
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{input} -> {output}: {e}");
+        assert!(e.contains(says), "{input} -> {output}: {e}");
+        assert!(!e.contains(CANARY), "a secret in: {e}");
+    };
+    fails("ftp://host/x.jsonl", "out", 2, "unknown URL scheme");
+    fails("s3://data/nothing/*.jsonl", "out", 2, "matches no objects");
+    fails("s3://no-such-bucket/in/*.jsonl", "out", 2, "no-such-bucket");
+    fails("s3://data/in/missing.jsonl", "out", 2, "no such object");
+    fails("https://127.0.0.1:9/x/*.jsonl", "out", 2, "cannot list");
+    fails("https://user:pw@127.0.0.1:9/x.jsonl", "out", 2, "user name");
+    fails(
+        "s3://data/in/*.jsonl",
+        "s3://no-such-bucket/out",
+        3,
+        "no-such-bucket",
+    );
+    // An output prefix that holds something else is not written into.
+    fails("s3://data/in/*.jsonl", "s3://data", 2, "not a kiln dataset");
+    // What a run stores holds no secret either.
+    assert_ok(&moto.kiln(
+        dir,
+        &[
+            "run",
+            "p.toml",
+            "-q",
+            "--input",
+            "s3://data/in/*.jsonl",
+            "--output",
+            "s3://data/out",
+            "--no-commit",
+        ],
+    ));
+    let got = moto.get("s3://data/out", &s.path("got"));
+    let plan = std::fs::read_to_string(got.join(".kiln/plan.json")).unwrap();
+    assert!(plan.contains("s3://data/in/") && !plan.contains(CANARY));
+    assert_ok(&moto.kiln(dir, &["commit", "s3://data/out"]));
+    let got = moto.get("s3://data/out", &s.path("got2"));
+    let m = std::fs::read_to_string(got.join("manifest.json")).unwrap();
+    assert!(!m.contains(CANARY));
+}
