@@ -93,14 +93,7 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
             std::fs::rename(&from, &to).at("rename", &from)?;
         }
         let bytes = std::fs::read(&to).at("read", &to)?;
-        shards.push(ManifestShard {
-            file: name,
-            task: 0,
-            rows: 0,
-            documents: 0,
-            bytes: bytes.len() as u64,
-            sha256: crate::dataset::sha256_hex(&bytes),
-        });
+        shards.push(empty_shard(name, &bytes));
     }
     let rejects_file = "rejects.arrow".to_string();
     let tmp = out.join("rejects.arrow.tmp");
@@ -168,6 +161,18 @@ pub fn manifest(
         shards,
         rejects_file,
         totals,
+    }
+}
+
+/// The manifest's entry of the one shard of a dataset with no rows.
+pub fn empty_shard(file: String, bytes: &[u8]) -> ManifestShard {
+    ManifestShard {
+        file,
+        task: 0,
+        rows: 0,
+        documents: 0,
+        bytes: bytes.len() as u64,
+        sha256: crate::dataset::sha256_hex(bytes),
     }
 }
 

@@ -229,17 +229,11 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
         });
     }
 
-    let todo: Vec<&Task> = plan
-        .tasks
-        .iter()
-        .filter(|t| opts.shard_of.is_none_or(|(i, n)| t.index % n == i))
-        .filter(|t| !matches!(task::read_marker(&out, t.index), Ok(Some(m)) if m.plan == plan.hash))
-        .collect();
-    tracing::info!(
-        tasks = plan.tasks.len(),
-        todo = todo.len(),
+    let todo = select_tasks(
+        &plan,
+        opts,
         threads,
-        "running"
+        |t| matches!(task::read_marker(&out, t.index), Ok(Some(m)) if m.plan == plan.hash),
     );
     let progress = Progress::new(todo.iter().map(|t| t.bytes).sum(), todo.len());
     let env = TaskEnv {
@@ -267,6 +261,28 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
         seconds: started.elapsed().as_secs_f64(),
         input_bytes: progress.total_bytes,
     })
+}
+
+/// The tasks of this process's slot that are not `done` yet.
+fn select_tasks<'p>(
+    plan: &'p Plan,
+    opts: &RunOptions,
+    threads: usize,
+    done: impl Fn(&Task) -> bool,
+) -> Vec<&'p Task> {
+    let todo: Vec<&Task> = plan
+        .tasks
+        .iter()
+        .filter(|t| opts.shard_of.is_none_or(|(i, n)| t.index % n == i))
+        .filter(|t| !done(t))
+        .collect();
+    tracing::info!(
+        tasks = plan.tasks.len(),
+        todo = todo.len(),
+        threads,
+        "running"
+    );
+    todo
 }
 
 /// Commit under the commit lock, so that two processes finishing their last

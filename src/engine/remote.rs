@@ -36,7 +36,7 @@ use super::commit::{self, loader_files, shard_name};
 use super::plan::Plan;
 use super::progress::Progress;
 use super::task::{TaskEnv, TaskMarker, task_dir};
-use super::{Outcome, RunOptions, fit_stages, init_threads, run_tasks};
+use super::{Outcome, RunOptions, fit_stages, init_threads, run_tasks, select_tasks};
 use crate::dataset::{Counts, Manifest, ManifestShard};
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::Pipeline;
@@ -196,18 +196,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions, location: &str) -> Result<Out
     }
 
     let done = finished_tasks(&dir)?;
-    let todo: Vec<&super::plan::Task> = plan
-        .tasks
-        .iter()
-        .filter(|t| opts.shard_of.is_none_or(|(i, n)| t.index % n == i))
-        .filter(|t| !done.contains(&t.index))
-        .collect();
-    tracing::info!(
-        tasks = plan.tasks.len(),
-        todo = todo.len(),
-        threads,
-        "running"
-    );
+    let todo = select_tasks(&plan, opts, threads, |t| done.contains(&t.index));
     let progress = Progress::new(todo.iter().map(|t| t.bytes).sum(), todo.len());
     let publish = |marker: &TaskMarker| publish_task(&dir, local, &attempt, marker);
     let env = TaskEnv {
@@ -425,14 +414,7 @@ fn commit_steps(dir: &RemoteDir, plan: &Plan, local: &Path) -> Result<Manifest> 
             .get(&name)
             .map_err(io("read", dir, &name))?
             .ok_or_else(|| missing_file(dir, &name))?;
-        shards.push(ManifestShard {
-            file: name,
-            task: 0,
-            rows: 0,
-            documents: 0,
-            bytes: bytes.len() as u64,
-            sha256: crate::dataset::sha256_hex(&bytes),
-        });
+        shards.push(commit::empty_shard(name, &bytes));
     }
     let rejects_file = "rejects.arrow".to_string();
     let merged = work.join("rejects.arrow");

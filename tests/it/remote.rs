@@ -72,6 +72,17 @@ impl Moto {
         to.to_path_buf()
     }
 
+    /// The dataset at `url` is committed (no `.kiln/` work area left) and
+    /// has the shards of the local dataset `want`; it is downloaded to `to`.
+    fn assert_committed(&self, url: &str, want: &Path, to: &Path) {
+        let keys = self.keys(url);
+        assert!(
+            keys.iter().all(|k| !k.contains(".kiln")),
+            "the work area is gone after commit: {keys:?}"
+        );
+        same_shards(want, &self.get(url, to));
+    }
+
     fn keys(&self, url: &str) -> Vec<String> {
         self.helper(&["ls", url])
             .lines()
@@ -147,13 +158,8 @@ fn the_same_corpus_from_two_directories_and_the_store_is_the_same_dataset() {
     run("s3://data/corpus/*.jsonl", "s3://data/built");
     same_shards(&s.path("out-a"), &s.path("out-b"));
     same_shards(&s.path("out-a"), &s.path("out-s"));
-    let keys = moto.keys("s3://data/built");
-    assert!(
-        keys.iter().all(|k| !k.contains(".kiln")),
-        "the work area is gone after commit: {keys:?}"
-    );
-    let got = moto.get("s3://data/built", &s.path("got"));
-    same_shards(&s.path("out-a"), &got);
+    let got = s.path("got");
+    moto.assert_committed("s3://data/built", &s.path("out-a"), &got);
     assert!(got.join("tokenizer.json").exists() && got.join("rejects.arrow").exists());
     assert_eq!(
         std::fs::read(s.path("out-a/tokenizer.json")).unwrap(),
@@ -336,10 +342,8 @@ fn separate_task_processes_and_racing_attempts_commit_the_same_bytes() {
         !keys.iter().any(|k| k.starts_with("job/data-")),
         "not committed yet"
     );
-    let o = moto.kiln(dir, &["commit", out]);
-    assert_ok(&o);
-    same_shards(&local, &moto.get(out, &s.path("job")));
-    assert!(moto.keys(out).iter().all(|k| !k.contains(".kiln")));
+    assert_ok(&moto.kiln(dir, &["commit", out]));
+    moto.assert_committed(out, &local, &s.path("job"));
     // Committing again is a no-op.
     let o = moto.kiln(dir, &["commit", out]);
     assert_ok(&o);
@@ -382,10 +386,8 @@ fn killed_task_processes_resume_on_the_store_without_loss_or_duplicates() {
         killed >= 3,
         "only {killed} runs were killed before they finished"
     );
-    let o = moto.kiln(dir, &args);
-    assert_ok(&o);
-    same_shards(&local, &moto.get(out, &s.path("got")));
-    assert!(moto.keys(out).iter().all(|k| !k.contains(".kiln")));
+    assert_ok(&moto.kiln(dir, &args));
+    moto.assert_committed(out, &local, &s.path("got"));
 }
 
 #[test]
