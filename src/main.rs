@@ -75,6 +75,18 @@ enum Command {
         /// The dataset directory or URL.
         dir: String,
     },
+    /// How far a build is, as JSON: committed, tasks, the missing ones.
+    Status {
+        /// The dataset directory or URL.
+        dir: String,
+        /// The job's slot count, to name the slots still to run.
+        #[arg(long)]
+        tasks: Option<usize>,
+        /// Print only the missing slots, comma-separated (a Slurm
+        /// `--array` list; an empty line when none). Needs --tasks.
+        #[arg(long, requires = "tasks")]
+        missing_slots: bool,
+    },
     /// Parse and build a pipeline and check its schemas; reads no data.
     Validate {
         pipeline: PathBuf,
@@ -309,6 +321,25 @@ fn run(command: Command) -> kiln::Result<u8> {
                     s.accuracy.map_or("n/a".into(), |a| format!("{a:.3}")),
                     s.output.display()
                 );
+            }
+            Ok(0)
+        }
+        Command::Status {
+            dir,
+            tasks,
+            missing_slots,
+        } => {
+            let status = engine::status(&dir, tasks)?;
+            if missing_slots {
+                let slots: Vec<String> = status
+                    .missing_slots
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                out(&format!("{}\n", slots.join(",")));
+            } else {
+                out(&format!("{}\n", serde_json::to_string(&status)?));
             }
             Ok(0)
         }

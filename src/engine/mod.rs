@@ -297,6 +297,63 @@ fn commit_locked(out: &Path, plan: &Plan) -> Result<Manifest> {
     commit::commit(out, plan)
 }
 
+/// Where a build stands: what `kiln status` prints, and what launchers
+/// read to skip finished slots and resubmit failed ones.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    /// The manifest is written.
+    pub committed: bool,
+    /// Tasks of the plan.
+    pub tasks: usize,
+    /// Tasks with no marker yet.
+    pub missing: Vec<usize>,
+    /// Slots (of `--tasks N`) that own a missing task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_slots: Option<Vec<usize>>,
+}
+
+impl Status {
+    fn new(committed: bool, tasks: usize, missing: Vec<usize>, slots: Option<usize>) -> Status {
+        let missing_slots = slots.map(|n| {
+            let set: std::collections::BTreeSet<usize> =
+                missing.iter().map(|t| t % n.max(1)).collect();
+            set.into_iter().collect()
+        });
+        Status {
+            committed,
+            tasks,
+            missing,
+            missing_slots,
+        }
+    }
+}
+
+/// `kiln status DIR`: how far the build in `location` (a folder or a URL)
+/// is. `slots` is the job's `--tasks N`, to name the slots still to run.
+pub fn status(location: &str, slots: Option<usize>) -> Result<Status> {
+    if crate::storage::is_url(location) {
+        crate::storage::check(location).map_err(Error::Config)?;
+        #[cfg(feature = "cloud")]
+        return remote::status(location, slots);
+    }
+    let out = Path::new(location);
+    let Some(plan) = Plan::read(&kiln_dir(out).join("plan.json"))? else {
+        return match Manifest::read(out)? {
+            Some(m) => Ok(Status::new(true, m.tasks, Vec::new(), slots)),
+            None => Err(Error::Output(format!(
+                "{location} has no plan: not prepared yet (kiln run --prepare)"
+            ))),
+        };
+    };
+    if let Some(m) = Manifest::read(out)?
+        && m.plan == plan.hash
+    {
+        return Ok(Status::new(true, plan.tasks.len(), Vec::new(), slots));
+    }
+    let missing = commit::missing_tasks(out, &plan)?;
+    Ok(Status::new(false, plan.tasks.len(), missing, slots))
+}
+
 /// `kiln commit DIR`: write the manifest once every task is done. `DIR`
 /// may be a URL. The bool says whether this call committed.
 pub fn commit_location(location: &str) -> Result<(Manifest, bool)> {

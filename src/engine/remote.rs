@@ -304,6 +304,35 @@ fn publish_task(dir: &RemoteDir, local: &Path, attempt: &str, marker: &TaskMarke
     Ok(())
 }
 
+/// `kiln status URL`.
+pub fn status(location: &str, slots: Option<usize>) -> Result<super::Status> {
+    let dir = open_dir(location)?;
+    let plan: Option<Plan> =
+        match dir
+            .get(".kiln/plan.json")
+            .map_err(io("read", &dir, ".kiln/plan.json"))?
+        {
+            Some(b) => Some(serde_json::from_slice(&b)?),
+            None => None,
+        };
+    let manifest = read_manifest(&dir)?;
+    match (plan, manifest) {
+        (Some(p), Some(m)) if m.plan == p.hash => {
+            Ok(super::Status::new(true, p.tasks.len(), Vec::new(), slots))
+        }
+        (None, Some(m)) => Ok(super::Status::new(true, m.tasks, Vec::new(), slots)),
+        (Some(p), _) => {
+            let done = finished_tasks(&dir)?;
+            let missing = (0..p.tasks.len()).filter(|t| !done.contains(t)).collect();
+            Ok(super::Status::new(false, p.tasks.len(), missing, slots))
+        }
+        (None, None) => Err(Error::Output(format!(
+            "{} has no plan: not prepared yet (kiln run --prepare)",
+            storage::redact(location)
+        ))),
+    }
+}
+
 /// `kiln commit URL`: commit a dataset whose tasks were run separately.
 pub fn commit_url(location: &str) -> Result<(Manifest, bool)> {
     let dir = open_dir(location)?;

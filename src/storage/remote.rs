@@ -175,6 +175,29 @@ fn io_err(e: object_store::Error) -> std::io::Error {
     std::io::Error::new(kind, e.to_string())
 }
 
+/// Run a write again when it failed in transit. `object_store` retries
+/// what is safe to repeat; a conditional or non-idempotent request that
+/// lost its connection comes back as a `Generic` error instead. kiln's
+/// writes are safe to repeat (a create-only write that did happen is then
+/// told apart by reading it back), so they are retried here: 6 tries,
+/// 0.2 s to 3.2 s apart.
+fn retrying<T, F: Future<Output = object_store::Result<T>>>(
+    mut op: impl FnMut() -> F,
+) -> object_store::Result<T> {
+    let mut wait = Duration::from_millis(200);
+    for _ in 0..5 {
+        match block_on(op()) {
+            Err(e @ object_store::Error::Generic { .. }) => {
+                tracing::debug!(error = %e, "retrying a store write");
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            other => return other,
+        }
+    }
+    block_on(op())
+}
+
 fn meta(m: &object_store::ObjectMeta) -> Meta {
     Meta {
         size: m.size,
@@ -417,7 +440,8 @@ impl RemoteDir {
     /// Write (or overwrite) `name`.
     pub fn put(&self, name: &str, bytes: Vec<u8>) -> std::io::Result<()> {
         let path = self.path(name)?;
-        block_on(self.store.put(&path, PutPayload::from(bytes)))
+        let payload = PutPayload::from(bytes);
+        retrying(|| self.store.put(&path, payload.clone()))
             .map(|_| ())
             .map_err(io_err)
     }
@@ -427,14 +451,15 @@ impl RemoteDir {
     /// the same bytes count as written.
     pub fn put_create(&self, name: &str, bytes: Vec<u8>) -> std::io::Result<Created> {
         let path = self.path(name)?;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
+        let payload = PutPayload::from(bytes.clone());
+        let put = || {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            self.store.put_opts(&path, payload.clone(), opts)
         };
-        match block_on(
-            self.store
-                .put_opts(&path, PutPayload::from(bytes.clone()), opts),
-        ) {
+        match retrying(put) {
             Ok(_) => Ok(Created::Written),
             Err(
                 object_store::Error::AlreadyExists { .. }
@@ -455,15 +480,28 @@ impl RemoteDir {
     /// multipart upload read from the file part by part.
     pub fn upload(&self, name: &str, file: &std::path::Path) -> std::io::Result<()> {
         let path = self.path(name)?;
-        let mut f = std::fs::File::open(file)?;
-        let size = f.metadata()?.len();
+        let size = std::fs::metadata(file)?.len();
         if size <= CHUNK {
-            let mut bytes = Vec::with_capacity(size as usize);
-            f.read_to_end(&mut bytes)?;
-            return self.put(name, bytes);
+            return self.put(name, std::fs::read(file)?);
         }
+        let mut tries = 0;
+        loop {
+            match self.upload_parts(&path, file) {
+                Err(e) if tries < 5 && e.kind() == std::io::ErrorKind::Other => {
+                    // A part or the completion lost in transit: start over.
+                    tries += 1;
+                    tracing::debug!(error = %e, "retrying a multipart upload");
+                    std::thread::sleep(Duration::from_millis(200 << tries));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn upload_parts(&self, path: &ObjPath, file: &std::path::Path) -> std::io::Result<()> {
+        let mut f = std::fs::File::open(file)?;
         block_on(async {
-            let upload = self.store.put_multipart(&path).await.map_err(io_err)?;
+            let upload = self.store.put_multipart(path).await.map_err(io_err)?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, CHUNK as usize);
             let mut buf = vec![0u8; CHUNK as usize];
             loop {
@@ -507,13 +545,13 @@ impl RemoteDir {
     /// Server-side copy (overwrites).
     pub fn copy(&self, from: &str, to: &str) -> std::io::Result<()> {
         let (from, to) = (self.path(from)?, self.path(to)?);
-        block_on(self.store.copy(&from, &to)).map_err(io_err)
+        retrying(|| self.store.copy(&from, &to)).map_err(io_err)
     }
 
     /// Delete `name`; a missing object is not an error.
     pub fn delete(&self, name: &str) -> std::io::Result<()> {
         let path = self.path(name)?;
-        match block_on(self.store.delete(&path)) {
+        match retrying(|| self.store.delete(&path)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(io_err(e)),
         }

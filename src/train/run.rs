@@ -160,7 +160,9 @@ fn train_on<B: AutodiffBackend>(
     device_name: String,
 ) -> Result<Summary> {
     let o = &file.optim;
-    let ds = Arc::new(Dataset::open(Path::new(&file.data.path))?);
+    // A dataset in an object store is read from a checked local copy.
+    let data = crate::dataset::local_copy(&file.data.path)?;
+    let ds = Arc::new(Dataset::open(&data)?);
     let (d, cols) = dims(file, &ds)?;
     let out = PathBuf::from(&file.output.path);
     std::fs::create_dir_all(out.join("checkpoints")).at("create", &out)?;

@@ -446,3 +446,144 @@ fn bad_urls_missing_buckets_and_empty_prefixes_are_clear_errors_without_secrets(
     let m = std::fs::read_to_string(got.join("manifest.json")).unwrap();
     assert!(!m.contains(CANARY));
 }
+
+#[test]
+fn a_commit_killed_at_any_step_is_finished_by_the_next() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let local = reference(&s);
+    moto.put(&s.path("in"), "s3://data/in");
+    let out = "s3://data/commit";
+    let dir = s.dir.path();
+    assert_ok(&moto.kiln(
+        dir,
+        &[
+            "run",
+            "p.toml",
+            "-q",
+            "--input",
+            "s3://data/in/*.jsonl",
+            "--output",
+            out,
+            "--no-commit",
+        ],
+    ));
+    // The commit sleeps after each shard it copies and before it cleans
+    // up: kills land between its steps.
+    let mut killed = 0;
+    for ms in [30u64, 120, 250, 400, 600, 850, 1150, 1500] {
+        let mut child = moto.spawn(dir, &["commit", out], &[("KILN_THROTTLE_MS", "150")]);
+        std::thread::sleep(Duration::from_millis(ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        killed >= 3,
+        "only {killed} commits were killed before they finished"
+    );
+    assert_ok(&moto.kiln(dir, &["commit", out]));
+    moto.assert_committed(out, &local, &s.path("got"));
+}
+
+#[test]
+fn failing_requests_resets_lost_answers_and_stalls_change_no_byte() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let local = reference(&s);
+    moto.put(&s.path("in"), "s3://data/in");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let moto_port = moto.endpoint.rsplit(':').next().unwrap().to_string();
+    let mut proxy = Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("tests/support/faulty_proxy.py"))
+        .args([&port.to_string(), &moto_port])
+        .args([
+            "--error", "0.1", "--reset", "0.05", "--lose", "0.05", "--stall", "0.04",
+        ])
+        .args(["--stall-seconds", "3", "--seed", "7"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    let mut stdout = std::io::BufReader::new(proxy.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    // Requests give up after 1 s and are retried.
+    let p = std::fs::read_to_string(s.path("p.toml")).unwrap();
+    s.write("faulty.toml", format!("{p}\n[storage]\ntimeout_s = 1\n"));
+    let mut c = kiln();
+    c.current_dir(s.dir.path()).args([
+        "run",
+        "faulty.toml",
+        "-q",
+        "--input",
+        "s3://data/in/*.jsonl",
+        "--output",
+        "s3://data/faulty",
+    ]);
+    moto.env(&mut c)
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+    let o = c.output().unwrap();
+    // SIGTERM: the proxy prints what it did, then exits.
+    Command::new("kill")
+        .args(["-TERM", &proxy.id().to_string()])
+        .status()
+        .unwrap();
+    let mut counts = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut counts).unwrap();
+    proxy.wait().unwrap();
+    assert_ok(&o);
+    for fault in ["error=", "reset=", "lose=", "stall="] {
+        let n: u64 = counts
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(fault))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(n > 0, "the proxy injected no {fault}: {counts}");
+    }
+    moto.assert_committed("s3://data/faulty", &local, &s.path("got"));
+}
+
+#[test]
+fn the_trainer_reads_a_dataset_from_the_store() {
+    use crate::train::{last_checkpoint, tensors, topics, train_file};
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let data = topics(&s);
+    moto.put(&data, "s3://data/topics");
+    let optim = "max_steps = 12\nbatch_size = 8\nlr = 0.003\nwarmup_steps = 2";
+    let local = train_file(&s, "local", &data, optim);
+    assert_ok(&s.kiln(&["train", local.to_str().unwrap(), "-q"]));
+    let remote = train_file(&s, "remote", &data, optim);
+    let mut c = kiln();
+    c.current_dir(s.dir.path())
+        .env("KILN_CACHE", s.path("cache"))
+        .args([
+            "train",
+            remote.to_str().unwrap(),
+            "-q",
+            "--data",
+            "s3://data/topics",
+        ]);
+    assert_ok(&moto.env(&mut c).output().unwrap());
+    let (a, b) = (
+        last_checkpoint(&s.path("local")),
+        last_checkpoint(&s.path("remote")),
+    );
+    assert_eq!(
+        tensors(&a.join("model.safetensors")),
+        tensors(&b.join("model.safetensors")),
+        "the same weights from the local and the remote dataset"
+    );
+    // The copy is checked and kept: its shards are the dataset's.
+    let copies: Vec<_> = std::fs::read_dir(s.path("cache/datasets"))
+        .unwrap()
+        .collect();
+    assert_eq!(copies.len(), 1);
+}

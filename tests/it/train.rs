@@ -12,7 +12,7 @@ use crate::common::*;
 
 /// 400 sentences of two topics with disjoint words, tokenized with the
 /// fixture tokenizer; `label` is the topic's name.
-fn topics(s: &Scratch) -> PathBuf {
+pub(crate) fn topics(s: &Scratch) -> PathBuf {
     let sport = [
         "goal", "match", "team", "player", "score", "coach", "ball", "league", "win", "referee",
     ];
@@ -56,7 +56,7 @@ fn topics(s: &Scratch) -> PathBuf {
     s.path("topics")
 }
 
-fn train_file(s: &Scratch, name: &str, data: &Path, optim: &str) -> PathBuf {
+pub(crate) fn train_file(s: &Scratch, name: &str, data: &Path, optim: &str) -> PathBuf {
     train_file_with(s, name, data, optim, "")
 }
 
@@ -87,14 +87,14 @@ fn refused(s: &Scratch, name: &str, body: &str, args: &[&str]) -> String {
     stderr(&o)
 }
 
-fn train(s: &Scratch, file: &Path, extra: &[&str]) -> std::process::Output {
+pub(crate) fn train(s: &Scratch, file: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["train", file.to_str().unwrap(), "-q"];
     args.extend_from_slice(extra);
     s.kiln(&args)
 }
 
 /// The f32 tensors of a safetensors file, by name.
-fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+pub(crate) fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
@@ -136,7 +136,7 @@ fn last_accuracy(lines: &[serde_json::Value]) -> f64 {
         .unwrap()
 }
 
-fn last_checkpoint(dir: &Path) -> PathBuf {
+pub(crate) fn last_checkpoint(dir: &Path) -> PathBuf {
     let mut all: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))
         .unwrap()
         .map(|e| e.unwrap().path())
