@@ -299,6 +299,17 @@ fn publish_task(dir: &RemoteDir, local: &Path, attempt: &str, marker: &TaskMarke
                 .map_err(io("delete", dir, &prefix))?;
         }
     }
+    // A zombie attempt finishing after the commit must not leave a work
+    // area in the dataset: the commit swept `.kiln/` before or after this
+    // attempt wrote there; if after, the sweep took its files, if before,
+    // the manifest is there now and the attempt removes them itself.
+    if dir
+        .exists("manifest.json")
+        .map_err(io("read", dir, "manifest.json"))?
+    {
+        tracing::info!(task = marker.task, "the dataset was committed meanwhile");
+        sweep(dir)?;
+    }
     // Keep the spool small: this task's files are in the store now.
     let _ = std::fs::remove_dir_all(&from);
     Ok(())

@@ -172,7 +172,17 @@ fn io_err(e: object_store::Error) -> std::io::Error {
         | object_store::Error::Unauthenticated { .. } => ErrorKind::PermissionDenied,
         _ => ErrorKind::Other,
     };
-    std::io::Error::new(kind, e.to_string())
+    let message = e.to_string();
+    if message.contains("169.254.169.254") {
+        // object_store fell back to the instance metadata service.
+        return std::io::Error::new(
+            kind,
+            format!(
+                "no credentials: none in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE...) and the instance metadata service did not give any ({message})"
+            ),
+        );
+    }
+    std::io::Error::new(kind, message)
 }
 
 /// Run a write again when it failed in transit. `object_store` retries

@@ -97,6 +97,29 @@ impl Moto {
         self.env(&mut c).output().unwrap()
     }
 
+    /// `tests/support/faulty_proxy.py` in front of this store, with
+    /// `args`: its port, the process, and its output once it is ready.
+    fn proxy(&self, args: &[&str]) -> (u16, Child, std::io::BufReader<std::process::ChildStdout>) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let upstream = self.endpoint.rsplit(':').next().unwrap().to_string();
+        let mut proxy = Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("tests/support/faulty_proxy.py"))
+            .args([&port.to_string(), &upstream])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(proxy.stdout.take().unwrap());
+        let mut ready = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready");
+        (port, proxy, stdout)
+    }
+
     fn spawn(&self, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Child {
         let mut c = kiln();
         c.current_dir(dir)
@@ -494,26 +517,20 @@ fn failing_requests_resets_lost_answers_and_stalls_change_no_byte() {
     let s = Scratch::new();
     let local = reference(&s);
     moto.put(&s.path("in"), "s3://data/in");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let moto_port = moto.endpoint.rsplit(':').next().unwrap().to_string();
-    let mut proxy = Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("tests/support/faulty_proxy.py"))
-        .args([&port.to_string(), &moto_port])
-        .args([
-            "--error", "0.1", "--reset", "0.05", "--lose", "0.05", "--stall", "0.04",
-        ])
-        .args(["--stall-seconds", "3", "--seed", "7"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    let mut stdout = std::io::BufReader::new(proxy.stdout.take().unwrap());
-    std::io::BufRead::read_line(&mut stdout, &mut ready).unwrap();
-    assert_eq!(ready.trim(), "ready");
+    let (port, mut proxy, mut stdout) = moto.proxy(&[
+        "--error",
+        "0.1",
+        "--reset",
+        "0.05",
+        "--lose",
+        "0.05",
+        "--stall",
+        "0.04",
+        "--stall-seconds",
+        "3",
+        "--seed",
+        "7",
+    ]);
     // Requests give up after 1 s and are retried.
     let p = std::fs::read_to_string(s.path("p.toml")).unwrap();
     s.write("faulty.toml", format!("{p}\n[storage]\ntimeout_s = 1\n"));
@@ -586,4 +603,174 @@ fn the_trainer_reads_a_dataset_from_the_store() {
         .unwrap()
         .collect();
     assert_eq!(copies.len(), 1);
+}
+
+#[test]
+fn a_store_that_ignores_conditional_writes_refuses_parallel_tasks() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    corpus(&s, "in", 1, 20);
+    moto.put(&s.path("in"), "s3://data/in");
+    s.write("p.toml", text_pipeline("in/*.jsonl", "out", "", ""));
+    let (port, mut proxy, _) = moto.proxy(&[
+        "--error",
+        "0",
+        "--reset",
+        "0",
+        "--lose",
+        "0",
+        "--stall",
+        "0",
+        "--strip-conditions",
+    ]);
+    let mut c = kiln();
+    c.current_dir(s.dir.path()).args([
+        "run",
+        "p.toml",
+        "-q",
+        "--input",
+        "s3://data/in/*.jsonl",
+        "--output",
+        "s3://data/out",
+        "--task",
+        "0",
+        "--tasks",
+        "2",
+    ]);
+    moto.env(&mut c)
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+    let o = c.output().unwrap();
+    proxy.kill().ok();
+    proxy.wait().ok();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("ignores create-only writes"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn an_http_server_serves_explicit_files() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    corpus(&s, "in", 1, 200);
+    moto.put(&s.path("in"), "s3://data/in");
+    s.write(
+        "p.toml",
+        text_pipeline("in/part-000.jsonl", "local", "", ""),
+    );
+    assert_ok(&s.kiln(&["run", "p.toml", "-q"]));
+    // moto serves a public object over plain HTTP, ranges included.
+    let mut c = Command::new(root().join(".venv/bin/python"));
+    c.args(["-c", "import boto3,os; boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL']).put_object_acl(Bucket='data', Key='in/part-000.jsonl', ACL='public-read')"]);
+    assert!(moto.env(&mut c).status().unwrap().success());
+    let url = format!("{}/data/in/part-000.jsonl", moto.endpoint);
+    let o = moto.kiln(
+        s.dir.path(),
+        &["run", "p.toml", "-q", "--input", &url, "--output", "http"],
+    );
+    assert_ok(&o);
+    same_shards(&s.path("local"), &s.path("http"));
+}
+
+#[test]
+fn an_object_deleted_after_planning_is_a_reject_not_a_lost_sample() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    corpus(&s, "in", 4, 100);
+    moto.put(&s.path("in"), "s3://data/in");
+    s.write(
+        "p.toml",
+        text_pipeline("in/*.jsonl", "out", "", "").replace(
+            "[output]",
+            "[plan]\ntask_bytes = 2000\nbatch_rows = 16\n\n[output]",
+        ),
+    );
+    let child = moto.spawn(
+        s.dir.path(),
+        &[
+            "run",
+            "p.toml",
+            "-q",
+            "--input",
+            "s3://data/in/*.jsonl",
+            "--output",
+            "out",
+            "--threads",
+            "1",
+        ],
+        &[("KILN_THROTTLE_MS", "100")],
+    );
+    // Once the plan is frozen, the last file goes; its tasks run last.
+    let start = Instant::now();
+    while !s.path("out/.kiln/plan.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "planned");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut c = Command::new(root().join(".venv/bin/python"));
+    c.args(["-c", "import boto3,os; boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL']).delete_object(Bucket='data', Key='in/part-003.jsonl')"]);
+    assert!(moto.env(&mut c).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = manifest(&s.path("out"));
+    let t = &m["totals"];
+    let (inn, out, rej) = (
+        t["samples_in"].as_u64().unwrap(),
+        t["samples_out"].as_u64().unwrap(),
+        t["rejected"].as_u64().unwrap(),
+    );
+    assert_eq!(inn, out + rej + t["filtered"].as_u64().unwrap());
+    let gone: Vec<_> = rejects(&s.path("out"))
+        .into_iter()
+        .filter(|(id, _, _)| id.starts_with("part-003.jsonl"))
+        .collect();
+    assert!(
+        !gone.is_empty() && gone.iter().all(|(_, _, kind)| kind == "unreadable"),
+        "{gone:?}"
+    );
+}
+
+#[test]
+fn a_zombie_attempt_finishing_after_the_commit_leaves_no_work_area() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let local = reference(&s);
+    moto.put(&s.path("in"), "s3://data/in");
+    let out = "s3://data/zombie";
+    let dir = s.dir.path();
+    let args = [
+        "run",
+        "p.toml",
+        "-q",
+        "--input",
+        "s3://data/in/*.jsonl",
+        "--output",
+        out,
+    ];
+    assert_ok(&moto.kiln(dir, &[&args[..], &["--prepare"]].concat()));
+    // A slow attempt of slot 0, then the whole job beside it, committed
+    // before the slow one ends.
+    let zombie = moto.spawn(
+        dir,
+        &[
+            &args[..],
+            &[
+                "--task",
+                "0",
+                "--tasks",
+                "1",
+                "--no-commit",
+                "--threads",
+                "1",
+            ],
+        ]
+        .concat(),
+        &[("KILN_THROTTLE_MS", "150")],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ok(&moto.kiln(dir, &args));
+    let o = zombie.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    moto.assert_committed(out, &local, &s.path("got"));
 }

@@ -5,10 +5,12 @@ fails a share of the requests, as a flaky network and an overloaded store do:
 - resets the connection before passing it on;
 - passes the request on, then resets instead of answering (the answer of
   a write that happened is lost);
-- stalls past the client's timeout, then closes.
+- stalls past the client's timeout, then closes;
+- with --strip-conditions, drops `If-None-Match` and `If-Match` from every
+  request, as a store that ignores conditional writes does.
 
     faulty_proxy.py LISTEN_PORT UPSTREAM_PORT [--error P] [--reset P] [--lose P]
-                    [--stall P] [--stall-seconds S] [--seed N]
+                    [--stall P] [--stall-seconds S] [--seed N] [--strip-conditions]
 
 Each fault is drawn per request from a seeded generator. It prints one line
 `ready` when it listens, and on SIGTERM the counts of what it did.
@@ -22,6 +24,9 @@ import struct
 import sys
 
 counts = {"passed": 0, "error": 0, "reset": 0, "lose": 0, "stall": 0}
+
+
+STRIP = ()
 
 
 async def read_request(reader):
@@ -48,7 +53,8 @@ async def read_request(reader):
     elif "content-length" in headers:
         body = await reader.readexactly(int(headers["content-length"]))
     # One upstream connection per request: ask it to close when done.
-    kept = [l for l in lines[1:] if l and not l.lower().startswith(("connection:", "keep-alive:"))]
+    dropped = ("connection:", "keep-alive:", *STRIP)
+    kept = [l for l in lines[1:] if l and not l.lower().startswith(dropped)]
     head = "\r\n".join([lines[0], *kept, "Connection: close", "", ""]).encode("latin-1")
     return head, body
 
@@ -122,7 +128,11 @@ async def main():
     p.add_argument("--stall", type=float, default=0.02)
     p.add_argument("--stall-seconds", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--strip-conditions", action="store_true")
     args = p.parse_args()
+    if args.strip_conditions:
+        global STRIP
+        STRIP = ("if-none-match:", "if-match:")
     rng = random.Random(args.seed)
     server = await asyncio.start_server(
         lambda r, w: serve(args, rng, r, w), "127.0.0.1", args.port)
