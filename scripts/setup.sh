@@ -11,7 +11,9 @@
 # - WordNet 3.0's database (Debian's wordnet-base, /usr/share/wordnet),
 #   Apertium with its English-Spanish pair (apertium, apertium-eng-spa) and a
 #   single-node Slurm (slurmctld, slurmd, slurm-client), through apt when they
-#   are missing.
+#   are missing;
+# - Azurite (the Azure Blob Storage emulator, npm, pinned in
+#   .tools/package-lock.json) into .tools/node_modules.
 # Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +59,11 @@ want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
     echo "$want" > "$stamp"
+fi
+
+# Azurite, the Azure Blob Storage emulator the storage tests start, from npm.
+if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
+    (cd .tools && npm ci --no-audit --no-fund --silent)
 fi
 
 .venv/bin/python scripts/make_models.py
