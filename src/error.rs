@@ -36,8 +36,9 @@ pub enum Error {
 impl Error {
     /// Whether trying again may succeed: an I/O failure (a disk, the
     /// network, an object store), not a wrong pipeline or output.
+    /// Refused credentials are not: the same request fails again.
     pub fn retriable(&self) -> bool {
-        matches!(self, Error::Io { .. })
+        matches!(self, Error::Io { source, .. } if source.kind() != std::io::ErrorKind::PermissionDenied)
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {

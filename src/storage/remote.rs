@@ -248,15 +248,20 @@ pub fn read_limited(location: &str, max: u64) -> std::io::Result<Result<Vec<u8>,
     let url = Url::parse(location)?;
     let store = url.store()?;
     let path = url.path()?;
-    let head = block_on(store.head(&path)).map_err(io_err)?;
-    if head.size > max {
-        return Ok(Err(head.size));
-    }
-    let bytes = block_on(async { store.get(&path).await?.bytes().await }).map_err(io_err)?;
-    if bytes.len() as u64 > max {
-        return Ok(Err(bytes.len() as u64));
-    }
-    Ok(Ok(bytes.to_vec()))
+    // One request: the answer's headers give the size before the body is
+    // read, and a body over the limit is not read at all.
+    block_on(async {
+        let got = store.get(&path).await?;
+        if got.meta.size > max {
+            return Ok(Err(got.meta.size));
+        }
+        let bytes = got.bytes().await?;
+        Ok(match bytes.len() as u64 > max {
+            true => Err(bytes.len() as u64),
+            false => Ok(bytes.to_vec()),
+        })
+    })
+    .map_err(io_err)
 }
 
 pub fn list(prefix: &str) -> std::io::Result<Vec<(String, Meta)>> {
