@@ -70,6 +70,16 @@ print(f"object store: {mb/rw:6.1f} MB/s ({rw:.2f}s), peak RSS {rm:.0f} MB")
 print(f"RATIO store/local throughput: {lw/rw:.2f} (target >= 0.70)")
 PY
 
+echo "== peak memory with one large shard (one task, text kept): multipart uploads from the spool file"
+sed 's/task_bytes = 8388608/task_bytes = 1073741824/; s/^type = "tokenize"$/type = "tokenize"\nkeep_text = true/' \
+    "$DATA/job.toml" > "$DATA/big.toml"
+rm -rf "$DATA/big-out"
+bl=$($PY benches/peak_rss.py "$KILN" run "$DATA/big.toml" -q --output "$DATA/big-out" 2>/dev/null | awk '/^PEAK/{print $2}')
+br=$($PY benches/peak_rss.py "$KILN" run "$DATA/big.toml" -q --input "s3://bench/in/*.jsonl" \
+    --output s3://bench/big 2>/dev/null | awk '/^PEAK/{print $2}')
+size=$(stat -c %s "$DATA"/big-out/data-00000-of-00001.*)
+python3 -c "print(f'shard of {$size/2**20:.0f} MiB: peak RSS local {$bl:.0f} MB, store {$br:.0f} MB')"
+
 if [ "$(id -u)" != 0 ] || ! command -v slurmctld >/dev/null; then
     echo "== Slurm scaling skipped: needs root and slurmctld"; exit 0
 fi

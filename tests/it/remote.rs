@@ -831,3 +831,25 @@ fn refused_credentials_are_a_clear_error_and_not_retried() {
     );
     assert!(!e.contains(CANARY), "{e}");
 }
+
+#[test]
+fn a_shard_over_one_part_is_uploaded_in_parts_and_arrives_whole() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    corpus(&s, "in", 1, 80_000);
+    let pipeline = format!(
+        "[[inputs]]\npath = \"in/*.jsonl\"\n\n[[stages]]\ntype = \"tokenize\"\ntokenizer = \"{}\"\nkeep_text = true\n\n[plan]\ntask_bytes = 1000000000\n\n[output]\npath = \"local\"\n",
+        fixture_path("text/tokenizer.json")
+    );
+    s.write("p.toml", pipeline);
+    assert_ok(&s.kiln(&["run", "p.toml", "-q"]));
+    let shard = &manifest(&s.path("local"))["shards"][0];
+    // Larger than one 8 MiB part: a multipart upload from the spool file.
+    assert!(shard["bytes"].as_u64().unwrap() > 8 << 20, "{shard}");
+    moto.put(&s.path("local"), "s3://data/unused"); // makes the bucket
+    assert_ok(&moto.kiln(
+        s.dir.path(),
+        &["run", "p.toml", "-q", "--output", "s3://data/big"],
+    ));
+    moto.assert_committed("s3://data/big", &s.path("local"), &s.path("got"));
+}
