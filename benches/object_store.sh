@@ -84,32 +84,8 @@ if [ "$(id -u)" != 0 ] || ! command -v slurmctld >/dev/null; then
     echo "== Slurm scaling skipped: needs root and slurmctld"; exit 0
 fi
 echo "== the same job under the Slurm launcher: 1, 2 and 4 task processes"
-S=$DATA/slurm; rm -rf "$S"; mkdir -p "$S/state" "$S/spool"
-p1=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-p2=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$S/slurm.conf" <<CONF
-ClusterName=bench
-SlurmctldHost=localhost(127.0.0.1)
-SlurmctldPort=$p1
-SlurmdPort=$p2
-AuthType=auth/none
-CredType=cred/none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-SlurmUser=root
-SlurmdUser=root
-StateSaveLocation=$S/state
-SlurmdSpoolDir=$S/spool
-SlurmctldPidFile=$S/slurmctld.pid
-SlurmdPidFile=$S/slurmd.pid
-SchedulerType=sched/builtin
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-ReturnToService=2
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) State=UNKNOWN
-PartitionName=bench Nodes=localhost Default=YES MaxTime=INFINITE State=UP
-CONF
+S=$DATA/slurm; rm -rf "$S"
+$PY tests/support/slurm_conf.py "$S" "$(nproc)" >/dev/null
 export SLURM_CONF=$S/slurm.conf
 slurmctld -D -i -f "$SLURM_CONF" >/dev/null 2>&1 & slurm=$!
 slurmd -D -N localhost -f "$SLURM_CONF" >/dev/null 2>&1 & slurm="$slurm $!"

@@ -299,6 +299,37 @@ fn media_tables_tar_shards_and_parquet_are_read_from_the_store() {
     same_shards(&s.path("pq-local"), &s.path("pq-remote"));
 }
 
+/// A store holding the corpus of [`reference`] at `s3://data/in/`, the
+/// scratch folder, and the one-process local dataset.
+fn job() -> (Moto, Scratch, PathBuf) {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let local = reference(&s);
+    moto.put(&s.path("in"), "s3://data/in");
+    (moto, s, local)
+}
+
+/// `kiln run p.toml -q --input s3://data/in/*.jsonl --output OUT EXTRA...`
+/// in `s` against `moto`.
+fn run_job(moto: &Moto, s: &Scratch, out: &str, extra: &[&str]) -> Output {
+    moto.kiln(s.dir.path(), &job_args(out, extra))
+}
+
+/// The arguments of [`run_job`].
+fn job_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "p.toml",
+        "-q",
+        "--input",
+        "s3://data/in/*.jsonl",
+        "--output",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// The text job with several tasks, to a local folder by one process.
 fn reference(s: &Scratch) -> PathBuf {
     corpus(s, "in", 4, 300);
@@ -317,25 +348,10 @@ fn reference(s: &Scratch) -> PathBuf {
 
 #[test]
 fn separate_task_processes_and_racing_attempts_commit_the_same_bytes() {
-    let moto = Moto::start();
-    let s = Scratch::new();
-    let local = reference(&s);
-    moto.put(&s.path("in"), "s3://data/in");
+    let (moto, s, local) = job();
     let out = "s3://data/job";
     let dir = s.dir.path();
-    let args = |extra: &[&'static str]| {
-        let mut a = vec![
-            "run",
-            "p.toml",
-            "-q",
-            "--input",
-            "s3://data/in/*.jsonl",
-            "--output",
-            out,
-        ];
-        a.extend_from_slice(extra);
-        a
-    };
+    let args = |extra: &[&'static str]| job_args(out, extra);
     assert_ok(&moto.kiln(dir, &args(&["--prepare"])));
     assert!(
         moto.keys(out)
@@ -381,10 +397,7 @@ fn separate_task_processes_and_racing_attempts_commit_the_same_bytes() {
 
 #[test]
 fn killed_task_processes_resume_on_the_store_without_loss_or_duplicates() {
-    let moto = Moto::start();
-    let s = Scratch::new();
-    let local = reference(&s);
-    moto.put(&s.path("in"), "s3://data/in");
+    let (moto, s, local) = job();
     let n = std::cell::Cell::new(0);
     kill_ten_times(
         &moto,
@@ -483,19 +496,7 @@ fn bad_urls_missing_buckets_and_empty_prefixes_are_clear_errors_without_secrets(
     // An output prefix that holds something else is not written into.
     fails("s3://data/in/*.jsonl", "s3://data", 2, "not a kiln dataset");
     // What a run stores holds no secret either.
-    assert_ok(&moto.kiln(
-        dir,
-        &[
-            "run",
-            "p.toml",
-            "-q",
-            "--input",
-            "s3://data/in/*.jsonl",
-            "--output",
-            "s3://data/out",
-            "--no-commit",
-        ],
-    ));
+    assert_ok(&run_job(&moto, &s, "s3://data/out", &["--no-commit"]));
     let got = moto.get("s3://data/out", &s.path("got"));
     let plan = std::fs::read_to_string(got.join(".kiln/plan.json")).unwrap();
     assert!(plan.contains("s3://data/in/") && !plan.contains(CANARY));
@@ -507,25 +508,10 @@ fn bad_urls_missing_buckets_and_empty_prefixes_are_clear_errors_without_secrets(
 
 #[test]
 fn a_commit_killed_at_any_step_is_finished_by_the_next() {
-    let moto = Moto::start();
-    let s = Scratch::new();
-    let local = reference(&s);
-    moto.put(&s.path("in"), "s3://data/in");
+    let (moto, s, local) = job();
     let out = "s3://data/commit";
     let dir = s.dir.path();
-    assert_ok(&moto.kiln(
-        dir,
-        &[
-            "run",
-            "p.toml",
-            "-q",
-            "--input",
-            "s3://data/in/*.jsonl",
-            "--output",
-            out,
-            "--no-commit",
-        ],
-    ));
+    assert_ok(&run_job(&moto, &s, out, &["--no-commit"]));
     // The commit sleeps after each shard it copies and before it cleans
     // up: kills land between its steps.
     let mut killed = 0;
@@ -548,10 +534,7 @@ fn a_commit_killed_at_any_step_is_finished_by_the_next() {
 
 #[test]
 fn failing_requests_resets_lost_answers_and_stalls_change_no_byte() {
-    let moto = Moto::start();
-    let s = Scratch::new();
-    let local = reference(&s);
-    moto.put(&s.path("in"), "s3://data/in");
+    let (moto, s, local) = job();
     let (port, mut proxy, mut stdout) = moto.proxy(&[
         "--error",
         "0.1",
@@ -659,19 +642,8 @@ fn a_store_that_ignores_conditional_writes_refuses_parallel_tasks() {
         "--strip-conditions",
     ]);
     let mut c = kiln();
-    c.current_dir(s.dir.path()).args([
-        "run",
-        "p.toml",
-        "-q",
-        "--input",
-        "s3://data/in/*.jsonl",
-        "--output",
-        "s3://data/out",
-        "--task",
-        "0",
-        "--tasks",
-        "2",
-    ]);
+    c.current_dir(s.dir.path())
+        .args(job_args("s3://data/out", &["--task", "0", "--tasks", "2"]));
     moto.env(&mut c)
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
     let o = c.output().unwrap();
@@ -724,17 +696,7 @@ fn an_object_deleted_after_planning_is_a_reject_not_a_lost_sample() {
     );
     let child = moto.spawn(
         s.dir.path(),
-        &[
-            "run",
-            "p.toml",
-            "-q",
-            "--input",
-            "s3://data/in/*.jsonl",
-            "--output",
-            "out",
-            "--threads",
-            "1",
-        ],
+        &job_args("out", &["--threads", "1"]),
         &[("KILN_THROTTLE_MS", "100")],
     );
     // Once the plan is frozen, the last file goes; its tasks run last.
@@ -768,21 +730,10 @@ fn an_object_deleted_after_planning_is_a_reject_not_a_lost_sample() {
 
 #[test]
 fn a_zombie_attempt_finishing_after_the_commit_leaves_no_work_area() {
-    let moto = Moto::start();
-    let s = Scratch::new();
-    let local = reference(&s);
-    moto.put(&s.path("in"), "s3://data/in");
+    let (moto, s, local) = job();
     let out = "s3://data/zombie";
     let dir = s.dir.path();
-    let args = [
-        "run",
-        "p.toml",
-        "-q",
-        "--input",
-        "s3://data/in/*.jsonl",
-        "--output",
-        out,
-    ];
+    let args = job_args(out, &[]);
     assert_ok(&moto.kiln(dir, &[&args[..], &["--prepare"]].concat()));
     // A slow attempt of slot 0, then the whole job beside it, committed
     // before the slow one ends.

@@ -6,60 +6,28 @@ attempt owns a task there."""
 
 import json
 import os
-import socket
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-ROOT = Path(__file__).resolve().parents[2]
-KILN = os.environ.get("KILN_BIN", str(ROOT / "target" / "debug" / "kiln"))
+from jobs import KILN, PIPELINE, ROOT, corpus, free_port, same_dataset, wait_port
+
 AZURITE = ROOT / ".tools" / "node_modules" / ".bin" / "azurite-blob"
 # Azurite's well-known development account.
 ACCOUNT = "devstoreaccount1"
 KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
        "KBHBeksoGMGw==")
 
-PIPELINE = """
-seed = 4
-
-[[inputs]]
-path = "{input}"
-
-[[stages]]
-type = "tokenize"
-
-[stages.train]
-vocab_size = 300
-min_frequency = 1
-
-[output]
-path = "unused"
-
-[plan]
-task_bytes = 6000
-"""
-
 
 @pytest.fixture(scope="module")
 def azure(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("azurite")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     p = subprocess.Popen([AZURITE, "--blobHost", "127.0.0.1", "--blobPort", str(port),
                           "--location", tmp, "--silent", "--skipApiVersionCheck"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    start = time.time()
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.time() - start < 30, "azurite did not start"
-            time.sleep(0.1)
+    wait_port(port, "azurite")
     url = f"http://127.0.0.1:{port}/{ACCOUNT}"
     client = BlobServiceClient(account_url=url, credential={"account_name": ACCOUNT,
                                                             "account_key": KEY})
@@ -83,16 +51,8 @@ def manifest(container, prefix):
 
 def test_a_job_on_azure_gives_the_bytes_of_a_local_run(azure, tmp_path):
     container, env = azure
-    words = "kiln fires clay into pots while the arrow flies over parquet floors".split()
-    for f in range(3):
-        lines = [json.dumps({"text": " ".join(words[(f * 5 + i * j) % len(words)] for j in range(10))})
-                 for i in range(120)]
-        path = tmp_path / "in" / f"part-{f}.jsonl"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text("\n".join(lines) + "\n")
-        container.upload_blob(f"in/part-{f}.jsonl", path.read_bytes())
-    local = tmp_path / "local.toml"
-    local.write_text(PIPELINE.format(input=tmp_path / "in" / "*.jsonl"))
+    want = corpus(tmp_path, lambda path, key: container.upload_blob(key, path.read_bytes()))
+    assert want["tasks"] >= 3
     remote = tmp_path / "remote.toml"
     remote.write_text(PIPELINE.format(input="az://data/in/*.jsonl"))
 
@@ -101,13 +61,8 @@ def test_a_job_on_azure_gives_the_bytes_of_a_local_run(azure, tmp_path):
         assert r.returncode == 0, r.stderr
         return r
 
-    kiln("run", local, "--output", tmp_path / "local", "-q")
-    want = json.loads((tmp_path / "local" / "manifest.json").read_text())
-    assert want["tasks"] >= 3
-
     kiln("run", remote, "--output", "az://data/one", "-q")
-    got = manifest(container, "one")
-    assert got["shards"] == want["shards"] and got["totals"] == want["totals"]
+    same_dataset(manifest(container, "one"), want)
 
     kiln("run", remote, "--output", "az://data/slots", "--prepare", "-q")
     slots = [subprocess.Popen([KILN, "run", remote, "--output", "az://data/slots", "--task", str(i),
@@ -117,5 +72,4 @@ def test_a_job_on_azure_gives_the_bytes_of_a_local_run(azure, tmp_path):
         _, err = p.communicate()
         assert p.returncode == 0, err
     kiln("commit", "az://data/slots")
-    got = manifest(container, "slots")
-    assert got["shards"] == want["shards"] and got["totals"] == want["totals"]
+    same_dataset(manifest(container, "slots"), want)

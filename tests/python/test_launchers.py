@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,47 +19,13 @@ import boto3
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-KILN = os.environ.get("KILN_BIN", str(ROOT / "target" / "debug" / "kiln"))
+from jobs import KILN, ROOT, PIPELINE, corpus as make_corpus, free_port, same_dataset, wait_port
+
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+import slurm_conf  # noqa: E402
+
 VENV = ROOT / ".venv" / "bin"
 TASKS = 3
-
-PIPELINE = """
-seed = 9
-
-[[inputs]]
-path = "{input}"
-
-[[stages]]
-type = "tokenize"
-
-[stages.train]
-vocab_size = 300
-min_frequency = 1
-
-[output]
-path = "unused"
-
-[plan]
-task_bytes = 6000
-"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, what, seconds=30):
-    start = time.time()
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.time() - start < seconds, f"{what} did not start"
-            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -85,20 +50,7 @@ def store():
 def corpus(store, tmp_path_factory):
     """A corpus in the bucket and on disk, and the local one-process dataset."""
     tmp = tmp_path_factory.mktemp("corpus")
-    words = "kiln fires clay into pots while the arrow flies over parquet floors".split()
-    for f in range(3):
-        lines = [json.dumps({"text": " ".join(words[(f * 7 + i * j) % len(words)] for j in range(12))})
-                 for i in range(150)]
-        path = tmp / "in" / f"part-{f}.jsonl"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text("\n".join(lines) + "\n")
-        store.upload_file(str(path), "data", f"in/part-{f}.jsonl")
-    local = tmp / "local.toml"
-    local.write_text(PIPELINE.format(input=tmp / "in" / "*.jsonl"))
-    r = subprocess.run([KILN, "run", local, "--output", tmp / "local", "-q", "--threads", "1"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    want = json.loads((tmp / "local" / "manifest.json").read_text())
+    want = make_corpus(tmp, lambda path, key: store.upload_file(str(path), "data", key))
     assert want["tasks"] >= TASKS, want["tasks"]
     remote = tmp / "remote.toml"
     remote.write_text(PIPELINE.format(input="s3://data/in/*.jsonl"))
@@ -114,11 +66,6 @@ def committed(store, prefix):
     return json.loads(body)
 
 
-def same_dataset(got, want):
-    assert got["shards"] == want["shards"]
-    assert got["totals"] == want["totals"]
-
-
 # ---------------------------------------------------------------- Slurm
 
 
@@ -128,35 +75,7 @@ def slurm(tmp_path_factory):
     if os.geteuid() != 0 or not shutil.which("slurmctld"):
         pytest.fail("the Slurm test needs root and Debian's slurmctld/slurmd (scripts/setup.sh)")
     tmp = tmp_path_factory.mktemp("slurm")
-    conf = tmp / "slurm.conf"
-    ctld, d = free_port(), free_port()
-    conf.write_text(textwrap.dedent(f"""\
-        ClusterName=kiln
-        SlurmctldHost=localhost(127.0.0.1)
-        SlurmctldPort={ctld}
-        SlurmdPort={d}
-        AuthType=auth/none
-        CredType=cred/none
-        ProctrackType=proctrack/linuxproc
-        TaskPlugin=task/none
-        MpiDefault=none
-        SlurmUser=root
-        SlurmdUser=root
-        StateSaveLocation={tmp}/state
-        SlurmdSpoolDir={tmp}/spool
-        SlurmctldPidFile={tmp}/slurmctld.pid
-        SlurmdPidFile={tmp}/slurmd.pid
-        SlurmctldLogFile={tmp}/slurmctld.log
-        SlurmdLogFile={tmp}/slurmd.log
-        SchedulerType=sched/builtin
-        SelectType=select/cons_tres
-        SelectTypeParameters=CR_CPU
-        ReturnToService=2
-        NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
-        PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
-        """))
-    (tmp / "state").mkdir()
-    (tmp / "spool").mkdir()
+    conf, ctld = slurm_conf.write(tmp, 2)
     env = dict(os.environ, SLURM_CONF=str(conf))
     daemons = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for cmd in (["slurmctld", "-D", "-i", "-f", conf],
