@@ -13,7 +13,7 @@
 //!   writer of the same plan goes on, a different plan is refused. What
 //!   the fits made (the tokenizer) is written the same way.
 //! - **Tasks**: an attempt builds its shards in a local spool folder
-//!   (`$TMPDIR/kiln-PLAN-ATTEMPT/`), uploads them under its own prefix
+//!   (`$TMPDIR/kiln-spool-PID-ATTEMPT/`), uploads them under its own prefix
 //!   (multipart, from the files), then writes the task's marker with a
 //!   create-only write naming the attempt. The first marker wins; a losing
 //!   attempt (a retry racing a zombie) deletes its own files. Shards are
@@ -74,14 +74,36 @@ fn attempt_id() -> String {
     crate::dataset::sha256_hex(seed.as_bytes())[..12].to_string()
 }
 
-/// The local folder an attempt builds in, removed when dropped.
+/// The local folder an attempt builds in (`$TMPDIR/kiln-spool-PID-ATTEMPT`),
+/// removed when dropped. A killed process cannot remove its own: the next
+/// attempt on the machine removes those whose process is gone.
 struct Spool(PathBuf);
 
 impl Spool {
-    fn new(plan: &Plan, attempt: &str) -> Result<Spool> {
-        let dir = std::env::temp_dir().join(format!("kiln-{}-{attempt}", &plan.hash[..12]));
+    fn new(attempt: &str) -> Result<Spool> {
+        let tmp = std::env::temp_dir();
+        Self::sweep(&tmp);
+        let dir = tmp.join(format!("kiln-spool-{}-{attempt}", std::process::id()));
         std::fs::create_dir_all(dir.join(".kiln").join("tasks")).at("create", &dir)?;
         Ok(Spool(dir))
+    }
+
+    /// Remove the spool folders of processes that no longer run.
+    fn sweep(tmp: &Path) {
+        let Ok(entries) = std::fs::read_dir(tmp) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("kiln-spool-")) else {
+                continue;
+            };
+            let pid = rest.split('-').next().unwrap_or_default();
+            let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 
@@ -176,7 +198,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions, location: &str) -> Result<Out
     if let Some(m) = prepare(&dir, &plan, parallel, &attempt)? {
         return Ok(Outcome::UpToDate(m));
     }
-    let spool = Spool::new(&plan, &attempt)?;
+    let spool = Spool::new(&attempt)?;
     let local = spool.0.as_path();
     // What earlier fits of this plan left (the tokenizer): resumed, not redone.
     for name in dir.list("").map_err(io("list", &dir, ""))? {
@@ -369,7 +391,7 @@ pub fn commit_url(location: &str) -> Result<(Manifest, bool)> {
         sweep(&dir)?;
         return Ok((m, false));
     }
-    let spool = Spool::new(&plan, &attempt_id())?;
+    let spool = Spool::new(&attempt_id())?;
     Ok((commit_dir(&dir, &plan, &spool.0)?, true))
 }
 

@@ -428,6 +428,8 @@ fn killed_task_processes_resume_on_local_disk_without_loss_or_duplicates() {
 fn kill_ten_times(moto: &Moto, s: &Scratch, out: &str, extra: &[&str], check: impl Fn(&str)) {
     let mut x: u64 = 0x9E3779B97F4A7C15;
     let (mut killed, mut job) = (0, 1);
+    let tmp = s.path("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let args = |job: usize| -> Vec<String> {
         let mut a: Vec<String> = ["run", "p.toml", "-q", "--threads", "2", "--output"]
             .map(String::from)
@@ -442,7 +444,14 @@ fn kill_ten_times(moto: &Moto, s: &Scratch, out: &str, extra: &[&str], check: im
         x ^= x << 17;
         let a = args(job);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let mut child = moto.spawn(s.dir.path(), &a, &[("KILN_THROTTLE_MS", "40")]);
+        let mut child = moto.spawn(
+            s.dir.path(),
+            &a,
+            &[
+                ("KILN_THROTTLE_MS", "40"),
+                ("TMPDIR", tmp.to_str().unwrap()),
+            ],
+        );
         std::thread::sleep(Duration::from_millis(150 + x % 750));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
@@ -455,10 +464,20 @@ fn kill_ten_times(moto: &Moto, s: &Scratch, out: &str, extra: &[&str], check: im
             job += 1;
         }
     }
-    let a = args(job);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    assert_ok(&moto.kiln(s.dir.path(), &a));
+    let mut last = kiln();
+    last.current_dir(s.dir.path())
+        .args(args(job))
+        .env("TMPDIR", &tmp);
+    assert_ok(&moto.env(&mut last).output().unwrap());
     check(&format!("{out}-{job}"));
+    // The killed attempts' spool folders are gone: the next attempt on the
+    // machine removed them.
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
