@@ -67,6 +67,15 @@ impl Pipeline {
 
     pub fn build(source: ConfigSource, config: PipelineConfig) -> Result<Pipeline> {
         crate::storage::configure(&config.storage);
+        let out = &config.output;
+        crate::storage::check(&out.path).map_err(|m| source.error("output.path", m))?;
+        // Commit copies shards server-side, which S3 allows up to 5 GiB.
+        if crate::storage::is_url(&out.path) && out.max_shard_bytes > 5 << 30 {
+            return Err(source.error(
+                "output.max_shard_bytes",
+                "an object-store output takes shards of at most 5 GiB (5368709120 bytes)",
+            ));
+        }
         let audio_stage = config.stages.iter().position(|s| s.config().is_audio());
         let inputs::Inputs {
             inputs,

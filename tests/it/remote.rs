@@ -823,3 +823,25 @@ fn a_shard_over_one_part_is_uploaded_in_parts_and_arrives_whole() {
     ));
     moto.assert_committed("s3://data/big", &s.path("local"), &s.path("got"));
 }
+
+#[test]
+fn a_bad_output_url_or_shard_size_is_refused_before_anything_is_read() {
+    let s = Scratch::new();
+    corpus(&s, "in", 1, 20);
+    s.write("p.toml", text_pipeline("in/*.jsonl", "out", "", ""));
+    let o = s.kiln(&["run", "p.toml", "-q", "--output", "ftp://host/out"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("output.path") && stderr(&o).contains("unknown URL scheme"),
+        "{}",
+        stderr(&o)
+    );
+    s.write(
+        "big.toml",
+        text_pipeline("in/*.jsonl", "s3://data/out", "", "")
+            .replace("[output]", "[output]\nmax_shard_bytes = 6000000000"),
+    );
+    let o = s.kiln(&["run", "big.toml", "-q"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("max_shard_bytes"), "{}", stderr(&o));
+}
