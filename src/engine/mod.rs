@@ -326,6 +326,27 @@ impl Status {
             missing_slots,
         }
     }
+
+    /// From the plan and the manifest found at `location` (local or
+    /// remote alike); `missing` lists the tasks without a marker.
+    fn of(
+        location: &str,
+        plan: Option<Plan>,
+        manifest: Option<Manifest>,
+        slots: Option<usize>,
+        missing: impl FnOnce(&Plan) -> Result<Vec<usize>>,
+    ) -> Result<Status> {
+        match (plan, manifest) {
+            (Some(p), Some(m)) if m.plan == p.hash => {
+                Ok(Status::new(true, p.tasks.len(), Vec::new(), slots))
+            }
+            (None, Some(m)) => Ok(Status::new(true, m.tasks, Vec::new(), slots)),
+            (Some(p), _) => Ok(Status::new(false, p.tasks.len(), missing(&p)?, slots)),
+            (None, None) => Err(Error::Output(format!(
+                "{location} has no plan: not prepared yet (kiln run --prepare)"
+            ))),
+        }
+    }
 }
 
 /// `kiln status DIR`: how far the build in `location` (a folder or a URL)
@@ -337,21 +358,13 @@ pub fn status(location: &str, slots: Option<usize>) -> Result<Status> {
         return remote::status(location, slots);
     }
     let out = Path::new(location);
-    let Some(plan) = Plan::read(&kiln_dir(out).join("plan.json"))? else {
-        return match Manifest::read(out)? {
-            Some(m) => Ok(Status::new(true, m.tasks, Vec::new(), slots)),
-            None => Err(Error::Output(format!(
-                "{location} has no plan: not prepared yet (kiln run --prepare)"
-            ))),
-        };
-    };
-    if let Some(m) = Manifest::read(out)?
-        && m.plan == plan.hash
-    {
-        return Ok(Status::new(true, plan.tasks.len(), Vec::new(), slots));
-    }
-    let missing = commit::missing_tasks(out, &plan)?;
-    Ok(Status::new(false, plan.tasks.len(), missing, slots))
+    Status::of(
+        location,
+        Plan::read(&kiln_dir(out).join("plan.json"))?,
+        Manifest::read(out)?,
+        slots,
+        |p| commit::missing_tasks(out, p),
+    )
 }
 
 /// `kiln commit DIR`: write the manifest once every task is done. `DIR`

@@ -128,23 +128,35 @@ fn read_manifest(dir: &RemoteDir) -> Result<Option<Manifest>> {
     }
 }
 
+fn read_plan(dir: &RemoteDir) -> Result<Option<Plan>> {
+    match dir
+        .get(".kiln/plan.json")
+        .map_err(io("read", dir, ".kiln/plan.json"))?
+    {
+        Some(b) => Ok(Some(serde_json::from_slice(&b)?)),
+        None => Ok(None),
+    }
+}
+
 /// Delete what a finished commit left (a commit killed after its manifest).
 fn sweep(dir: &RemoteDir) -> Result<()> {
     dir.delete_all(".kiln").map_err(io("delete", dir, ".kiln/"))
 }
 
-/// Check the output prefix and write the plan. `Some` when the dataset is
-/// already complete.
-fn prepare(
-    dir: &RemoteDir,
-    plan: &Plan,
-    parallel: bool,
-    attempt: &str,
-) -> Result<Option<Manifest>> {
+/// What [`prepare`] found.
+enum Start {
+    /// The dataset is already complete.
+    Complete(Manifest),
+    /// Work to do; the names the output prefix held before the plan.
+    Open(Vec<String>),
+}
+
+/// Check the output prefix and write the plan.
+fn prepare(dir: &RemoteDir, plan: &Plan, parallel: bool, attempt: &str) -> Result<Start> {
     if let Some(m) = read_manifest(dir)? {
         if m.plan == plan.hash {
             sweep(dir)?;
-            return Ok(Some(m));
+            return Ok(Start::Complete(m));
         }
         return Err(Error::Output(format!(
             "{} holds a dataset built from a different plan (pipeline, inputs or seed differ); remove it or choose another --output",
@@ -185,7 +197,7 @@ fn prepare(
             storage::redact(&dir.url(""))
         )));
     }
-    Ok(None)
+    Ok(Start::Open(listed))
 }
 
 /// Build the dataset (or this process's share of it) into an object store.
@@ -195,13 +207,14 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions, location: &str) -> Result<Out
     let plan = Plan::make(pipeline)?;
     let attempt = attempt_id();
     let parallel = opts.shard_of.is_some() || opts.no_commit || opts.prepare_only;
-    if let Some(m) = prepare(&dir, &plan, parallel, &attempt)? {
-        return Ok(Outcome::UpToDate(m));
-    }
+    let listed = match prepare(&dir, &plan, parallel, &attempt)? {
+        Start::Complete(m) => return Ok(Outcome::UpToDate(m)),
+        Start::Open(listed) => listed,
+    };
     let spool = Spool::new(&attempt)?;
     let local = spool.0.as_path();
     // What earlier fits of this plan left (the tokenizer): resumed, not redone.
-    for name in dir.list("").map_err(io("list", &dir, ""))? {
+    for name in listed {
         if !name.starts_with(".kiln/") && !name.contains('/') {
             dir.download(&name, &local.join(&name))
                 .map_err(io("read", &dir, &name))?;
@@ -340,51 +353,30 @@ fn publish_task(dir: &RemoteDir, local: &Path, attempt: &str, marker: &TaskMarke
 /// `kiln status URL`.
 pub fn status(location: &str, slots: Option<usize>) -> Result<super::Status> {
     let dir = open_dir(location)?;
-    let plan: Option<Plan> =
-        match dir
-            .get(".kiln/plan.json")
-            .map_err(io("read", &dir, ".kiln/plan.json"))?
-        {
-            Some(b) => Some(serde_json::from_slice(&b)?),
-            None => None,
-        };
-    let manifest = read_manifest(&dir)?;
-    match (plan, manifest) {
-        (Some(p), Some(m)) if m.plan == p.hash => {
-            Ok(super::Status::new(true, p.tasks.len(), Vec::new(), slots))
-        }
-        (None, Some(m)) => Ok(super::Status::new(true, m.tasks, Vec::new(), slots)),
-        (Some(p), _) => {
+    super::Status::of(
+        &storage::redact(location),
+        read_plan(&dir)?,
+        read_manifest(&dir)?,
+        slots,
+        |p| {
             let done = finished_tasks(&dir)?;
-            let missing = (0..p.tasks.len()).filter(|t| !done.contains(t)).collect();
-            Ok(super::Status::new(false, p.tasks.len(), missing, slots))
-        }
-        (None, None) => Err(Error::Output(format!(
-            "{} has no plan: not prepared yet (kiln run --prepare)",
-            storage::redact(location)
-        ))),
-    }
+            Ok((0..p.tasks.len()).filter(|t| !done.contains(t)).collect())
+        },
+    )
 }
 
 /// `kiln commit URL`: commit a dataset whose tasks were run separately.
 pub fn commit_url(location: &str) -> Result<(Manifest, bool)> {
     let dir = open_dir(location)?;
-    let plan: Plan =
-        match dir
-            .get(".kiln/plan.json")
-            .map_err(io("read", &dir, ".kiln/plan.json"))?
-        {
-            Some(b) => serde_json::from_slice(&b)?,
-            None => {
-                if let Some(m) = read_manifest(&dir)? {
-                    return Ok((m, false));
-                }
-                return Err(Error::Output(format!(
-                    "{} has no .kiln/plan.json: not a kiln output",
-                    storage::redact(location)
-                )));
-            }
-        };
+    let Some(plan) = read_plan(&dir)? else {
+        if let Some(m) = read_manifest(&dir)? {
+            return Ok((m, false));
+        }
+        return Err(Error::Output(format!(
+            "{} has no .kiln/plan.json: not a kiln output",
+            storage::redact(location)
+        )));
+    };
     if let Some(m) = read_manifest(&dir)?
         && m.plan == plan.hash
     {

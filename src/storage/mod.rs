@@ -265,28 +265,6 @@ pub fn read_limited(location: &str, max: u64) -> std::io::Result<Result<Vec<u8>,
     Ok(Ok(bytes))
 }
 
-/// Read a whole file or object (small ones: plans, markers, tokenizers).
-/// `Ok(None)` when it does not exist.
-pub fn read(location: &str) -> std::io::Result<Option<Vec<u8>>> {
-    let got = if is_url(location) {
-        #[cfg(feature = "cloud")]
-        {
-            remote::get(location)
-        }
-        #[cfg(not(feature = "cloud"))]
-        {
-            Err(unsupported(location))
-        }
-    } else {
-        std::fs::read(location)
-    };
-    match got {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// Every object under a URL prefix (recursively), sorted by name, with
 /// their metadata. `prefix` is a folder: `s3://b/images` lists
 /// `s3://b/images/...`.

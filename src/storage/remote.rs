@@ -235,15 +235,6 @@ pub fn stat(location: &str) -> std::io::Result<Meta> {
         .map_err(io_err)
 }
 
-pub fn get(location: &str) -> std::io::Result<Vec<u8>> {
-    let url = Url::parse(location)?;
-    let store = url.store()?;
-    let path = url.path()?;
-    block_on(async { store.get(&path).await?.bytes().await })
-        .map(|b| b.to_vec())
-        .map_err(io_err)
-}
-
 pub fn read_limited(location: &str, max: u64) -> std::io::Result<Result<Vec<u8>, u64>> {
     let url = Url::parse(location)?;
     let store = url.store()?;

@@ -13,6 +13,15 @@ use crate::common::*;
 /// A secret kiln must never print or store.
 const CANARY: &str = "kiln-canary-secret-5e1f0c";
 
+/// A port of 127.0.0.1 nobody listens on.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A moto server on a free port of 127.0.0.1, stopped when dropped.
 struct Moto {
     child: Child,
@@ -26,11 +35,7 @@ impl Moto {
 
     /// With moto's settings in `env`.
     fn start_with(env: &[(&str, &str)]) -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new(root().join(".venv/bin/moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .envs(env.iter().copied())
@@ -106,11 +111,7 @@ impl Moto {
     /// `tests/support/faulty_proxy.py` in front of this store, with
     /// `args`: its port, the process, and its output once it is ready.
     fn proxy(&self, args: &[&str]) -> (u16, Child, std::io::BufReader<std::process::ChildStdout>) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let upstream = self.endpoint.rsplit(':').next().unwrap().to_string();
         let mut proxy = Command::new(root().join(".venv/bin/python"))
             .arg(root().join("tests/support/faulty_proxy.py"))
