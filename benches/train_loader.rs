@@ -113,6 +113,7 @@ fn config(seed: u64) -> LoaderConfig {
             "input_ids".into(),
             "label".into(),
         ]),
+        holdout: None,
     }
 }
 

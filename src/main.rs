@@ -111,6 +111,10 @@ enum Command {
         /// Where to train, instead of `output.device`.
         #[arg(long, value_enum)]
         device: Option<TrainDevice>,
+        /// Train data-parallel on this many local processes (ranks), as
+        /// `torchrun --nproc-per-node N` would start them.
+        #[arg(long, value_name = "N")]
+        nproc: Option<usize>,
         #[arg(short, long)]
         quiet: bool,
     },
@@ -300,9 +304,40 @@ fn run(command: Command) -> kiln::Result<u8> {
             output,
             resume,
             device,
+            nproc,
             quiet,
         } => {
             let mut cfg = TrainFile::load(&file)?;
+            match nproc {
+                Some(0) => {
+                    return Err(kiln::Error::Config(
+                        "--nproc 0: at least one process".into(),
+                    ));
+                }
+                Some(n) if n > 1 => {
+                    if std::env::var_os("WORLD_SIZE").is_some_and(|w| w != "1") {
+                        return Err(kiln::Error::Config(
+                            "--nproc with WORLD_SIZE set: the ranks are started already (by torchrun, srun or the scheduler)".into(),
+                        ));
+                    }
+                    // The same command, less --nproc, once a rank.
+                    let mut args: Vec<std::ffi::OsString> = Vec::new();
+                    let mut skip = false;
+                    for a in std::env::args_os().skip(1) {
+                        if std::mem::take(&mut skip) {
+                            continue;
+                        }
+                        match a.to_str() {
+                            Some("--nproc") => skip = true,
+                            Some(s) if s.starts_with("--nproc=") => {}
+                            _ => args.push(a),
+                        }
+                    }
+                    return kiln::train::collective::spawn_local(n, &args)
+                        .map(|code| code.clamp(0, 255) as u8);
+                }
+                _ => {}
+            }
             if let Some(d) = data {
                 cfg.data.path = d;
             }

@@ -1,8 +1,6 @@
-//! Batches as the model takes them: the validation split, Arrow columns to
-//! tensors, the targets, and the online mixing of `pixel_values`.
-//!
-//! Samples are split by a hash of their `sample_id`: `validation` of them
-//! are held out, evaluated after each epoch (accuracy and loss).
+//! Batches as the model takes them: Arrow columns to tensors, the targets,
+//! and the online mixing of `pixel_values`. (The loader keeps training and
+//! held-out rows apart: [`super::loader::Holdout`].)
 //!
 //! `[mix]` mixes `pixel_values` online, per micro-batch, as timm's `Mixup`
 //! does: row i with row `n - 1 - i` (the batch flipped), one mixing per
@@ -25,26 +23,6 @@ use super::loader::Position;
 use super::model::{Dims, Inputs};
 use super::shape::Columns;
 use crate::error::{Error, Result};
-
-/// The rows of `batch` on one side of the validation split: the held-out
-/// ones, or the training ones.
-pub(super) fn split(batch: &RecordBatch, validation: f64, held: bool) -> Result<RecordBatch> {
-    let ids = batch
-        .column_by_name("sample_id")
-        .ok_or_else(|| Error::Execution("train: no `sample_id` in a batch".into()))?
-        .as_string::<i32>();
-    let keep: Vec<bool> = (0..batch.num_rows())
-        .map(|r| held_out(ids.value(r), validation) == held)
-        .collect();
-    Ok(arrow::compute::filter_record_batch(batch, &keep.into())?)
-}
-
-/// Whether a sample is held out, from its id.
-fn held_out(id: &str, share: f64) -> bool {
-    let d = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
-    let v = u64::from_le_bytes(d.as_ref()[..8].try_into().expect("8 bytes"));
-    (v as f64 / u64::MAX as f64) < share
-}
 
 /// A task's targets: class ids, or (mixed) class weights `[batch, classes]`.
 pub(super) enum Target<B: Backend> {

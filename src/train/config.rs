@@ -144,6 +144,27 @@ pub struct ModelConfig {
     /// The side of the square patches `pixel_values` are cut into.
     #[serde(default = "default_patch")]
     pub patch: usize,
+    /// The text's self-attention: `full`, or `sliding` (each token attends
+    /// to the tokens less than `window` positions away, at a cost linear in
+    /// the text's length).
+    #[serde(default)]
+    pub attention: Attention,
+    /// The sliding window, in tokens.
+    #[serde(default = "default_window")]
+    pub window: usize,
+}
+
+/// The text's self-attention.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attention {
+    #[default]
+    Full,
+    Sliding,
+}
+
+fn default_window() -> usize {
+    256
 }
 
 impl Default for ModelConfig {
@@ -152,6 +173,8 @@ impl Default for ModelConfig {
             d_model: default_d_model(),
             heads: default_heads(),
             patch: default_patch(),
+            attention: Attention::Full,
+            window: default_window(),
         }
     }
 }
@@ -190,6 +213,14 @@ pub struct OptimConfig {
     /// `auto`: bf16 mixed precision on a GPU, fp32 on the CPU.
     #[serde(default)]
     pub precision: Precision,
+    /// Drop the last batch of an epoch when it is short (PyTorch's
+    /// `DataLoader(drop_last=True)`).
+    #[serde(default)]
+    pub drop_last: bool,
+    /// Data-parallel ranks keep AdamW's state only for the parameters each
+    /// owns (ZeRO stage 1).
+    #[serde(default)]
+    pub zero: bool,
 }
 
 /// The float type of the forward and backward passes; the master weights
@@ -217,6 +248,8 @@ impl Default for OptimConfig {
             max_steps: None,
             stop_after: None,
             precision: Precision::Auto,
+            drop_last: false,
+            zero: false,
         }
     }
 }
@@ -298,6 +331,9 @@ fn default_keep() -> usize {
     3
 }
 
+/// The longest text the model takes, in tokens.
+pub const MAX_TOKENS: usize = 32768;
+
 /// What is refused before any data is read, reported at its key in
 /// `source`.
 fn check(file: &TrainFile, source: &ConfigSource) -> Result<()> {
@@ -322,6 +358,18 @@ fn check(file: &TrainFile, source: &ConfigSource) -> Result<()> {
                 file.model.d_model, file.model.heads
             ),
         ));
+    }
+    if file.data.max_tokens == 0 || file.data.max_tokens > MAX_TOKENS {
+        return Err(source.error(
+            "data.max_tokens",
+            format!(
+                "data.max_tokens = {} is not in 1..={MAX_TOKENS}",
+                file.data.max_tokens
+            ),
+        ));
+    }
+    if file.model.attention == Attention::Sliding && file.model.window == 0 {
+        return Err(source.error("model.window", "model.window must be at least 1"));
     }
     if let Some(m) = &file.mix {
         m.params()

@@ -12,21 +12,27 @@
 //! * the permuted shards are taken `group_shards` at a time, and the rows of
 //!   a group are permuted by a generator seeded from (seed, epoch, group):
 //!   memory holds one group, whatever the dataset's size;
+//! * with a [`Holdout`], only the rows on one side of the validation split
+//!   (a hash of the `sample_id`) stay in that order: a training loader never
+//!   sees a held-out row, an evaluation loader sees only them;
 //! * the `q`-th row of the epoch's order goes to rank `q % world`, so every
 //!   row is seen once per epoch across the ranks;
 //! * a rank's rows are cut into batches of `batch_size` (the last batch of
-//!   an epoch may be smaller).
+//!   an epoch may be smaller). The `k`-th batch of every rank holds the rows
+//!   `q` in `[k * batch_size * world, (k + 1) * batch_size * world)`: the
+//!   ranks' `k`-th batches together are the epoch's `k`-th global batch.
 //!
 //! A [`Position`] (epoch, rows this rank has taken in it) is the loader's
 //! whole state: [`Loader::seek`] to a saved position yields exactly the
 //! batches an uninterrupted run would have, whatever threads or machine.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use arrow::array::{RecordBatch, UInt32Array};
+use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::buffer::Buffer;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::{FileDecoder, StreamReader};
@@ -64,6 +70,38 @@ pub struct Dataset {
     pub schema: SchemaRef,
     pub shards: Vec<Shard>,
     pub rows: u64,
+    /// The held-out rows of each shard, by validation share (its bits):
+    /// counted once, from the `sample_id` column.
+    held: Arc<Mutex<BTreeMap<u64, Arc<Vec<u64>>>>>,
+}
+
+/// One side of the validation split.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Holdout {
+    /// The share of samples held out.
+    pub share: f64,
+    /// The held-out side (evaluation), or the training side.
+    pub held: bool,
+}
+
+/// Whether the sample `id` is held out at validation share `share`: the
+/// first 8 bytes of its SHA-256 as a fraction of 2^64, below `share`.
+pub fn held_out(id: &str, share: f64) -> bool {
+    let d = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let v = u64::from_le_bytes(d.as_ref()[..8].try_into().expect("8 bytes"));
+    (v as f64 / u64::MAX as f64) < share
+}
+
+/// Which rows of `batch` are on `side` of the split.
+fn on_side(batch: &RecordBatch, side: Holdout) -> Result<Vec<bool>> {
+    let ids = batch
+        .column_by_name("sample_id")
+        .ok_or_else(|| Error::Execution("train: no `sample_id` column to split by".into()))?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| Error::Execution("train: `sample_id` is not a string column".into()))?;
+    Ok((0..batch.num_rows())
+        .map(|r| held_out(ids.value(r), side.share) == side.held)
+        .collect())
 }
 
 const CONTINUATION: [u8; 4] = [0xff; 4];
@@ -174,7 +212,54 @@ impl Dataset {
             schema,
             shards,
             rows,
+            held: Default::default(),
         })
+    }
+
+    /// The rows of each shard on `side` of the split. The first call for a
+    /// share reads every shard's `sample_id` column.
+    pub fn rows_on(&self, side: Option<Holdout>) -> Result<Arc<Vec<u64>>> {
+        let all = || Arc::new(self.shards.iter().map(|s| s.rows).collect::<Vec<_>>());
+        let Some(side) = side else { return Ok(all()) };
+        if side.share <= 0.0 {
+            return Ok(match side.held {
+                true => Arc::new(vec![0; self.shards.len()]),
+                false => all(),
+            });
+        }
+        let mut memo = self.held.lock().expect("not poisoned");
+        let held = match memo.get(&side.share.to_bits()) {
+            Some(h) => h.clone(),
+            None => {
+                let id = self.schema.index_of("sample_id").map_err(|_| {
+                    Error::Config(format!(
+                        "the dataset {} has no `sample_id` column to split by",
+                        self.dir.display()
+                    ))
+                })?;
+                let mut held = Vec::with_capacity(self.shards.len());
+                for i in 0..self.shards.len() {
+                    let b = self.read_shard(i, Some(&[id]))?;
+                    let side = Holdout {
+                        share: side.share,
+                        held: true,
+                    };
+                    held.push(on_side(&b, side)?.iter().filter(|&&k| k).count() as u64);
+                }
+                let held = Arc::new(held);
+                memo.insert(side.share.to_bits(), held.clone());
+                held
+            }
+        };
+        Ok(Arc::new(match side.held {
+            true => held.to_vec(),
+            false => self
+                .shards
+                .iter()
+                .zip(held.iter())
+                .map(|(s, h)| s.rows - h)
+                .collect(),
+        }))
     }
 
     /// Shard `i` whole, its columns `projection` (indices into the schema;
@@ -221,6 +306,8 @@ pub struct LoaderConfig {
     pub world: usize,
     /// The columns to read; all when `None`.
     pub columns: Option<Vec<String>>,
+    /// One side of the validation split; every row when `None`.
+    pub holdout: Option<Holdout>,
 }
 
 /// A generator for one shuffle, from (seed, epoch, what, index).
@@ -246,6 +333,8 @@ pub struct Loader {
     dataset: Arc<Dataset>,
     cfg: LoaderConfig,
     projection: Option<Vec<usize>>,
+    /// Each shard's rows on the loader's side of the split.
+    rows: Arc<Vec<u64>>,
     position: Position,
     group: Option<Group>,
 }
@@ -273,13 +362,25 @@ impl Loader {
                     .collect::<Result<Vec<_>>>()?,
             ),
         };
+        let rows = dataset.rows_on(cfg.holdout)?;
         Ok(Loader {
             dataset,
             cfg,
             projection,
+            rows,
             position: Position::default(),
             group: None,
         })
+    }
+
+    /// The rows of an epoch, all ranks together.
+    pub fn epoch_rows(&self) -> u64 {
+        self.rows.iter().sum()
+    }
+
+    /// This rank's rows among the first `n` rows of an epoch's order.
+    pub fn rank_share(&self, n: u64) -> u64 {
+        self.rank_rows(0, n.min(self.epoch_rows()))
     }
 
     pub fn position(&self) -> Position {
@@ -319,7 +420,7 @@ impl Loader {
         let mut first = 0u64;
         let mut before = 0u64;
         for (g, shards) in groups.iter().enumerate() {
-            let n: u64 = shards.iter().map(|&s| self.dataset.shards[s].rows).sum();
+            let n: u64 = shards.iter().map(|&s| self.rows[s]).sum();
             let mine = self.rank_rows(first, n);
             if self.position.rows < before + mine {
                 return Some((g, first, before));
@@ -388,6 +489,12 @@ impl Loader {
         let data = arrow::compute::concat_batches(&schema, &parts)?;
         let mut order: Vec<u32> = (0..data.num_rows() as u32).collect();
         order.shuffle(&mut rng(self.cfg.seed, epoch, "rows", g as u64));
+        // The permutation of all the group's rows, then those on this side:
+        // the order of a row does not depend on the split's share.
+        if let Some(side) = self.cfg.holdout {
+            let keep = on_side(&data, side)?;
+            order.retain(|&r| keep[r as usize]);
+        }
         Ok(Group {
             index: g,
             order,

@@ -5,11 +5,16 @@
 //! (`shape`) and its batches as tensors, mixed online (`batch`); the fusion
 //! model on burn ([`model`]); the device and precision (`device`); the
 //! warmup + cosine learning-rate schedule ([`schedule`]); checkpoints
-//! (`checkpoint`); and the loop with its metrics ([`run`]).
+//! (`checkpoint`); the loop with its metrics ([`run`]); and data
+//! parallelism across processes and machines: the ranks' link
+//! ([`collective`]) and the exchange of gradients and weights, with ZeRO
+//! stage 1 (`ddp`).
 
 mod batch;
 mod checkpoint;
+pub mod collective;
 pub mod config;
+mod ddp;
 mod device;
 pub mod loader;
 pub mod model;

@@ -6,7 +6,8 @@
 //! over the text, and a classification head (two, for two tasks, with a
 //! learned weight of their losses). Without text the image and
 //! audio tokens are pooled; without image and audio the text attends to
-//! itself.
+//! itself: fully, or in a sliding window ([`sliding_attention`]) whose cost
+//! is linear in the text's length.
 //!
 //! burn is the library: one binary trains on CPU (NdArray) and, where the
 //! CUDA backend is compiled in, on an NVIDIA GPU; its CUDA build needs no
@@ -46,6 +47,9 @@ pub struct Dims {
     pub classes2: usize,
     pub d_model: usize,
     pub heads: usize,
+    /// The text's sliding attention window (0: full attention).
+    #[serde(default)]
+    pub window: usize,
 }
 
 #[derive(Module, Debug)]
@@ -64,6 +68,8 @@ pub struct Fusion<B: Backend> {
     head2: Option<Linear<B>>,
     task_embedding: Option<Embedding<B>>,
     task_weight: Option<Linear<B>>,
+    /// The text's sliding attention window (0: full attention).
+    window: usize,
 }
 
 /// One batch as tensors.
@@ -125,6 +131,7 @@ impl<B: Backend> Fusion<B> {
             task_embedding: (d.classes2 > 0)
                 .then(|| EmbeddingConfig::new(2, d.d_model).init(device)),
             task_weight: (d.classes2 > 0).then(|| LinearConfig::new(d.d_model, 1).init(device)),
+            window: d.window,
         }
     }
 
@@ -177,14 +184,21 @@ impl<B: Backend> Fusion<B> {
                     .repeat_dim(0, batch);
                 let text = tokens.forward(ids) + positions.forward(at);
                 let attended = match memory {
-                    Some(m) => self
-                        .attention
-                        .forward(MhaInput::new(text.clone(), m.clone(), m)),
-                    None => self
-                        .attention
-                        .forward(MhaInput::self_attn(text.clone()).mask_pad(pad.clone())),
+                    Some(m) => {
+                        self.attention
+                            .forward(MhaInput::new(text.clone(), m.clone(), m))
+                            .context
+                    }
+                    None if self.window > 0 => {
+                        sliding_attention(&self.attention, text.clone(), &pad, self.window)
+                    }
+                    None => {
+                        self.attention
+                            .forward(MhaInput::self_attn(text.clone()).mask_pad(pad.clone()))
+                            .context
+                    }
                 };
-                let h = self.norm.forward(text + attended.context);
+                let h = self.norm.forward(text + attended);
                 // Mean over the tokens that are not padding.
                 let keep = pad.bool_not().float().cast(h.dtype()).unsqueeze_dim::<3>(2);
                 let count = keep.clone().sum_dim(1).clamp_min(1.0);
@@ -196,6 +210,185 @@ impl<B: Backend> Fusion<B> {
                 let h = self.norm.forward(m);
                 h.mean_dim(1).squeeze_dim::<2>(1)
             }
+        }
+    }
+}
+
+/// Self-attention in which each token attends to the tokens less than `w`
+/// positions away (before and after it), with `mha`'s projections, heads
+/// and masking value; `pad` is true where `x` is padding. The text is cut
+/// into blocks of `w` tokens and a block's queries meet the keys of itself
+/// and its two neighbours, so time and memory grow as `length * 3w`, not
+/// `length^2`. With `w` at least the length, this is full attention.
+pub fn sliding_attention<B: Backend>(
+    mha: &MultiHeadAttention<B>,
+    x: Tensor<B, 3>,
+    pad: &Tensor<B, 2, Bool>,
+    w: usize,
+) -> Tensor<B, 3> {
+    let [batch, len, d_model] = x.dims();
+    let (heads, d_k) = (mha.n_heads, mha.d_k);
+    let w = w.min(len).max(1);
+    let blocks = len.div_ceil(w);
+    let padded = blocks * w;
+    let device = x.device();
+    // [batch, len, d] -> [batch * heads, blocks, w, d_k], zeros past the end.
+    let project = |linear: &Linear<B>, x: Tensor<B, 3>| {
+        let t = linear.forward(x);
+        let t = match padded - len {
+            0 => t,
+            extra => Tensor::cat(
+                vec![
+                    t.clone(),
+                    t.zeros_like().slice([0..batch, 0..extra, 0..d_model]),
+                ],
+                1,
+            ),
+        };
+        t.reshape([batch, padded, heads, d_k])
+            .swap_dims(1, 2)
+            .reshape([batch * heads, blocks, w, d_k])
+    };
+    // A block's keys: the previous, its own and the next block, [.., 3w, ..].
+    let neighbours = |t: Tensor<B, 4>| {
+        let edge = t.zeros_like().slice([0..batch * heads, 0..1, 0..w, 0..d_k]);
+        let ext = Tensor::cat(vec![edge.clone(), t, edge], 1);
+        Tensor::cat(
+            vec![
+                ext.clone()
+                    .slice([0..batch * heads, 0..blocks, 0..w, 0..d_k]),
+                ext.clone()
+                    .slice([0..batch * heads, 1..blocks + 1, 0..w, 0..d_k]),
+                ext.slice([0..batch * heads, 2..blocks + 2, 0..w, 0..d_k]),
+            ],
+            2,
+        )
+    };
+    let q = project(&mha.query, x.clone());
+    let k = neighbours(project(&mha.key, x.clone()));
+    let v = neighbours(project(&mha.value, x));
+    let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d_k as f32).sqrt()); // [bh, blocks, w, 3w]
+    // Masked: keys `w` or more positions away, padding, and past either end.
+    // The query at a of block b and the key at c of the 3w (b-1, b, b+1) are
+    // b*w + a and (b-1)*w + c: less than w apart when a < c < a + 2w.
+    let far: Vec<bool> = (0..w)
+        .flat_map(|a| (0..3 * w).map(move |c| !(a < c && c < a + 2 * w)))
+        .collect();
+    let far =
+        Tensor::<B, 2, Bool>::from_data(burn::tensor::TensorData::new(far, [w, 3 * w]), &device)
+            .reshape([1, 1, w, 3 * w]);
+    // Key validity per position: padding, the zeros past the end and the
+    // blocks before the first and after the last.
+    let invalid = Tensor::cat(
+        vec![
+            Tensor::<B, 2, Bool>::full([batch, w], true, &device),
+            pad.clone(),
+            Tensor::<B, 2, Bool>::full([batch, padded - len + w], true, &device),
+        ],
+        1,
+    ); // [batch, (blocks + 2) * w]
+    let invalid = invalid.reshape([batch, blocks + 2, w]);
+    let invalid = Tensor::cat(
+        vec![
+            invalid.clone().slice([0..batch, 0..blocks, 0..w]),
+            invalid.clone().slice([0..batch, 1..blocks + 1, 0..w]),
+            invalid.slice([0..batch, 2..blocks + 2, 0..w]),
+        ],
+        2,
+    ); // [batch, blocks, 3w]
+    let invalid = invalid
+        .reshape([batch, 1, blocks, 1, 3 * w])
+        .expand([batch, heads, blocks, w, 3 * w])
+        .reshape([batch * heads, blocks, w, 3 * w]);
+    let masked = invalid.bool_or(far.expand([batch * heads, blocks, w, 3 * w]));
+    let scores = scores.mask_fill(masked, mha.min_float);
+    let weights = burn::tensor::activation::softmax(scores, 3);
+    let context = weights.matmul(v); // [bh, blocks, w, d_k]
+    let context = context
+        .reshape([batch, heads, padded, d_k])
+        .swap_dims(1, 2)
+        .slice([0..batch, 0..len, 0..heads, 0..d_k])
+        .reshape([batch, len, d_model]);
+    mha.output.forward(context)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::tensor::{Distribution, TensorData};
+
+    type B = NdArray<f32>;
+
+    fn mha(d: usize, heads: usize) -> MultiHeadAttention<B> {
+        B::seed(&Default::default(), 5);
+        MultiHeadAttentionConfig::new(d, heads)
+            .with_dropout(0.0)
+            .init(&Default::default())
+    }
+
+    fn pad(batch: usize, len: usize, valid: &[usize]) -> Tensor<B, 2, Bool> {
+        let v: Vec<bool> = (0..batch)
+            .flat_map(|b| (0..len).map(move |i| i >= valid[b]))
+            .collect();
+        Tensor::from_data(TensorData::new(v, [batch, len]), &Default::default())
+    }
+
+    #[test]
+    fn a_window_covering_the_text_is_full_attention() {
+        let m = mha(16, 4);
+        let x = Tensor::<B, 3>::random(
+            [2, 11, 16],
+            Distribution::Normal(0.0, 1.0),
+            &Default::default(),
+        );
+        let p = pad(2, 11, &[11, 7]);
+        let full = m
+            .forward(MhaInput::self_attn(x.clone()).mask_pad(p.clone()))
+            .context;
+        for w in [11, 12, 40] {
+            let s = sliding_attention(&m, x.clone(), &p, w);
+            let (a, b) = (
+                full.clone().into_data().to_vec::<f32>().unwrap(),
+                s.into_data().to_vec::<f32>().unwrap(),
+            );
+            for (u, v) in a.iter().zip(&b) {
+                assert!((u - v).abs() < 1e-5, "window {w}: {u} vs {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_narrow_window_sees_only_its_neighbours() {
+        // Each token's output is that of full attention with a mask that
+        // hides keys w or more positions away.
+        let (len, w) = (13, 3);
+        let m = mha(8, 2);
+        let x = Tensor::<B, 3>::random(
+            [1, len, 8],
+            Distribution::Normal(0.0, 1.0),
+            &Default::default(),
+        );
+        let p = pad(1, len, &[12]);
+        let s = sliding_attention(&m, x.clone(), &p, w)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let far: Vec<bool> = (0..len)
+            .flat_map(|i| (0..len).map(move |j| i.abs_diff(j) >= w))
+            .collect();
+        let far = Tensor::<B, 3, Bool>::from_data(
+            TensorData::new(far, [1, len, len]),
+            &Default::default(),
+        );
+        let full = m
+            .forward(MhaInput::self_attn(x).mask_pad(p).mask_attn(far))
+            .context
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        for (u, v) in full.iter().zip(&s) {
+            assert!((u - v).abs() < 1e-5, "{u} vs {v}");
         }
     }
 }

@@ -5,19 +5,32 @@
 //! CPU in fp32) before any data is read; then the dataset is checked against
 //! the model (`shape`). The loop is one generic function over burn's backend.
 //!
-//! One optimiser step takes `grad_accum` micro-batches of `batch_size`
-//! rows (`batch`, which also mixes `pixel_values` online): each
-//! micro-batch's loss is its summed cross-entropy divided by the rows of
-//! all of them, so the accumulated gradient is that of one batch of
-//! `grad_accum * batch_size` rows. AdamW (decoupled weight decay),
-//! gradient clipping by norm, the learning rate from [`WarmupCosine`] at
-//! each step. A checkpoint is written every `checkpoint.every` steps and at
-//! the end; `--resume` continues from the newest as if the run had never
-//! stopped (`checkpoint`).
+//! An epoch is every training row once (the held-out rows are never
+//! trained on), cut into global batches of `batch_size` rows a rank; the
+//! last may be short, or is dropped with `optim.drop_last`. One optimiser
+//! step takes `grad_accum` of them (`batch`, which also mixes
+//! `pixel_values` online): each micro-batch's loss is its mean
+//! cross-entropy weighted by its share of the step's rows, so the
+//! accumulated gradient is that of one batch of `grad_accum * batch_size`
+//! rows. AdamW (decoupled weight decay), gradient clipping by norm, the
+//! learning rate from [`WarmupCosine`] at each step; `epochs` epochs make
+//! `epochs * ceil(batches / grad_accum)` steps. A checkpoint is written
+//! every `checkpoint.every` steps and at the end; `--resume` continues
+//! from the newest as if the run had never stopped (`checkpoint`).
+//!
+//! Data parallelism: with `WORLD_SIZE` ranks ([`super::collective`]) each
+//! rank reads its own rows of every global batch (the loader's rank
+//! split), computes its gradient, and the ranks' gradients are averaged
+//! weighted by the rows each saw, so N ranks take the step one rank takes
+//! with `grad_accum` N times larger (`ddp`). Every rank then takes the
+//! same AdamW step, or with `optim.zero` only for the parameters it owns
+//! and the new weights are gathered. Rank 0 writes checkpoints, metrics and
+//! the plot.
 //!
 //! The held-out samples are evaluated after each epoch (accuracy and
-//! loss). Each step and each evaluation is a line of `OUT/metrics.jsonl`;
-//! `OUT/plot.png` draws the loss and the learning rate.
+//! loss; each rank its share). Each step and each evaluation is a line of
+//! `OUT/metrics.jsonl`; `OUT/plot.png` draws the loss and the learning
+//! rate.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,11 +45,13 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer}
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Int, Tensor};
 
-use super::batch::{Batch, mix_rng, split, task_loss, tensors};
-use super::checkpoint;
+use super::batch::{Batch, mix_rng, task_loss, tensors};
+use super::checkpoint::{self, At};
+use super::collective::{DistEnv, Peer};
 use super::config::{Precision, TrainFile};
+use super::ddp;
 use super::device::{CastParams, Chosen, Materialise, choose, in_f32};
-use super::loader::{Dataset, Loader, LoaderConfig};
+use super::loader::{Dataset, Holdout, Loader, LoaderConfig, Position};
 use super::model::{Dims, Fusion};
 use super::schedule::WarmupCosine;
 use super::shape::{Columns, dims};
@@ -53,6 +68,9 @@ pub struct Summary {
 /// Train as `file` ([`TrainFile::load`] read and checked it) says; `resume`
 /// continues from the newest checkpoint in that output directory.
 pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Summary> {
+    let dist = DistEnv::from_env()?;
+    // Only rank 0 speaks.
+    let quiet = quiet || dist.as_ref().is_some_and(|e| e.rank > 0);
     let (chosen, fell_back) = choose(file.output.device)?;
     if let (Some(why), false) = (&fell_back, quiet) {
         eprintln!("kiln: training on the CPU: {why}");
@@ -68,31 +86,38 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
             burn::backend::ndarray::NdArrayDevice::Cpu,
             None,
             "cpu (fp32)".into(),
+            dist,
         ),
         #[cfg(feature = "cuda")]
         (Chosen::Cuda, precision) => {
             let compute = (precision != Precision::Fp32).then_some(FloatDType::BF16);
+            // One GPU a local rank.
+            let gpu = dist.as_ref().map_or(0, |e| e.local_rank);
             train_on::<Autodiff<burn::backend::Cuda>>(
                 file,
                 resume,
                 quiet,
-                burn::backend::cuda::CudaDevice::new(0),
+                burn::backend::cuda::CudaDevice::new(gpu),
                 compute,
                 match compute {
-                    Some(_) => "cuda:0 (bf16, fp32 master weights)".into(),
-                    None => "cuda:0 (fp32)".into(),
+                    Some(_) => format!("cuda:{gpu} (bf16, fp32 master weights)"),
+                    None => format!("cuda:{gpu} (fp32)"),
                 },
+                dist,
             )
         }
     }
 }
 
-/// A single-rank loader of `columns` in the file's order.
+/// A loader of `columns` in the file's order: rank `rank` of `world`, the
+/// held-out rows or the training ones.
 fn loader(
     ds: &Arc<Dataset>,
     file: &TrainFile,
     columns: &[String],
     batch_size: usize,
+    (rank, world): (usize, usize),
+    held: bool,
 ) -> Result<Loader> {
     Loader::new(
         ds.clone(),
@@ -100,9 +125,13 @@ fn loader(
             seed: file.seed,
             batch_size,
             group_shards: file.data.group_shards,
-            rank: 0,
-            world: 1,
+            rank,
+            world,
             columns: Some(columns.to_vec()),
+            holdout: Some(Holdout {
+                share: file.data.validation,
+                held,
+            }),
         },
     )
 }
@@ -150,7 +179,22 @@ fn micro_step<B: AutodiffBackend>(
     (value, weight, grads)
 }
 
+/// The step's gradients, averaged over the ranks: what every rank steps
+/// with.
+struct Reduced {
+    /// The rows of the step, all ranks together.
+    rows: u64,
+    loss: f64,
+    weight: Option<f64>,
+    grad_norm: f64,
+    grads: GradientsParams,
+    /// Seconds spent exchanging gradients (waiting for the slowest rank
+    /// included).
+    exchange_s: f64,
+}
+
 /// The loop, on backend `B` and `device`.
+#[allow(clippy::too_many_arguments)]
 fn train_on<B: AutodiffBackend>(
     file: &TrainFile,
     resume: Option<&Path>,
@@ -158,19 +202,39 @@ fn train_on<B: AutodiffBackend>(
     device: B::Device,
     compute: Option<FloatDType>,
     device_name: String,
+    dist: Option<DistEnv>,
 ) -> Result<Summary> {
     let o = &file.optim;
+    let (rank, world) = dist.as_ref().map_or((0, 1), |e| (e.rank, e.world));
     // A dataset in an object store is read from a checked local copy.
     let data = crate::dataset::local_copy(&file.data.path)?;
     let ds = Arc::new(Dataset::open(&data)?);
     let (d, cols) = dims(file, &ds)?;
+    let run = checkpoint::identity(file, &data, world)?;
     let out = PathBuf::from(&file.output.path);
-    std::fs::create_dir_all(out.join("checkpoints")).at("create", &out)?;
-    let train_rows = (ds.rows as f64 * (1.0 - file.data.validation)).ceil() as u64;
-    let per_step = (o.batch_size * o.grad_accum) as u64;
-    let total = o
-        .max_steps
-        .unwrap_or(o.epochs * train_rows.div_ceil(per_step).max(1));
+    let columns = cols.names();
+    let mut loader = loader(&ds, file, &columns, o.batch_size, (rank, world), false)?;
+    let train_rows = loader.epoch_rows();
+    if train_rows == 0 {
+        return Err(Error::Config(format!(
+            "data.validation = {} holds out every one of the {} rows: nothing to train on",
+            file.data.validation, ds.rows
+        )));
+    }
+    // Global batches: `batch_size` rows a rank.
+    let global = (o.batch_size * world) as u64;
+    let batches = match o.drop_last {
+        true => train_rows / global,
+        false => train_rows.div_ceil(global),
+    };
+    if batches == 0 {
+        return Err(Error::Config(format!(
+            "optim.drop_last: the {train_rows} training rows make no full batch of {} (batch_size {} x {world} ranks)",
+            global, o.batch_size
+        )));
+    }
+    let per_epoch = batches.div_ceil(o.grad_accum as u64);
+    let total = o.max_steps.unwrap_or(o.epochs * per_epoch);
     let schedule = WarmupCosine {
         lr_max: o.lr,
         lr_min: o.lr_min,
@@ -178,32 +242,81 @@ fn train_on<B: AutodiffBackend>(
         total_steps: total,
     };
     B::seed(&device, file.seed);
-    let mut model: Fusion<B> = Fusion::new(&d, &device).map(&mut Materialise);
+    let mut model: Fusion<B> = ddp::numbered(Fusion::new(&d, &device).map(&mut Materialise));
     let mut optim_cfg = AdamWConfig::new().with_weight_decay(o.weight_decay as f32);
     if let Some(c) = o.clip_norm {
         optim_cfg = optim_cfg.with_grad_clipping(Some(GradientClippingConfig::Norm(c as f32)));
     }
     let mut optim = optim_cfg.init::<B, Fusion<B>>();
-    let columns = cols.names();
-    let mut loader = loader(&ds, file, &columns, o.batch_size)?;
+    // The ranks meet: the same run on every one, or none starts.
+    let mut peer = match &dist {
+        Some(e) => {
+            let id = serde_json::to_vec(&run)?;
+            let id = hex::encode(ring::digest::digest(&ring::digest::SHA256, &id));
+            Some(Peer::join(e, &id)?)
+        }
+        None => None,
+    };
+    let params = ddp::params(&model);
+    let all = vec![true; params.len()];
+    let sharded = o.zero && world > 1;
+    let owner = match sharded {
+        true => ddp::owners(&params, world),
+        false => vec![rank; params.len()],
+    };
+    let mine: Vec<bool> = owner.iter().map(|&r| r == rank).collect();
+    let others: Vec<bool> = mine.iter().map(|m| !m).collect();
+    if rank == 0 {
+        std::fs::create_dir_all(out.join("checkpoints")).at("create", &out)?;
+    }
+    let mut at = At::default();
     let mut step = 0u64;
     if let Some(dir) = resume {
         let (ckpt, state);
-        (model, optim, ckpt, state) = checkpoint::load(dir, &d, model, optim, &device)?;
-        loader.seek(state.position);
+        (model, optim, ckpt, state) =
+            checkpoint::load(dir, &d, &run, model, optim, &device, rank, sharded)?;
+        at = state.at;
         step = state.step;
         if !quiet {
             eprintln!("kiln: resumed from {} at step {step}", ckpt.display());
         }
     }
-    if !quiet {
-        eprintln!("kiln: training on {device_name}");
+    loader.seek(Position {
+        epoch: at.epoch,
+        rows: loader.rank_share(at.batches * global),
+    });
+    if let Some(p) = peer.as_mut() {
+        // Every rank starts from the same weights.
+        let w = ddp::flat_weights(&model, &all);
+        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        p.agree(
+            "initial weights",
+            ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref(),
+        )?;
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out.join("metrics.jsonl"))
-        .at("open", out.join("metrics.jsonl"))?;
+    if !quiet {
+        match world {
+            1 => eprintln!("kiln: training on {device_name}"),
+            n => eprintln!(
+                "kiln: training on {n} ranks, rank 0 on {device_name}{}",
+                if sharded {
+                    ", optimizer state sharded (ZeRO 1)"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+    let mut metrics = match rank {
+        0 => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(out.join("metrics.jsonl"))
+                .at("open", out.join("metrics.jsonl"))?,
+        ),
+        _ => None,
+    };
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut skipped = 0u64;
     let mut accuracy = None;
@@ -223,76 +336,162 @@ fn train_on<B: AutodiffBackend>(
         bar.set_position(step);
         bar
     });
+    let mut steps_in_epoch = 0u64;
     while step < end {
-        // Gather the micro-batches of one step (train rows only).
+        // This rank's part of the step's global batches.
         let mut micro: Vec<Batch<B>> = Vec::new();
-        let epoch = loader.position().epoch;
+        let epoch = at.epoch;
         let loading = Instant::now();
-        let mut epoch_over = false;
-        while micro.len() < o.grad_accum {
-            let at = loader.position();
-            match loader.next_batch()? {
-                None => {
-                    epoch_over = true;
-                    break;
-                }
-                Some(b) => {
-                    let b = split(&b, file.data.validation, false)?;
-                    let mut rng = file.mix.as_ref().map(|_| mix_rng(file.seed, at));
-                    let mix = file.mix.as_ref().zip(rng.as_mut());
-                    if let Some(t) = tensors::<B>(&b, &cols, &d, &device, &mut skipped, mix)? {
-                        micro.push(t);
-                    }
+        let mut taken = 0;
+        while taken < o.grad_accum && at.batches < batches {
+            let position = loader.position();
+            // `None`: this rank has no row in the epoch's last batch.
+            let b = loader.next_batch()?;
+            at.batches += 1;
+            taken += 1;
+            if let Some(b) = b {
+                let mut rng = file.mix.as_ref().map(|_| mix_rng(file.seed, position));
+                let mix = file.mix.as_ref().zip(rng.as_mut());
+                if let Some(t) = tensors::<B>(&b, &cols, &d, &device, &mut skipped, mix)? {
+                    micro.push(t);
                 }
             }
         }
-        // The time the step waited for its batches: read, split, assembled.
+        let epoch_over = at.batches == batches;
+        if epoch_over {
+            at = At {
+                epoch: epoch + 1,
+                batches: 0,
+            };
+            loader.seek(Position {
+                epoch: epoch + 1,
+                rows: 0,
+            });
+        }
+        // The time the step waited for its batches: read and assembled.
         let data_s = loading.elapsed().as_secs_f64();
+        let local_rows: usize = micro.iter().map(|(_, y)| y[0].rows()).sum();
+        let mut local = None;
+        let mut loss_sum = 0.0;
+        let mut weight = None;
         if !micro.is_empty() {
-            let rows: usize = micro.iter().map(|(_, y)| y[0].rows()).sum();
             let mut accumulator = GradientsAccumulator::<Fusion<B>>::new();
-            let mut loss_sum = 0.0;
-            let mut weight = None;
             for batch in micro {
-                let share = batch.1[0].rows() as f64 / rows as f64;
+                let share = batch.1[0].rows() as f64 / local_rows as f64;
                 let (loss, w, g) = micro_step(&model, compute, &loss_fn, batch, share);
                 loss_sum += loss;
                 weight = w.or(weight);
                 accumulator.accumulate(&model, g);
             }
-            let grads = accumulator.grads();
+            local = Some(accumulator.grads());
+        }
+        let reduced = match peer.as_mut() {
+            None => local.map(|grads| Reduced {
+                rows: local_rows as u64,
+                loss: loss_sum,
+                weight,
+                grad_norm: grad_norm(&model, &grads),
+                grads,
+                exchange_s: 0.0,
+            }),
+            Some(p) => {
+                let exchange = Instant::now();
+                let mut flat = ddp::flat_grads(&model, local.as_ref(), &all);
+                let n = flat.len();
+                flat.push(loss_sum as f32);
+                flat.push(weight.unwrap_or(0.0) as f32);
+                let (mean, rows) = p.weighted_mean(&flat, local_rows as f64)?;
+                let exchange_s = exchange.elapsed().as_secs_f64();
+                (rows > 0.0).then(|| Reduced {
+                    rows: rows as u64,
+                    loss: mean[n] as f64,
+                    weight: weight.map(|_| mean[n + 1] as f64),
+                    grad_norm: ddp::norm(&mean[..n]),
+                    grads: ddp::grads_from(&model, &mean[..n], &mine),
+                    exchange_s,
+                })
+            }
+        };
+        if let Some(r) = reduced {
             let lr = schedule.lr(step);
-            let grad_norm = grad_norm(&model, &grads);
-            model = optim.step(lr, model, grads);
+            model = optim.step(lr, model, r.grads);
+            let mut exchange_s = r.exchange_s;
+            if sharded {
+                // Every rank gets the weights their owners stepped.
+                let gather = Instant::now();
+                let p = peer.as_mut().expect("ranks are linked");
+                let parts = p.all_gather(&ddp::flat_weights(&model, &mine))?;
+                let mut cursor = vec![0usize; world];
+                let mut theirs = Vec::new();
+                for (info, &r) in params.iter().zip(&owner) {
+                    if r != rank {
+                        let c = cursor[r];
+                        theirs.extend_from_slice(&parts[r][c..c + info.len]);
+                    }
+                    cursor[r] += info.len;
+                }
+                model = ddp::set_weights(model, &theirs, &others);
+                exchange_s += gather.elapsed().as_secs_f64();
+            }
             step += 1;
-            seen += rows as u64;
+            steps_in_epoch += 1;
+            seen += r.rows;
             let rate = seen as f64 / started.elapsed().as_secs_f64();
             if let Some(bar) = &bar {
                 bar.set_position(step);
                 bar.set_message(format!(
-                    "loss {loss_sum:.4} lr {lr:.2e} {rate:.0} samples/s"
+                    "loss {:.4} lr {lr:.2e} {rate:.0} samples/s",
+                    r.loss
                 ));
             }
-            write_line(
-                &mut metrics,
-                serde_json::json!({
-                    "step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
-                    "grad_norm": grad_norm, "task_weight": weight,
-                    "samples_per_s": rate, "data_s": data_s,
-                }),
-            )?;
+            if let Some(m) = metrics.as_mut() {
+                write_line(
+                    m,
+                    serde_json::json!({
+                        "step": step, "epoch": epoch, "rows": r.rows, "loss": r.loss, "lr": lr,
+                        "grad_norm": r.grad_norm, "task_weight": r.weight,
+                        "samples_per_s": rate, "data_s": data_s,
+                        "exchange_s": (world > 1).then_some(exchange_s),
+                        "peak_rss_mb": peak_rss_mb(),
+                    }),
+                )?;
+            }
             if step.is_multiple_of(file.checkpoint.every.max(1)) || step == end {
-                checkpoint::save(&out, &model, &optim, step, loader.position(), &d, file)?;
+                let w = checkpoint::Writing {
+                    rank,
+                    sharded,
+                    peer: peer.as_mut(),
+                };
+                checkpoint::save(&out, &model, &optim, step, at, &d, file, &run, w)?;
             }
         }
+        if epoch_over {
+            if steps_in_epoch == 0 {
+                return Err(Error::Execution(format!(
+                    "epoch {epoch} trained no step: every one of its {train_rows} rows was skipped"
+                )));
+            }
+            steps_in_epoch = 0;
+        }
         if epoch_over || step == end {
-            let e = evaluate(&model.valid(), &ds, file, &cols, &d, &columns)?;
+            let e = evaluate(
+                &model.valid(),
+                &ds,
+                file,
+                &cols,
+                &d,
+                &columns,
+                (rank, world),
+                peer.as_mut(),
+            )?;
             let (acc, loss) = (e.accuracy, e.loss);
             accuracy = acc;
-            write_line(
-                &mut metrics,
-                serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "val_accuracy_2": e.accuracy2, "skipped": skipped, "device": device_name}),
-            )?;
+            if let Some(m) = metrics.as_mut() {
+                write_line(
+                    m,
+                    serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "val_accuracy_2": e.accuracy2, "val_rows": e.rows, "train_rows": train_rows, "skipped": skipped, "device": device_name, "ranks": world, "peak_rss_mb": peak_rss_mb()}),
+                )?;
+            }
             let line = format!(
                 "kiln: epoch {epoch} step {step}: validation accuracy {}",
                 acc.map_or("n/a".into(), |a| format!("{a:.3}"))
@@ -307,14 +506,23 @@ fn train_on<B: AutodiffBackend>(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    drop(metrics);
-    plot_metrics(&out)?;
+    if metrics.take().is_some() {
+        plot_metrics(&out)?;
+    }
     Ok(Summary {
         steps: step,
         accuracy,
         device: device_name,
         output: out,
     })
+}
+
+/// This process's peak resident memory in MiB (Linux; `None` elsewhere).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// `plot.png` from every step in `metrics.jsonl` (a step logged twice, by
@@ -366,12 +574,15 @@ fn grad_norm<B: AutodiffBackend>(model: &Fusion<B>, grads: &GradientsParams) -> 
 /// What the held-out samples say: accuracy and mean loss of the first
 /// task, accuracy of the second.
 struct Evaluation {
+    rows: u64,
     accuracy: Option<f64>,
     loss: Option<f64>,
     accuracy2: Option<f64>,
 }
 
-/// Accuracy and mean loss on the held-out samples.
+/// Accuracy and mean loss on the held-out samples: each rank its share,
+/// summed over the ranks.
+#[allow(clippy::too_many_arguments)]
 fn evaluate<B: Backend>(
     model: &Fusion<B>,
     ds: &Arc<Dataset>,
@@ -379,15 +590,16 @@ fn evaluate<B: Backend>(
     cols: &Columns,
     d: &Dims,
     columns: &[String],
+    ranks: (usize, usize),
+    peer: Option<&mut Peer>,
 ) -> Result<Evaluation> {
     use burn::tensor::ElementConversion;
     let device = model.devices().into_iter().next().unwrap_or_default();
-    let mut loader = loader(ds, file, columns, 64)?;
+    let mut loader = loader(ds, file, columns, 64, ranks, true)?;
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let (mut right, mut right2, mut total, mut loss_sum) = (0u64, 0u64, 0u64, 0.0f64);
     let mut skipped = 0;
     while let Some(b) = loader.next_batch()? {
-        let b = split(&b, file.data.validation, true)?;
         let Some((x, y)) = tensors::<B>(&b, cols, d, &device, &mut skipped, None)? else {
             continue;
         };
@@ -410,8 +622,13 @@ fn evaluate<B: Backend>(
         }
         total += n;
     }
+    if let Some(p) = peer {
+        let all = p.sum(&[right as f64, right2 as f64, total as f64, loss_sum])?;
+        (right, right2, total, loss_sum) = (all[0] as u64, all[1] as u64, all[2] as u64, all[3]);
+    }
     let share = |r: u64| (total > 0).then(|| r as f64 / total as f64);
     Ok(Evaluation {
+        rows: total,
         accuracy: share(right),
         loss: (total > 0).then(|| loss_sum / total as f64),
         accuracy2: (d.classes2 > 0).then(|| share(right2)).flatten(),
@@ -447,6 +664,7 @@ mod tests {
             classes2: 2,
             d_model: 8,
             heads: 2,
+            window: 0,
         }
     }
 

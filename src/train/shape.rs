@@ -4,7 +4,7 @@
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type, UInt32Type};
 
-use super::config::TrainFile;
+use super::config::{Attention, TrainFile};
 use super::loader::Dataset;
 use super::model::Dims;
 use crate::error::{Error, Result};
@@ -257,6 +257,10 @@ pub(super) fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
             classes2: columns.labels.get(1).map_or(0, |l| l.classes),
             d_model: file.model.d_model,
             heads: file.model.heads,
+            window: match file.model.attention {
+                Attention::Full => 0,
+                Attention::Sliding => file.model.window,
+            },
         },
         columns,
     ))

@@ -4,7 +4,8 @@
 //! against `tests/golden/`), `refusals` (`tests/refusals/*.toml`), `layout`
 //! (the import layers, no circles, file sizes), `pipelines`, `cli`,
 //! `resume`, `images`, `audio`, `multimodal`, `text_augment`, `train`,
-//! `train_loader`, `remote` (object storage, against a moto server). Run one with `cargo nextest run MODULE::`.
+//! `train_loader`, `train_parallel` (epochs, resumes, data-parallel ranks,
+//! long texts), `remote` (object storage, against a moto server). Run one with `cargo nextest run MODULE::`.
 
 mod common;
 
@@ -21,3 +22,4 @@ mod resume;
 mod text_augment;
 mod train;
 mod train_loader;
+mod train_parallel;

@@ -60,7 +60,13 @@ pub(crate) fn train_file(s: &Scratch, name: &str, data: &Path, optim: &str) -> P
     train_file_with(s, name, data, optim, "")
 }
 
-fn train_file_with(s: &Scratch, name: &str, data: &Path, optim: &str, data_extra: &str) -> PathBuf {
+pub(crate) fn train_file_with(
+    s: &Scratch,
+    name: &str,
+    data: &Path,
+    optim: &str,
+    data_extra: &str,
+) -> PathBuf {
     s.write(
         &format!("{name}.toml"),
         format!(
@@ -119,7 +125,7 @@ pub(crate) fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
 }
 
 /// The lines of a run's metrics.jsonl.
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn metrics(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -375,7 +381,11 @@ fn what_does_not_fit_is_refused_before_training() {
     );
     let o = train(&s, &b, &["--resume", s.path("a").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("another model"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("model.d_model: 32 in the checkpoint, 16 in this file"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

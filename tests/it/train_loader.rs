@@ -52,6 +52,7 @@ fn loader(ds: &Arc<Dataset>, seed: u64, rank: usize, world: usize) -> Loader {
             rank,
             world,
             columns: Some(vec!["sample_id".into(), "input_ids".into()]),
+            holdout: None,
         },
     )
     .unwrap()
@@ -211,6 +212,7 @@ fn datasets_the_loader_cannot_read_are_refused() {
             rank: 0,
             world: 1,
             columns: Some(vec!["image_features".into()]),
+            holdout: None,
         },
     )
     .err()

@@ -1,0 +1,251 @@
+//! Data parallelism on burn's modules: a model's gradients and weights as
+//! one flat vector in the model's parameter order (what the ranks exchange
+//! through [`super::collective`]), and ZeRO stage 1's ownership of
+//! parameters.
+//!
+//! ZeRO stage 1 (`optim.zero = true`): every parameter has one owner rank
+//! (largest parameters first, each to the rank owning the fewest values so
+//! far, ties to the lower rank). After the gradients are averaged, a rank
+//! steps only the parameters it owns, so AdamW's two moments exist only
+//! there, and the owners' new weights are gathered by every rank. AdamW
+//! (with clipping by each parameter's norm) updates every parameter on its
+//! own, so the weights are the same bits as without ZeRO.
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+
+/// A parameter: its number of values.
+#[derive(Debug, Clone)]
+pub(super) struct ParamInfo {
+    pub(super) len: usize,
+}
+
+/// The model's float parameters, in its order.
+pub(super) fn params<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> Vec<ParamInfo> {
+    struct V(Vec<ParamInfo>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for V {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push(ParamInfo {
+                len: p.shape().num_elements(),
+            });
+        }
+    }
+    let mut v = V(Vec::new());
+    model.visit(&mut v);
+    v.0
+}
+
+/// The gradients of the parameters where `take` is true, flat, in the
+/// model's order (zeros where a parameter has none, or without `grads`).
+pub(super) fn flat_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: Option<&GradientsParams>,
+    take: &[bool],
+) -> Vec<f32> {
+    struct V<'a> {
+        grads: Option<&'a GradientsParams>,
+        take: &'a [bool],
+        at: usize,
+        out: Vec<f32>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for V<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let i = self.at;
+            self.at += 1;
+            if !self.take[i] {
+                return;
+            }
+            let n = p.shape().num_elements();
+            match self.grads.and_then(|g| g.get::<B::InnerBackend, D>(p.id)) {
+                Some(g) => self.out.extend(
+                    g.into_data()
+                        .convert::<f32>()
+                        .into_vec::<f32>()
+                        .expect("f32 gradients"),
+                ),
+                None => self.out.resize(self.out.len() + n, 0.0),
+            }
+        }
+    }
+    let mut v = V {
+        grads,
+        take,
+        at: 0,
+        out: Vec::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+/// The gradients in `flat` (every parameter, the model's order) of the
+/// parameters where `take` is true.
+pub(super) fn grads_from<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    flat: &[f32],
+    take: &[bool],
+) -> GradientsParams {
+    struct V<'a> {
+        flat: &'a [f32],
+        take: &'a [bool],
+        at: usize,
+        offset: usize,
+        out: GradientsParams,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for V<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let shape = p.shape();
+            let n = shape.num_elements();
+            let (i, o) = (self.at, self.offset);
+            self.at += 1;
+            self.offset += n;
+            if self.take[i] {
+                let data = TensorData::new(self.flat[o..o + n].to_vec(), shape);
+                let device = p.val().device();
+                let t = Tensor::<B::InnerBackend, D>::from_data(data, &device);
+                self.out.register::<B::InnerBackend, D>(p.id, t);
+            }
+        }
+    }
+    let mut v = V {
+        flat,
+        take,
+        at: 0,
+        offset: 0,
+        out: GradientsParams::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+/// The weights of the parameters where `take` is true, flat.
+pub(super) fn flat_weights<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    take: &[bool],
+) -> Vec<f32> {
+    struct V<'a> {
+        take: &'a [bool],
+        at: usize,
+        out: Vec<f32>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for V<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let i = self.at;
+            self.at += 1;
+            if self.take[i] {
+                self.out.extend(
+                    p.val()
+                        .into_data()
+                        .convert::<f32>()
+                        .into_vec::<f32>()
+                        .expect("f32 weights"),
+                );
+            }
+        }
+    }
+    let mut v = V {
+        take,
+        at: 0,
+        out: Vec::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+/// The model with the weights of the parameters where `take` is true
+/// replaced by `flat` (theirs only, in order).
+pub(super) fn set_weights<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: M,
+    flat: &[f32],
+    take: &[bool],
+) -> M {
+    struct Set<'a> {
+        flat: &'a [f32],
+        take: &'a [bool],
+        at: usize,
+        offset: usize,
+    }
+    impl<B: AutodiffBackend> ModuleMapper<B> for Set<'_> {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let i = self.at;
+            self.at += 1;
+            if !self.take[i] {
+                return p;
+            }
+            let (flat, offset) = (self.flat, &mut self.offset);
+            p.map(|t| {
+                let shape = t.shape();
+                let n = shape.num_elements();
+                let data = TensorData::new(flat[*offset..*offset + n].to_vec(), shape);
+                *offset += n;
+                let fresh = Tensor::<B, D>::from_data(data, &t.device());
+                match t.is_require_grad() {
+                    true => fresh.require_grad(),
+                    false => fresh,
+                }
+            })
+        }
+    }
+    model.map(&mut Set {
+        flat,
+        take,
+        at: 0,
+        offset: 0,
+    })
+}
+
+/// The model with its parameters numbered 0, 1, 2, ... in its order: the
+/// same ids on every rank, so that an optimizer state (keyed by id) written
+/// by one process is found by another that loads the model's record.
+pub(super) fn numbered<B: AutodiffBackend, M: AutodiffModule<B>>(model: M) -> M {
+    struct Number(u64);
+    impl<B: AutodiffBackend> ModuleMapper<B> for Number {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (_, tensor, mapper) = p.consume();
+            self.0 += 1;
+            Param::from_mapped_value(ParamId::from(self.0 - 1), tensor, mapper)
+        }
+    }
+    model.map(&mut Number(0))
+}
+
+/// The owner rank of every parameter under ZeRO stage 1: largest first,
+/// each to the rank that owns the fewest values so far (ties: the lower
+/// rank, then the parameter's order).
+pub(super) fn owners(params: &[ParamInfo], world: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..params.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(params[i].len), i));
+    let mut load = vec![0usize; world];
+    let mut owner = vec![0usize; params.len()];
+    for i in order {
+        let r = (0..world).min_by_key(|&r| (load[r], r)).expect("a rank");
+        owner[i] = r;
+        load[r] += params[i].len;
+    }
+    owner
+}
+
+/// The L2 norm of a flat gradient.
+pub(super) fn norm(flat: &[f32]) -> f64 {
+    flat.iter()
+        .map(|&g| (g as f64) * (g as f64))
+        .sum::<f64>()
+        .sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_spreads_the_values_over_the_ranks() {
+        let p = |len| ParamInfo { len };
+        let params = vec![p(10), p(100), p(60), p(50), p(1)];
+        assert_eq!(owners(&params, 1), vec![0; 5]);
+        // 100 -> 0; 60 -> 1; 50 -> 1 (60 < 100); 10 -> 0; 1 -> 0 (a tie).
+        assert_eq!(owners(&params, 2), vec![0, 0, 1, 1, 0]);
+        let o = owners(&params, 4);
+        assert_eq!(o, vec![3, 0, 1, 2, 3]);
+    }
+}
