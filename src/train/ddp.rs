@@ -11,10 +11,15 @@
 //! (with clipping by each parameter's norm) updates every parameter on its
 //! own, so the weights are the same bits as without ZeRO.
 
+use std::collections::BTreeMap;
+
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
+
+use super::collective::{DistEnv, Peer};
+use crate::error::Result;
 
 /// A parameter: its number of values.
 #[derive(Debug, Clone)]
@@ -35,6 +40,118 @@ pub(super) fn params<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> Vec
     let mut v = V(Vec::new());
     model.visit(&mut v);
     v.0
+}
+
+/// The step's gradients, averaged over the ranks: what every rank steps
+/// with.
+pub(super) struct Reduced {
+    /// The rows of the step, all ranks together.
+    pub(super) rows: u64,
+    pub(super) loss: f64,
+    pub(super) weight: Option<f64>,
+    pub(super) grad_norm: f64,
+    pub(super) grads: GradientsParams,
+    /// Seconds spent exchanging gradients (waiting for the slowest rank
+    /// included).
+    pub(super) exchange_s: f64,
+}
+
+/// This rank among the others: its link, and which parameters it owns.
+pub(super) struct Ranks {
+    pub(super) peer: Peer,
+    /// ZeRO stage 1: the optimizer steps only the parameters a rank owns.
+    pub(super) sharded: bool,
+    params: Vec<ParamInfo>,
+    owner: Vec<usize>,
+    all: Vec<bool>,
+    mine: Vec<bool>,
+    others: Vec<bool>,
+}
+
+impl Ranks {
+    /// Meet the other ranks of `env` (the run `run` on each), and share out
+    /// `model`'s parameters when `zero`.
+    pub(super) fn join<B: AutodiffBackend, M: AutodiffModule<B>>(
+        env: &DistEnv,
+        run: &BTreeMap<String, serde_json::Value>,
+        model: &M,
+        zero: bool,
+    ) -> Result<Ranks> {
+        let id = serde_json::to_vec(run)?;
+        let id = hex::encode(ring::digest::digest(&ring::digest::SHA256, &id));
+        let peer = Peer::join(env, &id)?;
+        let params = params(model);
+        let owner = match zero {
+            true => owners(&params, env.world),
+            false => vec![env.rank; params.len()],
+        };
+        let mine: Vec<bool> = owner.iter().map(|&r| r == env.rank).collect();
+        Ok(Ranks {
+            peer,
+            sharded: zero,
+            all: vec![true; params.len()],
+            others: mine.iter().map(|m| !m).collect(),
+            mine,
+            owner,
+            params,
+        })
+    }
+
+    /// Every rank starts from the same weights, or none starts.
+    pub(super) fn same_weights<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &mut self,
+        model: &M,
+    ) -> Result<()> {
+        let w = flat_weights(model, &self.all);
+        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        self.peer.agree("initial weights", digest.as_ref())
+    }
+
+    /// The step's gradients averaged over the ranks, weighted by the `rows`
+    /// each saw, with its loss and task weight (`local`: this rank's
+    /// gradients, none when it had no rows); `None` when no rank had rows.
+    pub(super) fn average<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &mut self,
+        model: &M,
+        local: Option<&GradientsParams>,
+        rows: usize,
+        loss: f64,
+        weight: Option<f64>,
+    ) -> Result<Option<Reduced>> {
+        let started = std::time::Instant::now();
+        let mut flat = flat_grads(model, local, &self.all);
+        let n = flat.len();
+        flat.push(loss as f32);
+        flat.push(weight.unwrap_or(0.0) as f32);
+        let (mean, total) = self.peer.weighted_mean(&flat, rows as f64)?;
+        Ok((total > 0.0).then(|| Reduced {
+            rows: total as u64,
+            loss: mean[n] as f64,
+            weight: weight.map(|_| mean[n + 1] as f64),
+            grad_norm: norm(&mean[..n]),
+            grads: grads_from(model, &mean[..n], &self.mine),
+            exchange_s: started.elapsed().as_secs_f64(),
+        }))
+    }
+
+    /// ZeRO: `model` with the weights the other ranks' owners stepped.
+    pub(super) fn gather<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &mut self,
+        model: M,
+    ) -> Result<M> {
+        let parts = self.peer.all_gather(&flat_weights(&model, &self.mine))?;
+        let mut cursor = vec![0usize; parts.len()];
+        let mut theirs = Vec::new();
+        for (info, &r) in self.params.iter().zip(&self.owner) {
+            if r != self.peer.rank {
+                let c = cursor[r];
+                theirs.extend_from_slice(&parts[r][c..c + info.len]);
+            }
+            cursor[r] += info.len;
+        }
+        Ok(set_weights(model, &theirs, &self.others))
+    }
 }
 
 /// The gradients of the parameters where `take` is true, flat, in the

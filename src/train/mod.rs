@@ -16,6 +16,7 @@ pub mod collective;
 pub mod config;
 mod ddp;
 mod device;
+mod evaluate;
 pub mod loader;
 pub mod model;
 pub mod plot;

@@ -42,19 +42,20 @@ use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{FloatDType, Int, Tensor};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{FloatDType, Tensor};
 
 use super::batch::{Batch, mix_rng, task_loss, tensors};
 use super::checkpoint::{self, At};
-use super::collective::{DistEnv, Peer};
+use super::collective::DistEnv;
 use super::config::{Precision, TrainFile};
-use super::ddp;
+use super::ddp::{self, Ranks, Reduced};
 use super::device::{CastParams, Chosen, Materialise, choose, in_f32};
+use super::evaluate::evaluate;
 use super::loader::{Dataset, Holdout, Loader, LoaderConfig, Position};
-use super::model::{Dims, Fusion};
+use super::model::Fusion;
 use super::schedule::WarmupCosine;
-use super::shape::{Columns, dims};
+use super::shape::dims;
 use crate::error::{Error, IoContext, Result};
 
 /// What a run did, for the CLI's summary.
@@ -111,7 +112,7 @@ pub fn train(file: &TrainFile, resume: Option<&Path>, quiet: bool) -> Result<Sum
 
 /// A loader of `columns` in the file's order: rank `rank` of `world`, the
 /// held-out rows or the training ones.
-fn loader(
+pub(super) fn loader(
     ds: &Arc<Dataset>,
     file: &TrainFile,
     columns: &[String],
@@ -179,20 +180,6 @@ fn micro_step<B: AutodiffBackend>(
     (value, weight, grads)
 }
 
-/// The step's gradients, averaged over the ranks: what every rank steps
-/// with.
-struct Reduced {
-    /// The rows of the step, all ranks together.
-    rows: u64,
-    loss: f64,
-    weight: Option<f64>,
-    grad_norm: f64,
-    grads: GradientsParams,
-    /// Seconds spent exchanging gradients (waiting for the slowest rank
-    /// included).
-    exchange_s: f64,
-}
-
 /// The loop, on backend `B` and `device`.
 #[allow(clippy::too_many_arguments)]
 fn train_on<B: AutodiffBackend>(
@@ -249,23 +236,11 @@ fn train_on<B: AutodiffBackend>(
     }
     let mut optim = optim_cfg.init::<B, Fusion<B>>();
     // The ranks meet: the same run on every one, or none starts.
-    let mut peer = match &dist {
-        Some(e) => {
-            let id = serde_json::to_vec(&run)?;
-            let id = hex::encode(ring::digest::digest(&ring::digest::SHA256, &id));
-            Some(Peer::join(e, &id)?)
-        }
+    let mut ranks = match &dist {
+        Some(e) => Some(Ranks::join(e, &run, &model, o.zero)?),
         None => None,
     };
-    let params = ddp::params(&model);
-    let all = vec![true; params.len()];
-    let sharded = o.zero && world > 1;
-    let owner = match sharded {
-        true => ddp::owners(&params, world),
-        false => vec![rank; params.len()],
-    };
-    let mine: Vec<bool> = owner.iter().map(|&r| r == rank).collect();
-    let others: Vec<bool> = mine.iter().map(|m| !m).collect();
+    let sharded = ranks.as_ref().is_some_and(|r| r.sharded);
     if rank == 0 {
         std::fs::create_dir_all(out.join("checkpoints")).at("create", &out)?;
     }
@@ -285,14 +260,8 @@ fn train_on<B: AutodiffBackend>(
         epoch: at.epoch,
         rows: loader.rank_share(at.batches * global),
     });
-    if let Some(p) = peer.as_mut() {
-        // Every rank starts from the same weights.
-        let w = ddp::flat_weights(&model, &all);
-        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
-        p.agree(
-            "initial weights",
-            ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref(),
-        )?;
+    if let Some(r) = ranks.as_mut() {
+        r.same_weights(&model)?;
     }
     if !quiet {
         match world {
@@ -385,7 +354,7 @@ fn train_on<B: AutodiffBackend>(
             }
             local = Some(accumulator.grads());
         }
-        let reduced = match peer.as_mut() {
+        let reduced = match ranks.as_mut() {
             None => local.map(|grads| Reduced {
                 rows: local_rows as u64,
                 loss: loss_sum,
@@ -394,43 +363,16 @@ fn train_on<B: AutodiffBackend>(
                 grads,
                 exchange_s: 0.0,
             }),
-            Some(p) => {
-                let exchange = Instant::now();
-                let mut flat = ddp::flat_grads(&model, local.as_ref(), &all);
-                let n = flat.len();
-                flat.push(loss_sum as f32);
-                flat.push(weight.unwrap_or(0.0) as f32);
-                let (mean, rows) = p.weighted_mean(&flat, local_rows as f64)?;
-                let exchange_s = exchange.elapsed().as_secs_f64();
-                (rows > 0.0).then(|| Reduced {
-                    rows: rows as u64,
-                    loss: mean[n] as f64,
-                    weight: weight.map(|_| mean[n + 1] as f64),
-                    grad_norm: ddp::norm(&mean[..n]),
-                    grads: ddp::grads_from(&model, &mean[..n], &mine),
-                    exchange_s,
-                })
-            }
+            Some(r) => r.average(&model, local.as_ref(), local_rows, loss_sum, weight)?,
         };
         if let Some(r) = reduced {
             let lr = schedule.lr(step);
             model = optim.step(lr, model, r.grads);
             let mut exchange_s = r.exchange_s;
-            if sharded {
+            if let Some(ranks) = ranks.as_mut().filter(|r| r.sharded) {
                 // Every rank gets the weights their owners stepped.
                 let gather = Instant::now();
-                let p = peer.as_mut().expect("ranks are linked");
-                let parts = p.all_gather(&ddp::flat_weights(&model, &mine))?;
-                let mut cursor = vec![0usize; world];
-                let mut theirs = Vec::new();
-                for (info, &r) in params.iter().zip(&owner) {
-                    if r != rank {
-                        let c = cursor[r];
-                        theirs.extend_from_slice(&parts[r][c..c + info.len]);
-                    }
-                    cursor[r] += info.len;
-                }
-                model = ddp::set_weights(model, &theirs, &others);
+                model = ranks.gather(model)?;
                 exchange_s += gather.elapsed().as_secs_f64();
             }
             step += 1;
@@ -451,6 +393,7 @@ fn train_on<B: AutodiffBackend>(
                         "step": step, "epoch": epoch, "rows": r.rows, "loss": r.loss, "lr": lr,
                         "grad_norm": r.grad_norm, "task_weight": r.weight,
                         "samples_per_s": rate, "data_s": data_s,
+                        "step_s": loading.elapsed().as_secs_f64(),
                         "exchange_s": (world > 1).then_some(exchange_s),
                         "peak_rss_mb": peak_rss_mb(),
                     }),
@@ -460,7 +403,7 @@ fn train_on<B: AutodiffBackend>(
                 let w = checkpoint::Writing {
                     rank,
                     sharded,
-                    peer: peer.as_mut(),
+                    peer: ranks.as_mut().map(|r| &mut r.peer),
                 };
                 checkpoint::save(&out, &model, &optim, step, at, &d, file, &run, w)?;
             }
@@ -482,7 +425,7 @@ fn train_on<B: AutodiffBackend>(
                 &d,
                 &columns,
                 (rank, world),
-                peer.as_mut(),
+                ranks.as_mut().map(|r| &mut r.peer),
             )?;
             let (acc, loss) = (e.accuracy, e.loss);
             accuracy = acc;
@@ -571,70 +514,6 @@ fn grad_norm<B: AutodiffBackend>(model: &Fusion<B>, grads: &GradientsParams) -> 
     v.sum.map_or(0.0, |s| s.into_scalar().elem::<f64>()).sqrt()
 }
 
-/// What the held-out samples say: accuracy and mean loss of the first
-/// task, accuracy of the second.
-struct Evaluation {
-    rows: u64,
-    accuracy: Option<f64>,
-    loss: Option<f64>,
-    accuracy2: Option<f64>,
-}
-
-/// Accuracy and mean loss on the held-out samples: each rank its share,
-/// summed over the ranks.
-#[allow(clippy::too_many_arguments)]
-fn evaluate<B: Backend>(
-    model: &Fusion<B>,
-    ds: &Arc<Dataset>,
-    file: &TrainFile,
-    cols: &Columns,
-    d: &Dims,
-    columns: &[String],
-    ranks: (usize, usize),
-    peer: Option<&mut Peer>,
-) -> Result<Evaluation> {
-    use burn::tensor::ElementConversion;
-    let device = model.devices().into_iter().next().unwrap_or_default();
-    let mut loader = loader(ds, file, columns, 64, ranks, true)?;
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let (mut right, mut right2, mut total, mut loss_sum) = (0u64, 0u64, 0u64, 0.0f64);
-    let mut skipped = 0;
-    while let Some(b) = loader.next_batch()? {
-        let Some((x, y)) = tensors::<B>(&b, cols, d, &device, &mut skipped, None)? else {
-            continue;
-        };
-        let mut y = y.into_iter();
-        let y1 = y.next().expect("a target a task").hard()?;
-        let n = y1.dims()[0] as u64;
-        let (logits, second) = model.forward(x);
-        loss_sum += loss_fn
-            .forward(logits.clone(), y1.clone())
-            .into_scalar()
-            .elem::<f64>()
-            * n as f64;
-        let correct = |logits: Tensor<B, 2>, y: Tensor<B, 1, Int>| {
-            let predicted = logits.argmax(1).squeeze_dim::<1>(1);
-            predicted.equal(y).int().sum().into_scalar().elem::<i64>() as u64
-        };
-        right += correct(logits, y1);
-        if let (Some(l2), Some(y2)) = (second, y.next()) {
-            right2 += correct(l2, y2.hard()?);
-        }
-        total += n;
-    }
-    if let Some(p) = peer {
-        let all = p.sum(&[right as f64, right2 as f64, total as f64, loss_sum])?;
-        (right, right2, total, loss_sum) = (all[0] as u64, all[1] as u64, all[2] as u64, all[3]);
-    }
-    let share = |r: u64| (total > 0).then(|| r as f64 / total as f64);
-    Ok(Evaluation {
-        rows: total,
-        accuracy: share(right),
-        loss: (total > 0).then(|| loss_sum / total as f64),
-        accuracy2: (d.classes2 > 0).then(|| share(right2)).flatten(),
-    })
-}
-
 fn write_line(out: &mut std::fs::File, v: serde_json::Value) -> Result<()> {
     writeln!(out, "{v}").map_err(|e| Error::io("write metrics.jsonl", e))
 }
@@ -648,7 +527,8 @@ mod tests {
     use burn::tensor::{DType, TensorData};
 
     use crate::train::batch::Target;
-    use crate::train::model::Inputs;
+    use crate::train::model::{Dims, Inputs};
+    use burn::tensor::backend::Backend;
 
     type B = Autodiff<NdArray<f32>>;
 

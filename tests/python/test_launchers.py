@@ -125,6 +125,57 @@ def test_slurm_array_job_resubmits_a_failed_slot_and_commits_the_same_bytes(stor
     same_dataset(committed(store, "slurm"), want)
 
 
+def test_slurm_trains_data_parallel_with_one_task_a_rank(slurm, tmp_path):
+    """launchers/slurm/kiln-train.sh: two tasks on the node, srun setting
+    RANK and WORLD_SIZE, the same weights as `--nproc 2`."""
+    env, _ = slurm
+    lines = [json.dumps({"text": ("goal match team " if i % 2 else "bread oven salt ") * (1 + i % 5),
+                         "label": "sport" if i % 2 else "kitchen"}) for i in range(120)]
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "ds.toml").write_text(textwrap.dedent(f"""\
+        [[inputs]]
+        path = "{tmp_path}/t.jsonl"
+        columns = ["label"]
+        [[stages]]
+        type = "tokenize"
+        tokenizer = "{ROOT}/fixtures/text/tokenizer.json"
+        [output]
+        path = "{tmp_path}/ds"
+        """))
+    subprocess.run([KILN, "run", tmp_path / "ds.toml", "-q"], check=True)
+    for name in ("slurm", "local"):
+        (tmp_path / f"{name}.toml").write_text(textwrap.dedent(f"""\
+            seed = 1
+            [data]
+            path = "{tmp_path}/ds"
+            max_tokens = 16
+            [model]
+            d_model = 16
+            heads = 2
+            [optim]
+            max_steps = 12
+            batch_size = 4
+            [output]
+            path = "{tmp_path}/{name}"
+            device = "cpu"
+            """))
+    r = subprocess.run(["sbatch", "--parsable", "--ntasks=2", "--cpus-per-task=1", f"--chdir={tmp_path}",
+                        ROOT / "launchers/slurm/kiln-train.sh", tmp_path / "slurm.toml", "-q"],
+                       env=dict(env, KILN=str(KILN)), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    start = time.time()
+    while subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip():
+        assert time.time() - start < 180
+        time.sleep(0.5)
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    metrics = [json.loads(l) for l in (tmp_path / "slurm/metrics.jsonl").read_text().splitlines()]
+    assert [m["ranks"] for m in metrics if "val_accuracy" in m] == [2], logs
+    subprocess.run([KILN, "train", tmp_path / "local.toml", "-q", "--nproc", "2"], check=True)
+    weights = [(tmp_path / n / "checkpoints/step-00000012/model.safetensors").read_bytes()
+               for n in ("slurm", "local")]
+    assert weights[0] == weights[1], logs
+
+
 # ----------------------------------------------------------- Kubernetes
 
 
