@@ -97,10 +97,51 @@ pub fn local_copy(location: &str) -> Result<std::path::PathBuf> {
             .unwrap_or_else(std::env::temp_dir);
         let key = sha256_hex(format!("{location}\n{}", manifest.plan).as_bytes());
         let to = cache.join("datasets").join(&key[..16]);
-        if std::fs::read(to.join("manifest.json")).is_ok_and(|b| b == bytes) {
+        let complete =
+            |to: &Path| std::fs::read(to.join("manifest.json")).is_ok_and(|b| b == bytes);
+        if complete(&to) {
             return Ok(to);
         }
-        std::fs::create_dir_all(&to).map_err(|e| Error::io_path("create", &to, e))?;
+        // Downloaded beside, then renamed into place: processes copying the
+        // same dataset at once (the ranks of a training job) never read a
+        // half-written file, and the first complete copy wins.
+        let partial = to.with_extension(format!("partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial).map_err(|e| Error::io_path("create", &partial, e))?;
+        let done = copy_into(&dir, &manifest, &bytes, &shown, &partial);
+        if let Err(e) = done {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        if complete(&to) {
+            // Another process finished first.
+            let _ = std::fs::remove_dir_all(&partial);
+            return Ok(to);
+        }
+        // A stale copy (of another commit at this location) goes.
+        let _ = std::fs::remove_dir_all(&to);
+        match std::fs::rename(&partial, &to) {
+            Ok(()) => Ok(to),
+            Err(_) if complete(&to) => {
+                let _ = std::fs::remove_dir_all(&partial);
+                Ok(to)
+            }
+            Err(e) => Err(Error::io_path("rename", &partial, e)),
+        }
+    }
+}
+
+/// The files of the dataset at `dir` its `manifest` lists, checked against
+/// their SHA-256, then the manifest (`bytes`), into the folder `to`.
+#[cfg(feature = "cloud")]
+fn copy_into(
+    dir: &crate::storage::RemoteDir,
+    manifest: &Manifest,
+    bytes: &[u8],
+    shown: &str,
+    to: &Path,
+) -> Result<()> {
+    {
         let mut names: Vec<&str> = manifest.shards.iter().map(|s| s.file.as_str()).collect();
         names.extend([
             manifest.rejects_file.as_str(),
@@ -124,9 +165,7 @@ pub fn local_copy(location: &str) -> Result<std::path::PathBuf> {
             }
         }
         // Last: a copy with its manifest is complete.
-        std::fs::write(to.join("manifest.json"), &bytes)
-            .map_err(|e| Error::io_path("write", &to, e))?;
-        Ok(to)
+        std::fs::write(to.join("manifest.json"), bytes).map_err(|e| Error::io_path("write", to, e))
     }
 }
 

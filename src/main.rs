@@ -333,7 +333,7 @@ fn run(command: Command) -> kiln::Result<u8> {
                             _ => args.push(a),
                         }
                     }
-                    return kiln::train::collective::spawn_local(n, &args)
+                    return kiln::train::launch::spawn_local(n, &args)
                         .map(|code| code.clamp(0, 255) as u8);
                 }
                 _ => {}

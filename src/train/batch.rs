@@ -115,14 +115,19 @@ fn mix_batch(
     mixings.iter().map(Mixing::lam).collect()
 }
 
-/// The generator of a batch's mixing: a function of the seed and the
-/// loader's position before the batch, so a resumed run draws the same.
-pub(super) fn mix_rng(seed: u64, at: Position) -> ChaCha8Rng {
-    let mut key = Vec::with_capacity(28);
+/// The generator of a batch's mixing: a function of the seed, the
+/// loader's position before the batch and the rank, so a resumed run draws
+/// the same and data-parallel ranks draw their own.
+pub(super) fn mix_rng(seed: u64, at: Position, rank: usize) -> ChaCha8Rng {
+    let mut key = Vec::with_capacity(36);
     key.extend_from_slice(b"mix:");
     key.extend_from_slice(&seed.to_le_bytes());
     key.extend_from_slice(&at.epoch.to_le_bytes());
     key.extend_from_slice(&at.rows.to_le_bytes());
+    // Ranks stand at the same positions: each draws its own mixings.
+    if rank > 0 {
+        key.extend_from_slice(&(rank as u64).to_le_bytes());
+    }
     let d = ring::digest::digest(&ring::digest::SHA256, &key);
     ChaCha8Rng::from_seed(d.as_ref().try_into().expect("32 bytes"))
 }

@@ -8,8 +8,9 @@
 //! that rank owns) and `state.json` (step, where the epoch stands, the
 //! ranks, the model's sizes and what the run is); the last `keep` are kept.
 //! Rank 0 writes it (with ZeRO every rank writes its optimizer file into
-//! the directory rank 0 made: the output must be on a file system every
-//! rank sees).
+//! the directory rank 0 made), and every rank reads it on `--resume`: with
+//! ranks on several machines, the output must be on a file system they all
+//! see.
 //!
 //! `--resume` continues from the newest: the same batches, the same
 //! updates, the same final weights as a run never stopped (the model has
@@ -108,7 +109,7 @@ fn differences(
     let keys: std::collections::BTreeSet<&String> = then.keys().chain(now.keys()).collect();
     let null = serde_json::Value::Null;
     keys.into_iter()
-        .filter(|k| then.get(*k) != now.get(*k))
+        .filter(|k| then.get(*k).unwrap_or(&null) != now.get(*k).unwrap_or(&null))
         .map(|k| {
             let (a, b) = (then.get(k).unwrap_or(&null), now.get(k).unwrap_or(&null));
             match k.as_str() {

@@ -5,7 +5,7 @@
 //! Indexed Jobs set it): `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
 //! `LOCAL_WORLD_SIZE`, `MASTER_ADDR` (default `127.0.0.1`) and
 //! `MASTER_PORT` (default 29500). `kiln train --nproc N` sets it for N
-//! local workers ([`spawn_local`]).
+//! local workers ([`super::launch::spawn_local`]).
 //!
 //! A round: every other rank sends its part to rank 0; rank 0 reads them in
 //! rank order, computes the answer and sends it back. The reduction is
@@ -104,15 +104,23 @@ struct Link {
 
 impl Link {
     fn new(rank: usize, s: TcpStream, wait: Duration) -> Result<Link> {
-        let io = |e| Error::Execution(format!("rank {rank}: cannot set up its link: {e}"));
-        s.set_read_timeout(Some(wait)).map_err(io)?;
-        s.set_write_timeout(Some(wait)).map_err(io)?;
+        let io = |e| Error::io(format!("rank {rank}: set up its link"), e);
         s.set_nodelay(true).map_err(io)?;
-        Ok(Link {
+        let link = Link {
             rank,
             read: BufReader::with_capacity(1 << 20, s.try_clone().map_err(io)?),
             write: BufWriter::with_capacity(1 << 20, s),
-        })
+        };
+        link.timeouts(wait)?;
+        Ok(link)
+    }
+
+    /// How long a read or a write may wait.
+    fn timeouts(&self, wait: Duration) -> Result<()> {
+        let s = self.write.get_ref();
+        let io = |e| Error::io(format!("rank {}: set up its link", self.rank), e);
+        s.set_read_timeout(Some(wait)).map_err(io)?;
+        s.set_write_timeout(Some(wait)).map_err(io)
     }
 
     /// A broken or silent link: an I/O error, so the exit code says a
@@ -146,10 +154,21 @@ impl Link {
     }
 
     fn recv(&mut self, wait: Duration) -> Result<Vec<u8>> {
+        self.recv_at_most(u64::MAX, wait)
+    }
+
+    /// A frame of at most `limit` bytes (a longer one is an error).
+    fn recv_at_most(&mut self, limit: u64, wait: Duration) -> Result<Vec<u8>> {
         let mut go = || -> std::io::Result<(u8, Vec<u8>)> {
             let mut head = [0u8; 9];
             self.read.read_exact(&mut head)?;
             let n = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
+            if n > limit {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a frame of {n} bytes where at most {limit} were expected"),
+                ));
+            }
             let mut buf = vec![0u8; n as usize];
             self.read.read_exact(&mut buf)?;
             Ok((head[0], buf))
@@ -171,6 +190,9 @@ pub struct Peer {
 }
 
 const MAGIC: &[u8; 8] = b"kilnddp1";
+/// A rank's hello: the magic, rank, world and fingerprint.
+const HELLO_MAX: u64 = 1 << 16;
+const HELLO_WAIT: Duration = Duration::from_secs(10);
 
 impl Peer {
     /// Connect the ranks: rank 0 listens on `MASTER_ADDR:MASTER_PORT` and
@@ -187,35 +209,53 @@ impl Peer {
         let where_ = format!("{}:{}", env.master, env.port);
         if env.rank == 0 {
             let listener = TcpListener::bind(("0.0.0.0", env.port)).map_err(|e| {
-                Error::Execution(format!(
-                    "rank 0 cannot listen on port {} (MASTER_PORT): {e}",
-                    env.port
-                ))
+                Error::io(
+                    format!("rank 0 cannot listen on port {} (MASTER_PORT)", env.port),
+                    e,
+                )
             })?;
             listener
                 .set_nonblocking(true)
-                .map_err(|e| Error::Execution(format!("rank 0: {e}")))?;
+                .map_err(|e| Error::io("rank 0: listen", e))?;
             let mut links: Vec<Option<Link>> = (1..env.world).map(|_| None).collect();
+            // A refusal goes to every rank that joined, then the error.
+            let refuse = |links: &mut Vec<Option<Link>>, why: String| {
+                for l in links.iter_mut().flatten() {
+                    let _ = l.send(1, why.as_bytes(), wait);
+                }
+                Err(Error::Config(why))
+            };
             while links.iter().any(Option::is_none) {
                 match listener.accept() {
-                    Ok((s, _)) => {
+                    Ok((s, from)) => {
                         s.set_nonblocking(false)
-                            .map_err(|e| Error::Execution(format!("rank 0: {e}")))?;
-                        let mut link = Link::new(0, s, wait)?;
-                        let theirs = link.recv(wait)?;
+                            .map_err(|e| Error::io("rank 0: accept", e))?;
+                        // A connection that is not a kiln rank (or says
+                        // nothing for 10 s) is dropped, not fatal.
+                        let mut link = Link::new(0, s, HELLO_WAIT)?;
+                        let theirs = match link.recv_at_most(HELLO_MAX, HELLO_WAIT) {
+                            Ok(h) if h.starts_with(MAGIC) => h,
+                            Ok(_) | Err(_) => {
+                                eprintln!(
+                                    "kiln: rank 0: dropped a connection from {from} that is not a kiln rank"
+                                );
+                                continue;
+                            }
+                        };
                         let rank = match check_hello(&theirs, env.world, fingerprint) {
                             Ok(r) if r > 0 && r < env.world && links[r - 1].is_none() => r,
                             Ok(r) => {
                                 let why = format!("rank {r} joined twice or is out of range");
                                 let _ = link.send(1, why.as_bytes(), wait);
-                                return Err(Error::Execution(why));
+                                return refuse(&mut links, why);
                             }
                             Err(why) => {
                                 let _ = link.send(1, why.as_bytes(), wait);
-                                return Err(Error::Config(why));
+                                return refuse(&mut links, why);
                             }
                         };
                         link.rank = rank;
+                        link.timeouts(wait)?;
                         links[rank - 1] = Some(link);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -226,15 +266,18 @@ impl Peer {
                                 .filter(|(_, l)| l.is_none())
                                 .map(|(i, _)| (i + 1).to_string())
                                 .collect();
-                            return Err(Error::Execution(format!(
-                                "rank 0: ranks {} did not join within {:.0} s (KILN_DIST_TIMEOUT)",
-                                missing.join(", "),
-                                wait.as_secs_f64()
-                            )));
+                            return Err(Error::io(
+                                format!(
+                                    "rank 0: ranks {} did not join within {:.0} s (KILN_DIST_TIMEOUT)",
+                                    missing.join(", "),
+                                    wait.as_secs_f64()
+                                ),
+                                std::io::ErrorKind::TimedOut.into(),
+                            ));
                         }
                         std::thread::sleep(Duration::from_millis(20));
                     }
-                    Err(e) => return Err(Error::Execution(format!("rank 0: accept: {e}"))),
+                    Err(e) => return Err(Error::io("rank 0: accept", e)),
                 }
             }
             let mut peer = Peer {
@@ -262,11 +305,14 @@ impl Peer {
                 match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
                     Ok(s) => break s,
                     Err(e) if Instant::now() > deadline => {
-                        return Err(Error::Execution(format!(
-                            "rank {}: cannot reach rank 0 at {where_} within {:.0} s: {e}",
-                            env.rank,
-                            wait.as_secs_f64()
-                        )));
+                        return Err(Error::io(
+                            format!(
+                                "rank {}: cannot reach rank 0 at {where_} within {:.0} s",
+                                env.rank,
+                                wait.as_secs_f64()
+                            ),
+                            e,
+                        ));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
@@ -453,93 +499,6 @@ fn check_hello(
         ));
     }
     Ok(rank)
-}
-
-/// `kiln train --nproc N`: run this command as N local ranks (the
-/// environment of [`DistEnv`], a free port on 127.0.0.1, the cores shared
-/// among them) and wait. When one fails the others fail within moments
-/// (their links to it close); any still running after 30 s are killed.
-/// The exit code is the first failure's (1 for a rank killed by a signal).
-pub fn spawn_local(nproc: usize, args: &[std::ffi::OsString]) -> Result<i32> {
-    let exe = std::env::current_exe().map_err(|e| Error::io("find the kiln executable", e))?;
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("find a free port", e))?;
-        l.local_addr()
-            .map_err(|e| Error::io("find a free port", e))?
-            .port()
-    };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / nproc).max(1).to_string();
-    let mut children = Vec::with_capacity(nproc);
-    for rank in 0..nproc {
-        let mut c = std::process::Command::new(&exe);
-        c.args(args)
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", nproc.to_string())
-            .env("LOCAL_WORLD_SIZE", nproc.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string());
-        for var in ["RAYON_NUM_THREADS", "MATMUL_NUM_THREADS"] {
-            if std::env::var_os(var).is_none() {
-                c.env(var, &threads);
-            }
-        }
-        let child = c
-            .spawn()
-            .map_err(|e| Error::io(format!("start rank {rank}"), e))?;
-        children.push(Some(child));
-    }
-    // The first rank to fail, its exit code, and whether a signal ended it.
-    let mut failed: Option<(usize, i32, bool)> = None;
-    let mut failed_at: Option<Instant> = None;
-    loop {
-        let mut running = 0;
-        for (rank, slot) in children.iter_mut().enumerate() {
-            let Some(child) = slot else { continue };
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    *slot = None;
-                    if status.success() {
-                        continue;
-                    }
-                    let signalled = status.code().is_none();
-                    if signalled {
-                        eprintln!("kiln: rank {rank} was killed ({status})");
-                    }
-                    // A killed rank is the cause of the others' errors.
-                    if failed.is_none_or(|(_, _, s)| signalled && !s) {
-                        failed = Some((rank, status.code().unwrap_or(3), signalled));
-                    }
-                    failed_at.get_or_insert_with(Instant::now);
-                }
-                Ok(None) => running += 1,
-                Err(e) => return Err(Error::io(format!("wait for rank {rank}"), e)),
-            }
-        }
-        if running == 0 {
-            break;
-        }
-        if failed_at.is_some_and(|t| t.elapsed() > Duration::from_secs(30)) {
-            for (rank, slot) in children.iter_mut().enumerate() {
-                if let Some(child) = slot {
-                    eprintln!("kiln: rank {rank} still running 30 s after a rank failed: killed");
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    *slot = None;
-                }
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(match failed {
-        Some((rank, code, _)) => {
-            eprintln!("kiln: rank {rank} failed and the job stopped; resume it with --resume");
-            code
-        }
-        None => 0,
-    })
 }
 
 #[cfg(test)]

@@ -120,17 +120,26 @@ impl Ranks {
         weight: Option<f64>,
     ) -> Result<Option<Reduced>> {
         let started = std::time::Instant::now();
-        let mut flat = flat_grads(model, local, &self.all);
+        let (mut flat, has) = flat_grads(model, local, &self.all);
         let n = flat.len();
         flat.push(loss as f32);
         flat.push(weight.unwrap_or(0.0) as f32);
+        // Which parameters have a gradient on some rank: the others are not
+        // stepped (no decay, no moments), as on one process.
+        flat.extend(has.iter().map(|&h| h as u8 as f32));
         let (mean, total) = self.peer.weighted_mean(&flat, rows as f64)?;
+        let take: Vec<bool> = self
+            .mine
+            .iter()
+            .zip(&mean[n + 2..])
+            .map(|(&mine, &has)| mine && has > 0.0)
+            .collect();
         Ok((total > 0.0).then(|| Reduced {
             rows: total as u64,
             loss: mean[n] as f64,
             weight: weight.map(|_| mean[n + 1] as f64),
             grad_norm: norm(&mean[..n]),
-            grads: grads_from(model, &mean[..n], &self.mine),
+            grads: grads_from(model, &mean[..n], &take),
             exchange_s: started.elapsed().as_secs_f64(),
         }))
     }
@@ -155,17 +164,19 @@ impl Ranks {
 }
 
 /// The gradients of the parameters where `take` is true, flat, in the
-/// model's order (zeros where a parameter has none, or without `grads`).
+/// model's order (zeros where a parameter has none, or without `grads`),
+/// and whether each parameter has one.
 pub(super) fn flat_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     grads: Option<&GradientsParams>,
     take: &[bool],
-) -> Vec<f32> {
+) -> (Vec<f32>, Vec<bool>) {
     struct V<'a> {
         grads: Option<&'a GradientsParams>,
         take: &'a [bool],
         at: usize,
         out: Vec<f32>,
+        has: Vec<bool>,
     }
     impl<B: AutodiffBackend> ModuleVisitor<B> for V<'_> {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
@@ -175,7 +186,9 @@ pub(super) fn flat_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
                 return;
             }
             let n = p.shape().num_elements();
-            match self.grads.and_then(|g| g.get::<B::InnerBackend, D>(p.id)) {
+            let g = self.grads.and_then(|g| g.get::<B::InnerBackend, D>(p.id));
+            self.has.push(g.is_some());
+            match g {
                 Some(g) => self.out.extend(
                     g.into_data()
                         .convert::<f32>()
@@ -191,9 +204,10 @@ pub(super) fn flat_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
         take,
         at: 0,
         out: Vec::new(),
+        has: Vec::new(),
     };
     model.visit(&mut v);
-    v.out
+    (v.out, v.has)
 }
 
 /// The gradients in `flat` (every parameter, the model's order) of the

@@ -22,6 +22,8 @@ use crate::error::Result;
 /// task, accuracy of the second.
 pub(super) struct Evaluation {
     pub(super) rows: u64,
+    /// The training rows skipped so far, all ranks together.
+    pub(super) skipped: u64,
     pub(super) accuracy: Option<f64>,
     pub(super) loss: Option<f64>,
     pub(super) accuracy2: Option<f64>,
@@ -39,6 +41,7 @@ pub(super) fn evaluate<B: Backend>(
     columns: &[String],
     ranks: (usize, usize),
     peer: Option<&mut Peer>,
+    train_skipped: u64,
 ) -> Result<Evaluation> {
     use burn::tensor::ElementConversion;
     let device = model.devices().into_iter().next().unwrap_or_default();
@@ -69,13 +72,23 @@ pub(super) fn evaluate<B: Backend>(
         }
         total += n;
     }
+    let mut skipped_all = train_skipped;
     if let Some(p) = peer {
-        let all = p.sum(&[right as f64, right2 as f64, total as f64, loss_sum])?;
+        let all = p.sum(&[
+            right as f64,
+            right2 as f64,
+            total as f64,
+            loss_sum,
+            train_skipped as f64,
+        ])?;
         (right, right2, total, loss_sum) = (all[0] as u64, all[1] as u64, all[2] as u64, all[3]);
+        skipped_all = all[4] as u64;
     }
     let share = |r: u64| (total > 0).then(|| r as f64 / total as f64);
+    let skipped = skipped_all;
     Ok(Evaluation {
         rows: total,
+        skipped,
         accuracy: share(right),
         loss: (total > 0).then(|| loss_sum / total as f64),
         accuracy2: (d.classes2 > 0).then(|| share(right2)).flatten(),

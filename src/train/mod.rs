@@ -5,10 +5,10 @@
 //! (`shape`) and its batches as tensors, mixed online (`batch`); the fusion
 //! model on burn ([`model`]); the device and precision (`device`); the
 //! warmup + cosine learning-rate schedule ([`schedule`]); checkpoints
-//! (`checkpoint`); the loop with its metrics ([`run`]); and data
-//! parallelism across processes and machines: the ranks' link
-//! ([`collective`]) and the exchange of gradients and weights, with ZeRO
-//! stage 1 (`ddp`).
+//! (`checkpoint`); the loop with its metrics ([`run`]) and the held-out
+//! evaluation (`evaluate`); and data parallelism across processes and
+//! machines: the ranks' link ([`collective`]), `--nproc` ([`launch`]) and
+//! the exchange of gradients and weights, with ZeRO stage 1 (`ddp`).
 
 mod batch;
 mod checkpoint;
@@ -17,6 +17,7 @@ pub mod config;
 mod ddp;
 mod device;
 mod evaluate;
+pub mod launch;
 pub mod loader;
 pub mod model;
 pub mod plot;

@@ -319,7 +319,10 @@ fn train_on<B: AutodiffBackend>(
             at.batches += 1;
             taken += 1;
             if let Some(b) = b {
-                let mut rng = file.mix.as_ref().map(|_| mix_rng(file.seed, position));
+                let mut rng = file
+                    .mix
+                    .as_ref()
+                    .map(|_| mix_rng(file.seed, position, rank));
                 let mix = file.mix.as_ref().zip(rng.as_mut());
                 if let Some(t) = tensors::<B>(&b, &cols, &d, &device, &mut skipped, mix)? {
                     micro.push(t);
@@ -426,13 +429,14 @@ fn train_on<B: AutodiffBackend>(
                 &columns,
                 (rank, world),
                 ranks.as_mut().map(|r| &mut r.peer),
+                skipped,
             )?;
             let (acc, loss) = (e.accuracy, e.loss);
             accuracy = acc;
             if let Some(m) = metrics.as_mut() {
                 write_line(
                     m,
-                    serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "val_accuracy_2": e.accuracy2, "val_rows": e.rows, "train_rows": train_rows, "skipped": skipped, "device": device_name, "ranks": world, "peak_rss_mb": peak_rss_mb()}),
+                    serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "val_accuracy_2": e.accuracy2, "val_rows": e.rows, "train_rows": train_rows, "skipped": e.skipped, "device": device_name, "ranks": world, "peak_rss_mb": peak_rss_mb()}),
                 )?;
             }
             let line = format!(

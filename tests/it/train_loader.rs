@@ -220,3 +220,79 @@ fn datasets_the_loader_cannot_read_are_refused() {
     .to_string();
     assert!(e.contains("no column `image_features`"), "{e}");
 }
+
+#[test]
+fn the_split_sides_are_disjoint_and_every_training_row_is_read_once_across_ranks() {
+    use kiln::train::loader::{Holdout, held_out};
+    let s = Scratch::new();
+    let ds = Arc::new(Dataset::open(&dataset(&s, "arrow")).unwrap());
+    let share = 0.3;
+    let side = |rank, world, held| {
+        Loader::new(
+            ds.clone(),
+            LoaderConfig {
+                seed: 5,
+                batch_size: 4,
+                group_shards: 2,
+                rank,
+                world,
+                columns: Some(vec!["sample_id".into(), "input_ids".into()]),
+                holdout: Some(Holdout { share, held }),
+            },
+        )
+        .unwrap()
+    };
+    let all: HashSet<String> = epoch(&mut side(0, 1, false))
+        .into_iter()
+        .chain(epoch(&mut side(0, 1, true)))
+        .flatten()
+        .collect();
+    assert_eq!(all.len(), 120, "the two sides make the dataset");
+    let train: Vec<String> = epoch(&mut side(0, 1, false))
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(train.iter().all(|id| !held_out(id, share)));
+    let held: Vec<String> = epoch(&mut side(0, 1, true)).into_iter().flatten().collect();
+    assert!(held.iter().all(|id| held_out(id, share)));
+    assert_eq!(train.len() + held.len(), 120);
+    assert_eq!(side(0, 1, false).epoch_rows(), train.len() as u64);
+    for world in [2, 3] {
+        let mut loaders: Vec<Loader> = (0..world).map(|r| side(r, world, false)).collect();
+        let batches: Vec<Vec<Vec<String>>> = loaders.iter_mut().map(epoch).collect();
+        // Global batch k is the ranks' k-th batches: the epoch's rows
+        // [k * 4 * world, (k + 1) * 4 * world) in the one-rank order.
+        let mut joined = Vec::new();
+        for k in 0..batches[0].len() {
+            let mut global: Vec<String> = batches
+                .iter()
+                .filter_map(|b| b.get(k))
+                .flatten()
+                .cloned()
+                .collect();
+            let mut want: Vec<String> = train
+                .iter()
+                .skip(k * 4 * world)
+                .take(4 * world)
+                .cloned()
+                .collect();
+            global.sort();
+            want.sort();
+            assert_eq!(global, want, "world {world}, batch {k}");
+            joined.extend(global);
+        }
+        joined.sort();
+        let mut once = train.clone();
+        once.sort();
+        assert_eq!(joined, once, "world {world}: every training row once");
+        // A position after k global batches resumes there on every rank.
+        for (r, l) in loaders.iter_mut().enumerate() {
+            let at = l.rank_share(2 * 4 * world as u64);
+            l.seek(Position { epoch: 0, rows: at });
+            assert_eq!(
+                l.next_batch().unwrap().map(|b| ids(&b)),
+                batches[r].get(2).cloned()
+            );
+        }
+    }
+}

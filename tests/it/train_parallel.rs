@@ -318,7 +318,8 @@ fn ranks_that_cannot_meet_are_refused_or_time_out() {
         .env("KILN_DIST_TIMEOUT", "2")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // Retriable: rank 0 may only be late.
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot reach rank 0"), "{}", stderr(&o));
     let o = kiln()
         .args(["train", f.to_str().unwrap(), "-q"])
