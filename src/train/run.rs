@@ -357,6 +357,7 @@ fn train_on<B: AutodiffBackend>(
             }
             local = Some(accumulator.grads());
         }
+        let mut save = false;
         let reduced = match ranks.as_mut() {
             None => local.map(|grads| Reduced {
                 rows: local_rows as u64,
@@ -402,14 +403,7 @@ fn train_on<B: AutodiffBackend>(
                     }),
                 )?;
             }
-            if step.is_multiple_of(file.checkpoint.every.max(1)) || step == end {
-                let w = checkpoint::Writing {
-                    rank,
-                    sharded,
-                    peer: ranks.as_mut().map(|r| &mut r.peer),
-                };
-                checkpoint::save(&out, &model, &optim, step, at, &d, file, &run, w)?;
-            }
+            save = step.is_multiple_of(file.checkpoint.every.max(1)) || step == end;
         }
         if epoch_over {
             if steps_in_epoch == 0 {
@@ -448,6 +442,16 @@ fn train_on<B: AutodiffBackend>(
                 None if !quiet => eprintln!("{line}"),
                 None => {}
             }
+        }
+        // After the epoch's evaluation: a run resumed from this checkpoint
+        // has every line before it.
+        if save {
+            let w = checkpoint::Writing {
+                rank,
+                sharded,
+                peer: ranks.as_mut().map(|r| &mut r.peer),
+            };
+            checkpoint::save(&out, &model, &optim, step, at, &d, file, &run, w)?;
         }
     }
     if let Some(bar) = bar {
