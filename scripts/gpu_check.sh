@@ -25,35 +25,7 @@ WORK=${WORK:-/tmp/kiln-gpu-check}
 [ -x "$KILN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 rm -rf "$WORK" && mkdir -p "$WORK"
 
-# 20,000 sentences, four topics with their own words plus shared ones.
-awk 'BEGIN {
-    srand(7)
-    t[0] = "goal match team player score coach ball league win referee"
-    t[1] = "bread oven salt butter recipe flour soup pan sugar knife"
-    t[2] = "rain cloud storm wind snow sun forecast cold warm fog"
-    t[3] = "code compiler bug test build crate linker thread memory cache"
-    shared = "the a of and to in is was it for on with as at by"
-    ns = split(shared, s, " ")
-    for (i = 0; i < 20000; i++) {
-        k = i % 4; n = split(t[k], w, " "); line = ""
-        len = 8 + int(rand() * 40)
-        for (j = 0; j < len; j++)
-            line = line (j ? " " : "") (rand() < 0.5 ? s[1 + int(rand() * ns)] : w[1 + int(rand() * n)])
-        printf "{\"text\": \"%s\", \"label\": \"t%d\"}\n", line, k
-    }
-}' > "$WORK/topics.jsonl"
-cat > "$WORK/topics.toml" <<TOML
-[[inputs]]
-path = "$WORK/topics.jsonl"
-columns = ["label"]
-[[stages]]
-type = "tokenize"
-tokenizer = "fixtures/text/tokenizer.json"
-[output]
-path = "$WORK/topics"
-max_shard_rows = 2000
-TOML
-"$KILN" run "$WORK/topics.toml" -q
+KILN="$KILN" scripts/topics_dataset.sh "$WORK"
 
 train() { # name device precision steps
     cat > "$WORK/$1.toml" <<TOML

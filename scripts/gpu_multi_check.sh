@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Data-parallel training on two or more NVIDIA GPUs of one machine: builds
-# the text dataset of scripts/gpu_check.sh (four topics), then trains it
+# scripts/topics_dataset.sh (40,000 sentences of four topics), then trains it
 #   * on one GPU with batch B x N (one process),
 #   * on N GPUs with `--nproc N` (one rank a GPU, LOCAL_RANK choosing it),
 #     batch B a rank: the same global batch,
@@ -31,34 +31,7 @@ if [ "$GPUS" -lt 2 ] || [ "$N" -lt 2 ] || [ "$N" -gt "$GPUS" ]; then
     exit 2
 fi
 rm -rf "$WORK" && mkdir -p "$WORK"
-awk 'BEGIN {
-    srand(7)
-    t[0] = "goal match team player score coach ball league win referee"
-    t[1] = "bread oven salt butter recipe flour soup pan sugar knife"
-    t[2] = "rain cloud storm wind snow sun forecast cold warm fog"
-    t[3] = "code compiler bug test build crate linker thread memory cache"
-    shared = "the a of and to in is was it for on with as at by"
-    ns = split(shared, s, " ")
-    for (i = 0; i < 40000; i++) {
-        k = i % 4; n = split(t[k], w, " "); line = ""
-        len = 8 + int(rand() * 40)
-        for (j = 0; j < len; j++)
-            line = line (j ? " " : "") (rand() < 0.5 ? s[1 + int(rand() * ns)] : w[1 + int(rand() * n)])
-        printf "{\"text\": \"%s\", \"label\": \"t%d\"}\n", line, k
-    }
-}' > "$WORK/topics.jsonl"
-cat > "$WORK/topics.toml" <<TOML
-[[inputs]]
-path = "$WORK/topics.jsonl"
-columns = ["label"]
-[[stages]]
-type = "tokenize"
-tokenizer = "fixtures/text/tokenizer.json"
-[output]
-path = "$WORK/topics"
-max_shard_rows = 2000
-TOML
-"$KILN" run "$WORK/topics.toml" -q
+KILN="$KILN" scripts/topics_dataset.sh "$WORK" 40000
 
 run() { # name batch zero [kiln args...]
     local name=$1 batch=$2 zero=$3
