@@ -48,9 +48,10 @@ pub(super) fn evaluate<B: Backend>(
     let mut loader = loader(ds, file, columns, 64, ranks, true)?;
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let (mut right, mut right2, mut total, mut loss_sum) = (0u64, 0u64, 0u64, 0.0f64);
-    let mut skipped = 0;
+    // Held-out rows that cannot be evaluated are left out of the counts.
+    let mut held_skipped = 0;
     while let Some(b) = loader.next_batch()? {
-        let Some((x, y)) = tensors::<B>(&b, cols, d, &device, &mut skipped, None)? else {
+        let Some((x, y)) = tensors::<B>(&b, cols, d, &device, &mut held_skipped, None)? else {
             continue;
         };
         let mut y = y.into_iter();
@@ -72,7 +73,7 @@ pub(super) fn evaluate<B: Backend>(
         }
         total += n;
     }
-    let mut skipped_all = train_skipped;
+    let mut skipped = train_skipped;
     if let Some(p) = peer {
         let all = p.sum(&[
             right as f64,
@@ -82,10 +83,9 @@ pub(super) fn evaluate<B: Backend>(
             train_skipped as f64,
         ])?;
         (right, right2, total, loss_sum) = (all[0] as u64, all[1] as u64, all[2] as u64, all[3]);
-        skipped_all = all[4] as u64;
+        skipped = all[4] as u64;
     }
     let share = |r: u64| (total > 0).then(|| r as f64 / total as f64);
-    let skipped = skipped_all;
     Ok(Evaluation {
         rows: total,
         skipped,
