@@ -30,6 +30,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use super::collective::Peer;
+use super::compress::CompressState;
 use super::config::TrainFile;
 use super::model::{Dims, Fusion};
 use crate::error::{Error, IoContext, Result};
@@ -47,9 +48,12 @@ pub(super) struct At {
 pub(super) struct State {
     pub(super) step: u64,
     pub(super) at: At,
-    dims: Dims,
+    pub(super) dims: Dims,
     /// What the run is ([`identity`]).
     run: BTreeMap<String, serde_json::Value>,
+    /// Quantisation's ranges and pruning's scores.
+    #[serde(default)]
+    pub(super) compress: CompressState,
 }
 
 /// What makes a run the run it is: every key of the training file that
@@ -84,11 +88,13 @@ pub(super) fn identity(
         .into_iter()
         .filter(|(k, _)| {
             let top = k.split('.').next().unwrap_or("");
-            matches!(top, "seed" | "data" | "model" | "optim" | "mix")
-                && !matches!(
-                    k.as_str(),
-                    "data.path" | "optim.stop_after" | "optim.precision"
-                )
+            matches!(
+                top,
+                "seed" | "data" | "model" | "optim" | "mix" | "quant" | "prune" | "distill"
+            ) && !matches!(
+                k.as_str(),
+                "data.path" | "optim.stop_after" | "optim.precision"
+            )
         })
         .collect();
     let manifest = dataset.join("manifest.json");
@@ -148,6 +154,7 @@ pub(super) fn save<B: AutodiffBackend, O: Optimizer<Fusion<B>, B>>(
     d: &Dims,
     file: &TrainFile,
     run: &BTreeMap<String, serde_json::Value>,
+    compress: CompressState,
     w: Writing<'_>,
 ) -> Result<()> {
     let Writing {
@@ -200,6 +207,7 @@ pub(super) fn save<B: AutodiffBackend, O: Optimizer<Fusion<B>, B>>(
         at,
         dims: *d,
         run: run.clone(),
+        compress,
     };
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state)?).at("write", &tmp)?;
     if dir.exists() {
@@ -247,21 +255,15 @@ fn canonical_safetensors(path: &Path) -> Result<()> {
     std::fs::write(path, out).at("write", path)
 }
 
-/// The newest checkpoint under `dir` loaded into `model` and `optim` (the
-/// optimizer state of `rank` when `sharded`), with its directory and
-/// state; refused when it is of another model than `d` or another run than
+/// The newest checkpoint under `dir`, with its state; refused when it is of
+/// another model than `d` (a pruned `d` when `pruned`) or another run than
 /// `run`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn load<B: AutodiffBackend, O: Optimizer<Fusion<B>, B>>(
+pub(super) fn open(
     dir: &Path,
     d: &Dims,
     run: &BTreeMap<String, serde_json::Value>,
-    model: Fusion<B>,
-    optim: O,
-    device: &B::Device,
-    rank: usize,
-    sharded: bool,
-) -> Result<(Fusion<B>, O, PathBuf, State)> {
+    pruned: bool,
+) -> Result<(PathBuf, State)> {
     let ckpt = latest_checkpoint(dir).ok_or_else(|| {
         Error::Config(format!(
             "{} holds no checkpoint to resume from",
@@ -284,7 +286,7 @@ pub(super) fn load<B: AutodiffBackend, O: Optimizer<Fusion<B>, B>>(
             differ.join("\n  ")
         )));
     }
-    if state.dims != *d {
+    if state.dims != *d && !(pruned && state.dims.unpruned() == *d) {
         return Err(Error::Config(format!(
             "the checkpoint {} is of another model ({:?}); this file and dataset make {:?}",
             ckpt.display(),
@@ -292,6 +294,19 @@ pub(super) fn load<B: AutodiffBackend, O: Optimizer<Fusion<B>, B>>(
             d
         )));
     }
+    Ok((ckpt, state))
+}
+
+/// The checkpoint `ckpt` loaded into `model` and `optim` (the optimizer
+/// state of `rank` when `sharded`).
+pub(super) fn load<B: AutodiffBackend, O: Optimizer<Fusion<B>, B>>(
+    ckpt: &Path,
+    model: Fusion<B>,
+    optim: O,
+    device: &B::Device,
+    rank: usize,
+    sharded: bool,
+) -> Result<(Fusion<B>, O)> {
     // The model's record keeps its parameter ids, which the optimiser's
     // state is keyed by (model.safetensors is the weights for others).
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
@@ -306,7 +321,7 @@ pub(super) fn load<B: AutodiffBackend, O: Optimizer<Fusion<B>, B>>(
         .load(ckpt.join(optimizer_file(sharded, rank)), device)
         .map_err(|e| Error::Config(format!("{}: optimizer state: {e}", ckpt.display())))?;
     let optim = optim.load_record(record);
-    Ok((model, optim, ckpt, state))
+    Ok((model, optim))
 }
 
 /// The `step-N` checkpoints under `dir/checkpoints`, oldest first (not a

@@ -9,6 +9,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::distill::DistillConfig;
+use super::prune::PruneConfig;
+use super::quant::QuantConfig;
 use crate::config::ConfigSource;
 use crate::error::Result;
 use crate::mixing::MixParams;
@@ -29,6 +32,15 @@ pub struct TrainFile {
     /// Online CutMix/MixUp of `pixel_values`.
     #[serde(default)]
     pub mix: Option<TrainMix>,
+    /// Quantisation to int8, during training or after it.
+    #[serde(default)]
+    pub quant: Option<QuantConfig>,
+    /// Removing the least important channels.
+    #[serde(default)]
+    pub prune: Option<PruneConfig>,
+    /// Learning from a trained teacher too.
+    #[serde(default)]
+    pub distill: Option<DistillConfig>,
     pub output: TrainOutput,
 }
 
@@ -279,6 +291,10 @@ pub struct TrainOutput {
     pub path: String,
     #[serde(default)]
     pub device: TrainDevice,
+    /// Every this many steps, each layer's activation statistics in
+    /// metrics.jsonl (and a warning when one is not finite or explodes).
+    #[serde(default)]
+    pub monitor_every: Option<u64>,
 }
 
 /// Where training runs (`output.device`, `--device`).
@@ -375,6 +391,28 @@ fn check(file: &TrainFile, source: &ConfigSource) -> Result<()> {
         m.params()
             .check()
             .map_err(|(key, why)| source.error(&format!("mix.{key}"), why))?;
+    }
+    if file.output.monitor_every == Some(0) {
+        return Err(source.error(
+            "output.monitor_every",
+            "output.monitor_every must be at least 1",
+        ));
+    }
+    if file
+        .quant
+        .as_ref()
+        .is_some_and(|q| q.calibration_steps == 0)
+    {
+        return Err(source.error(
+            "quant.calibration_steps",
+            "quant.calibration_steps must be at least 1",
+        ));
+    }
+    if let Some(p) = &file.prune {
+        p.check().map_err(|(key, why)| source.error(key, why))?;
+    }
+    if let Some(d) = &file.distill {
+        d.check().map_err(|(key, why)| source.error(key, why))?;
     }
     Ok(())
 }

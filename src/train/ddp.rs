@@ -97,6 +97,20 @@ impl Ranks {
         })
     }
 
+    /// The parameters shared out again, for a model of new shapes (a
+    /// pruned one).
+    pub(super) fn reshape<B: AutodiffBackend, M: AutodiffModule<B>>(&mut self, model: &M) {
+        let (rank, world) = (self.peer.rank, self.peer.world);
+        self.params = params(model);
+        self.owner = match self.sharded {
+            true => owners(&self.params, world),
+            false => vec![rank; self.params.len()],
+        };
+        self.mine = self.owner.iter().map(|&r| r == rank).collect();
+        self.others = self.mine.iter().map(|m| !m).collect();
+        self.all = vec![true; self.params.len()];
+    }
+
     /// Every rank starts from the same weights, or none starts.
     pub(super) fn same_weights<B: AutodiffBackend, M: AutodiffModule<B>>(
         &mut self,

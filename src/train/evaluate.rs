@@ -1,5 +1,7 @@
 //! The held-out rows, evaluated after every epoch: accuracy and mean loss
-//! of the first task, accuracy of the second. Each rank evaluates its share
+//! of the first task, accuracy of the second, and the model's speed on
+//! them (rows a second of forward passes, reading and batching left out);
+//! through a quantiser when one is given (fake-quantised or int8). Each rank evaluates its share
 //! of the held-out rows and the counts are summed over the ranks.
 
 use std::sync::Arc;
@@ -14,8 +16,10 @@ use super::collective::Peer;
 use super::config::TrainFile;
 use super::loader::Dataset;
 use super::model::{Dims, Fusion};
+use super::quant::Quantizer;
 use super::run::loader;
 use super::shape::Columns;
+use super::tap::Tap;
 use crate::error::Result;
 
 /// What the held-out samples say: accuracy and mean loss of the first
@@ -27,6 +31,8 @@ pub(super) struct Evaluation {
     pub(super) accuracy: Option<f64>,
     pub(super) loss: Option<f64>,
     pub(super) accuracy2: Option<f64>,
+    /// Held-out rows through the model a second (this rank's).
+    pub(super) samples_per_s: Option<f64>,
 }
 
 /// Accuracy and mean loss on the held-out samples: each rank its share,
@@ -42,6 +48,7 @@ pub(super) fn evaluate<B: Backend>(
     ranks: (usize, usize),
     peer: Option<&mut Peer>,
     train_skipped: u64,
+    mut quant: Option<&mut Quantizer>,
 ) -> Result<Evaluation> {
     use burn::tensor::ElementConversion;
     let device = model.devices().into_iter().next().unwrap_or_default();
@@ -50,6 +57,7 @@ pub(super) fn evaluate<B: Backend>(
     let (mut right, mut right2, mut total, mut loss_sum) = (0u64, 0u64, 0u64, 0.0f64);
     // Held-out rows that cannot be evaluated are left out of the counts.
     let mut held_skipped = 0;
+    let (mut busy, mut local) = (0.0f64, 0u64);
     while let Some(b) = loader.next_batch()? {
         let Some((x, y)) = tensors::<B>(&b, cols, d, &device, &mut held_skipped, None)? else {
             continue;
@@ -57,7 +65,16 @@ pub(super) fn evaluate<B: Backend>(
         let mut y = y.into_iter();
         let y1 = y.next().expect("a target a task").hard()?;
         let n = y1.dims()[0] as u64;
-        let (logits, second) = model.forward(x);
+        let started = std::time::Instant::now();
+        let mut tap = Tap {
+            quant: quant.as_deref_mut(),
+            stats: None,
+        };
+        let (logits, second) = model.forward_with(x, &mut tap);
+        // One read of the device ends the pass.
+        let _ = logits.clone().sum().into_scalar();
+        busy += started.elapsed().as_secs_f64();
+        local += n;
         loss_sum += loss_fn
             .forward(logits.clone(), y1.clone())
             .into_scalar()
@@ -92,5 +109,6 @@ pub(super) fn evaluate<B: Backend>(
         accuracy: share(right),
         loss: (total > 0).then(|| loss_sum / total as f64),
         accuracy2: (d.classes2 > 0).then(|| share(right2)).flatten(),
+        samples_per_s: (busy > 0.0).then(|| local as f64 / busy),
     })
 }

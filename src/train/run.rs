@@ -39,23 +39,25 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{AutodiffModule, Module, Param};
-use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::module::{AutodiffModule, Module};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsAccumulator, Optimizer};
+use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{FloatDType, Tensor};
 
-use super::batch::{Batch, mix_rng, task_loss, tensors};
+use super::batch::{Batch, mix_rng, tensors};
 use super::checkpoint::{self, At};
 use super::collective::DistEnv;
+use super::compress::{Compress, activations, finish_int8};
 use super::config::{Precision, TrainFile};
 use super::ddp::{self, Ranks, Reduced};
-use super::device::{CastParams, Chosen, Materialise, choose, in_f32};
+use super::device::{Chosen, Materialise, choose};
 use super::evaluate::evaluate;
 use super::loader::{Dataset, Holdout, Loader, LoaderConfig, Position};
 use super::model::Fusion;
 use super::schedule::WarmupCosine;
 use super::shape::dims;
+use super::step::{StepWith, grad_norm, micro_step};
 use crate::error::{Error, IoContext, Result};
 
 /// What a run did, for the CLI's summary.
@@ -137,49 +139,6 @@ pub(super) fn loader(
     )
 }
 
-/// One micro-batch: its loss times `share` (its rows over the step's), the
-/// task weight, and the gradients on the master weights. With `compute`,
-/// the forward and backward passes run in that type.
-fn micro_step<B: AutodiffBackend>(
-    model: &Fusion<B>,
-    compute: Option<FloatDType>,
-    ce: &CrossEntropyLoss<B>,
-    (x, y): Batch<B>,
-    share: f64,
-) -> (f64, Option<f64>, GradientsParams) {
-    use burn::tensor::ElementConversion;
-    let cast;
-    let (forward, x) = match compute {
-        Some(dtype) => {
-            cast = model.clone().map(&mut CastParams(dtype));
-            (&cast, x.cast(dtype))
-        }
-        None => (model, x),
-    };
-    let (logits, second) = forward.forward(x);
-    let mut y = y.into_iter();
-    // The losses in fp32 whatever the computation's type.
-    let cast_back = compute.is_some();
-    let first = task_loss(
-        ce,
-        in_f32(logits, cast_back),
-        y.next().expect("a target a task"),
-    );
-    let (loss, weight) = match (second, forward.task_weight(), y.next()) {
-        (Some(logits2), Some(w), Some(y2)) => {
-            let w = in_f32(w, cast_back);
-            let other = task_loss(ce, in_f32(logits2, cast_back), y2);
-            let value = w.clone().into_scalar().elem::<f64>();
-            (first * w.clone() + other * (w.neg() + 1.0), Some(value))
-        }
-        _ => (first, None),
-    };
-    let loss = loss * share;
-    let value = loss.clone().into_scalar().elem::<f64>();
-    let grads = GradientsParams::from_grads(loss.backward(), model);
-    (value, weight, grads)
-}
-
 /// The loop, on backend `B` and `device`.
 #[allow(clippy::too_many_arguments)]
 fn train_on<B: AutodiffBackend>(
@@ -196,7 +155,7 @@ fn train_on<B: AutodiffBackend>(
     // A dataset in an object store is read from a checked local copy.
     let data = crate::dataset::local_copy(&file.data.path)?;
     let ds = Arc::new(Dataset::open(&data)?);
-    let (d, cols) = dims(file, &ds)?;
+    let (mut d, cols) = dims(file, &ds)?;
     let run = checkpoint::identity(file, &data, world)?;
     let out = PathBuf::from(&file.output.path);
     let columns = cols.names();
@@ -228,13 +187,15 @@ fn train_on<B: AutodiffBackend>(
         warmup_steps: o.warmup_steps,
         total_steps: total,
     };
+    // The teacher and the pruning schedule, checked before the model is made.
+    let mut compress = Compress::<B>::new(file, &d, &device, total)?;
     B::seed(&device, file.seed);
     let mut model: Fusion<B> = ddp::numbered(Fusion::new(&d, &device).map(&mut Materialise));
     let mut optim_cfg = AdamWConfig::new().with_weight_decay(o.weight_decay as f32);
     if let Some(c) = o.clip_norm {
         optim_cfg = optim_cfg.with_grad_clipping(Some(GradientClippingConfig::Norm(c as f32)));
     }
-    let mut optim = optim_cfg.init::<B, Fusion<B>>();
+    let mut optim = optim_cfg.clone().init::<B, Fusion<B>>();
     // The ranks meet: the same run on every one, or none starts.
     let mut ranks = match &dist {
         Some(e) => Some(Ranks::join(e, &run, &model, o.zero)?),
@@ -247,9 +208,18 @@ fn train_on<B: AutodiffBackend>(
     let mut at = At::default();
     let mut step = 0u64;
     if let Some(dir) = resume {
-        let (ckpt, state);
-        (model, optim, ckpt, state) =
-            checkpoint::load(dir, &d, &run, model, optim, &device, rank, sharded)?;
+        let (ckpt, state) = checkpoint::open(dir, &d, &run, file.prune.is_some())?;
+        if state.dims != d {
+            // Pruned before the checkpoint: the narrower model.
+            d = state.dims;
+            model = ddp::numbered(Fusion::new(&d, &device).map(&mut Materialise));
+            optim = optim_cfg.init::<B, Fusion<B>>();
+            if let Some(r) = ranks.as_mut() {
+                r.reshape(&model);
+            }
+        }
+        (model, optim) = checkpoint::load(&ckpt, model, optim, &device, rank, sharded)?;
+        compress.restore(&state.compress);
         at = state.at;
         step = state.step;
         if !quiet {
@@ -346,14 +316,32 @@ fn train_on<B: AutodiffBackend>(
         let mut local = None;
         let mut loss_sum = 0.0;
         let mut weight = None;
+        let mut kl = None;
+        let mut stats = Vec::new();
+        let monitored = compress.monitors(step);
         if !micro.is_empty() {
             let mut accumulator = GradientsAccumulator::<Fusion<B>>::new();
-            for batch in micro {
+            compress.training_quant(step);
+            for (i, batch) in micro.into_iter().enumerate() {
                 let share = batch.1[0].rows() as f64 / local_rows as f64;
-                let (loss, w, g) = micro_step(&model, compute, &loss_fn, batch, share);
-                loss_sum += loss;
-                weight = w.or(weight);
-                accumulator.accumulate(&model, g);
+                let mut with = StepWith {
+                    compute,
+                    ce: &loss_fn,
+                    quant: compress.quant.as_mut().filter(|_| compress_qat(file)),
+                    // The step's first micro-batch is its sample.
+                    stats: (monitored && i == 0).then_some(&mut stats),
+                    teacher: compress.teacher.as_ref().map(|t| {
+                        (
+                            &t.model,
+                            file.distill.as_ref().expect("a teacher is distilled"),
+                        )
+                    }),
+                };
+                let m = micro_step(&model, &mut with, batch, share);
+                loss_sum += m.loss;
+                weight = m.weight.or(weight);
+                kl = m.kl.map(|k| kl.unwrap_or(0.0) + k * share);
+                accumulator.accumulate(&model, m.grads);
             }
             local = Some(accumulator.grads());
         }
@@ -371,6 +359,9 @@ fn train_on<B: AutodiffBackend>(
         };
         if let Some(r) = reduced {
             let lr = schedule.lr(step);
+            if compress.scores_step(step + 1, file) {
+                compress.score(&model, &r.grads, &d, file);
+            }
             model = optim.step(lr, model, r.grads);
             let mut exchange_s = r.exchange_s;
             if let Some(ranks) = ranks.as_mut().filter(|r| r.sharded) {
@@ -382,6 +373,21 @@ fn train_on<B: AutodiffBackend>(
             step += 1;
             steps_in_epoch += 1;
             seen += r.rows;
+            if let Some((pruned, narrower)) = compress.prune(step, &model, &d, file) {
+                // The removed channels' optimizer state has nowhere to go.
+                (model, d) = (ddp::numbered(pruned), narrower);
+                optim = optim_cfg.clone().init::<B, Fusion<B>>();
+                if let Some(ranks) = ranks.as_mut() {
+                    ranks.reshape(&model);
+                }
+                if let Some(m) = metrics.as_mut() {
+                    let a = d.attention();
+                    write_line(
+                        m,
+                        serde_json::json!({"step": step, "pruned": compress.rounds_done, "memory": d.memory_width(), "qk": a.qk, "v": a.v, "heads": a.heads, "params": model.num_params()}),
+                    )?;
+                }
+            }
             let rate = seen as f64 / started.elapsed().as_secs_f64();
             if let Some(bar) = &bar {
                 bar.set_position(step);
@@ -399,9 +405,19 @@ fn train_on<B: AutodiffBackend>(
                         "samples_per_s": rate, "data_s": data_s,
                         "step_s": loading.elapsed().as_secs_f64(),
                         "exchange_s": (world > 1).then_some(exchange_s),
-                        "peak_rss_mb": peak_rss_mb(),
+                        "peak_rss_mb": peak_rss_mb(), "distill_kl": kl,
                     }),
                 )?;
+                if !stats.is_empty() {
+                    let (line, warnings) = activations(step, &stats);
+                    write_line(m, line)?;
+                    for w in warnings {
+                        match &bar {
+                            Some(bar) => bar.println(w),
+                            None => eprintln!("{w}"),
+                        }
+                    }
+                }
             }
             save = step.is_multiple_of(file.checkpoint.every.max(1)) || step == end;
         }
@@ -414,6 +430,7 @@ fn train_on<B: AutodiffBackend>(
             steps_in_epoch = 0;
         }
         if epoch_over || step == end {
+            let (mut q, precision) = compress.eval_quant(step);
             let e = evaluate(
                 &model.valid(),
                 &ds,
@@ -424,13 +441,14 @@ fn train_on<B: AutodiffBackend>(
                 (rank, world),
                 ranks.as_mut().map(|r| &mut r.peer),
                 skipped,
+                q.as_mut(),
             )?;
             let (acc, loss) = (e.accuracy, e.loss);
             accuracy = acc;
             if let Some(m) = metrics.as_mut() {
                 write_line(
                     m,
-                    serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "val_accuracy_2": e.accuracy2, "val_rows": e.rows, "train_rows": train_rows, "skipped": e.skipped, "device": device_name, "ranks": world, "peak_rss_mb": peak_rss_mb()}),
+                    serde_json::json!({"epoch": epoch, "step": step, "val_accuracy": acc, "val_loss": loss, "val_accuracy_2": e.accuracy2, "val_rows": e.rows, "train_rows": train_rows, "skipped": e.skipped, "device": device_name, "ranks": world, "peak_rss_mb": peak_rss_mb(), "precision": precision, "val_samples_per_s": e.samples_per_s, "params": model.num_params()}),
                 )?;
             }
             let line = format!(
@@ -451,7 +469,46 @@ fn train_on<B: AutodiffBackend>(
                 sharded,
                 peer: ranks.as_mut().map(|r| &mut r.peer),
             };
-            checkpoint::save(&out, &model, &optim, step, at, &d, file, &run, w)?;
+            checkpoint::save(
+                &out,
+                &model,
+                &optim,
+                step,
+                at,
+                &d,
+                file,
+                &run,
+                compress.state(),
+                w,
+            )?;
+        }
+    }
+    if step == total && file.quant.is_some() {
+        // The int8 model, written and evaluated on integers.
+        let line = finish_int8(
+            &mut compress,
+            &model.valid(),
+            &d,
+            &ds,
+            file,
+            &cols,
+            &columns,
+            (rank, world),
+            ranks.as_mut().map(|r| &mut r.peer),
+            &out,
+        )?;
+        if let Some(m) = metrics.as_mut() {
+            let mut line = line;
+            line["step"] = step.into();
+            if !quiet {
+                eprintln!(
+                    "kiln: int8 model: validation accuracy {}",
+                    line["val_accuracy"]
+                        .as_f64()
+                        .map_or("n/a".into(), |a| format!("{a:.3}"))
+                );
+            }
+            write_line(m, line)?;
         }
     }
     if let Some(bar) = bar {
@@ -498,149 +555,11 @@ fn plot_metrics(out: &Path) -> Result<()> {
         .map_err(|e| Error::Execution(format!("cannot write plot.png: {e}")))
 }
 
-/// The global L2 norm of the gradient (before clipping).
-fn grad_norm<B: AutodiffBackend>(model: &Fusion<B>, grads: &GradientsParams) -> f64 {
-    use burn::tensor::ElementConversion;
-    struct Norm<'a, B: AutodiffBackend> {
-        grads: &'a GradientsParams,
-        sum: Option<Tensor<B::InnerBackend, 1>>,
-    }
-    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Norm<'_, B> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-                let s = g.powi_scalar(2).sum();
-                self.sum = Some(match self.sum.take() {
-                    Some(t) => t + s,
-                    None => s,
-                });
-            }
-        }
-    }
-    let mut v = Norm::<B> { grads, sum: None };
-    model.visit(&mut v);
-    // One read of the device, for all the parameters.
-    v.sum.map_or(0.0, |s| s.into_scalar().elem::<f64>()).sqrt()
-}
-
 fn write_line(out: &mut std::fs::File, v: serde_json::Value) -> Result<()> {
     writeln!(out, "{v}").map_err(|e| Error::io("write metrics.jsonl", e))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mixing::mixed_target;
-    use burn::backend::ndarray::NdArrayDevice;
-    use burn::module::ParamId;
-    use burn::tensor::{DType, TensorData};
-
-    use crate::train::batch::Target;
-    use crate::train::model::{Dims, Inputs};
-    use burn::tensor::backend::Backend;
-
-    type B = Autodiff<NdArray<f32>>;
-
-    fn dims() -> Dims {
-        Dims {
-            vocab: 11,
-            max_tokens: 5,
-            image: 6,
-            mels: 3,
-            pixels: [8, 8],
-            patch: 4,
-            classes: 3,
-            classes2: 2,
-            d_model: 8,
-            heads: 2,
-            window: 0,
-        }
-    }
-
-    /// A batch of 4 with every input, made of small deterministic values.
-    fn batch(device: &NdArrayDevice) -> Batch<B> {
-        let v = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>();
-        let ids: Vec<i64> = (0..20).map(|i| (i * 7 % 11) as i64).collect();
-        let pad: Vec<bool> = (0..20).map(|i| i % 5 > 2 + (i / 5) % 2).collect();
-        let inputs = Inputs {
-            text: Some((
-                Tensor::from_data(TensorData::new(ids, [4, 5]), device),
-                Tensor::from_data(TensorData::new(pad, [4, 5]), device),
-            )),
-            image: Some(Tensor::from_data(
-                TensorData::new(v(24, 0.3), [4, 6]),
-                device,
-            )),
-            pixels: Some(Tensor::from_data(
-                TensorData::new(v(4 * 3 * 64, 0.07), [4, 3, 8, 8]),
-                device,
-            )),
-            audio: Some(Tensor::from_data(
-                TensorData::new(v(24, 0.5), [4, 2, 3]),
-                device,
-            )),
-        };
-        let soft: Vec<f32> = (0..4)
-            .flat_map(|i| mixed_target(i % 3, 2 - i % 3, 0.7, 3, 0.1))
-            .collect();
-        let targets = vec![
-            Target::Soft(Tensor::from_data(TensorData::new(soft, [4, 3]), device)),
-            Target::Hard(Tensor::from_data(
-                TensorData::new(vec![0i64, 1, 1, 0], [4]),
-                device,
-            )),
-        ];
-        (inputs, targets)
-    }
-
-    /// Each parameter's gradient, by id.
-    fn gradients(model: &Fusion<B>, grads: &GradientsParams) -> Vec<(ParamId, Vec<f32>)> {
-        struct Collect<'a>(&'a GradientsParams, Vec<(ParamId, Vec<f32>)>);
-        impl burn::module::ModuleVisitor<B> for Collect<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                let g = self.0.get::<NdArray<f32>, D>(param.id).expect("a gradient");
-                assert_eq!(
-                    g.dtype(),
-                    DType::F32,
-                    "the master weights' gradient is fp32"
-                );
-                self.1
-                    .push((param.id, g.into_data().to_vec::<f32>().unwrap()));
-            }
-        }
-        let mut c = Collect(grads, Vec::new());
-        model.visit(&mut c);
-        c.1
-    }
-
-    #[test]
-    fn a_cast_compute_copy_gives_the_master_weights_their_gradients() {
-        // The CPU backend has no bf16, so the compute copy is f64 here: the
-        // same casts, the same graph back to the fp32 master weights.
-        let device = NdArrayDevice::Cpu;
-        B::seed(&device, 7);
-        let model = Fusion::<B>::new(&dims(), &device).map(&mut Materialise);
-        let ce = CrossEntropyLossConfig::new().init(&device);
-        let (l32, w32, g32) = micro_step(&model, None, &ce, batch(&device), 0.5);
-        let (l64, w64, g64) = micro_step(&model, Some(FloatDType::F64), &ce, batch(&device), 0.5);
-        assert!(
-            (l32 - l64).abs() < 1e-5 * l32.abs().max(1.0),
-            "{l32} vs {l64}"
-        );
-        assert!((w32.unwrap() - w64.unwrap()).abs() < 1e-6);
-        let (a, b) = (gradients(&model, &g32), gradients(&model, &g64));
-        assert_eq!(a.len(), b.len());
-        assert!(a.len() >= 15, "every parameter has a gradient: {}", a.len());
-        for ((id, x), (_, y)) in a.iter().zip(&b) {
-            assert!(x.iter().any(|v| *v != 0.0), "{id}: a zero gradient");
-            for (u, v) in x.iter().zip(y) {
-                assert!((u - v).abs() <= 1e-4 * (1.0 + u.abs()), "{id}: {u} vs {v}");
-            }
-        }
-        // The copy computes in its own type; the master stays fp32.
-        let copy = model.clone().map(&mut CastParams(FloatDType::F64));
-        let (logits, _) = copy.forward(batch(&device).0.cast(FloatDType::F64));
-        assert_eq!(logits.dtype(), DType::F64);
-        let (logits, _) = model.forward(batch(&device).0);
-        assert_eq!(logits.dtype(), DType::F32);
-    }
+/// Whether `file` trains through fake quantisation.
+fn compress_qat(file: &TrainFile) -> bool {
+    file.quant.as_ref().is_some_and(|q| q.qat)
 }

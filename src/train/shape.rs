@@ -261,6 +261,9 @@ pub(super) fn dims(file: &TrainFile, ds: &Dataset) -> Result<(Dims, Columns)> {
                 Attention::Full => 0,
                 Attention::Sliding => file.model.window,
             },
+            memory: 0,
+            qk: 0,
+            v: 0,
         },
         columns,
     ))

@@ -24,8 +24,15 @@ use arrow::datatypes::{DataType, Float64Type};
 
 use crate::common::*;
 
-/// `train.toml` is `kiln train`'s file (tests/train.rs runs it).
-const NOT_PIPELINES: [&str; 1] = ["train.toml"];
+/// `kiln train`'s files (tests/train.rs and tests/train_compress.rs run
+/// them).
+const NOT_PIPELINES: [&str; 5] = [
+    "train.toml",
+    "train_qat.toml",
+    "train_prune.toml",
+    "train_distill.toml",
+    "train_compress.toml",
+];
 
 const GOLDEN: &str = "tests/golden/examples.sha256";
 

@@ -5,7 +5,8 @@
 //! (the import layers, no circles, file sizes), `pipelines`, `cli`,
 //! `resume`, `images`, `audio`, `multimodal`, `text_augment`, `train`,
 //! `train_loader`, `train_parallel` (epochs, resumes, data-parallel ranks,
-//! long texts), `remote` (object storage, against a moto server). Run one with `cargo nextest run MODULE::`.
+//! long texts), `train_compress` (quantisation, pruning, distillation,
+//! activation monitoring), `remote` (object storage, against a moto server). Run one with `cargo nextest run MODULE::`.
 
 mod common;
 
@@ -21,5 +22,6 @@ mod remote;
 mod resume;
 mod text_augment;
 mod train;
+mod train_compress;
 mod train_loader;
 mod train_parallel;
