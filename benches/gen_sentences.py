@@ -7,6 +7,11 @@ more are asked for. Real sentences, with a real vocabulary, available
 offline on every machine the tests run on.
 
     gen_sentences.py --n 20000 --out bench-data/sentences.jsonl
+
+The label is random (`c0`..`c4`) unless `--label lexfile`: then it is the
+lexicographer file of the synset whose gloss holds the sentence (`lex00`
+adj.all, `lex02` adv.all, `lex04` noun.act, ...), a label a model can learn
+from the words, kept to the `--classes` most common files.
 """
 
 import argparse
@@ -17,7 +22,7 @@ import random
 import re
 
 
-def examples(wordnet):
+def examples(wordnet, with_lexfile=False):
     out = []
     for path in sorted(glob.glob(os.path.join(wordnet, "data.*"))):
         with open(path, encoding="latin-1") as f:
@@ -26,7 +31,10 @@ def examples(wordnet):
                     continue
                 for m in re.findall(r'"([^"]+)"', line.split("|", 1)[1]):
                     if len(m.split()) >= 6:
-                        out.append(m.strip())
+                        if with_lexfile:
+                            out.append((m.strip(), "lex" + line.split()[1]))
+                        else:
+                            out.append(m.strip())
     return out
 
 
@@ -36,8 +44,24 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--wordnet", default="/usr/share/wordnet")
+    ap.add_argument("--label", choices=["random", "lexfile"], default="random")
+    ap.add_argument("--classes", type=int, default=6)
     args = ap.parse_args()
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    if args.label == "lexfile":
+        found = examples(args.wordnet, with_lexfile=True)
+        counts = {}
+        for _, lex in found:
+            counts[lex] = counts.get(lex, 0) + 1
+        keep = set(sorted(counts, key=lambda k: (-counts[k], k))[: args.classes])
+        found = [f for f in found if f[1] in keep]
+        r = random.Random(args.seed)
+        r.shuffle(found)
+        with open(args.out, "w") as f:
+            for i in range(args.n):
+                text, lex = found[i % len(found)]
+                f.write(json.dumps({"text": text, "label": lex}) + "\n")
+        return
     sentences = examples(args.wordnet)
     r = random.Random(args.seed)
     r.shuffle(sentences)

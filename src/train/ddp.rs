@@ -51,6 +51,9 @@ pub(super) struct Reduced {
     pub(super) weight: Option<f64>,
     pub(super) grad_norm: f64,
     pub(super) grads: GradientsParams,
+    /// Every parameter's averaged gradient, when asked for (under ZeRO
+    /// `grads` holds only this rank's): what pruning scores.
+    pub(super) all: Option<GradientsParams>,
     /// Seconds spent exchanging gradients (waiting for the slowest rank
     /// included).
     pub(super) exchange_s: f64,
@@ -132,6 +135,7 @@ impl Ranks {
         rows: usize,
         loss: f64,
         weight: Option<f64>,
+        all: bool,
     ) -> Result<Option<Reduced>> {
         let started = std::time::Instant::now();
         let (mut flat, has) = flat_grads(model, local, &self.all);
@@ -154,6 +158,10 @@ impl Ranks {
             weight: weight.map(|_| mean[n + 1] as f64),
             grad_norm: norm(&mean[..n]),
             grads: grads_from(model, &mean[..n], &take),
+            all: all.then(|| {
+                let has: Vec<bool> = mean[n + 2..].iter().map(|&h| h > 0.0).collect();
+                grads_from(model, &mean[..n], &has)
+            }),
             exchange_s: started.elapsed().as_secs_f64(),
         }))
     }

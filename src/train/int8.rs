@@ -75,16 +75,8 @@ pub fn write_int8<B: Backend>(
     let all: BTreeMap<String, TensorData> = params::named(model).into_iter().collect();
     for (name, data) in &all {
         let layer = name.rsplit_once('.').map_or("", |(l, _)| l);
-        if !LAYERS.contains(&layer) {
-            t.push((
-                name.clone(),
-                "F32",
-                data.shape.to_vec(),
-                f32s(&data.to_vec::<f32>().expect("f32")),
-            ));
-            continue;
-        }
-        if name.ends_with(".bias") {
+        // Float: what is not a quantised layer's, and the biases.
+        if !LAYERS.contains(&layer) || name.ends_with(".bias") {
             t.push((
                 name.clone(),
                 "F32",
@@ -262,16 +254,15 @@ pub fn read_int8<B: Backend>(
         floats.insert(key, value);
         q.int8.insert(
             layer.to_string(),
-            QLayer {
-                weight: w,
+            QLayer::new(
+                w,
                 shape,
                 scales,
-                input_scale: s,
-                input_zero: z,
-                bias: floats
+                (s, z),
+                floats
                     .get(&format!("{layer}.bias"))
                     .map(|b| b.to_vec::<f32>().expect("f32")),
-            },
+            ),
         );
     }
     let (model, unused) = params::replaced(model, &floats);

@@ -11,7 +11,7 @@
 //! the exchange of gradients and weights, with ZeRO stage 1 (`ddp`).
 //!
 //! Smaller models: quantisation to int8 ([`quant`], the int8 model's file
-//! [`int8`]), channel pruning
+//! [`int8`], its integer product `kernel`), channel pruning
 //! ([`prune`]) and distillation ([`distill`]), run by the loop through
 //! `compress`; each layer of the model is called through the forward
 //! pass's [`tap`] (quantising, monitoring), its attention is
@@ -29,6 +29,7 @@ mod device;
 pub mod distill;
 mod evaluate;
 pub mod int8;
+mod kernel;
 pub mod launch;
 pub mod loader;
 pub mod model;

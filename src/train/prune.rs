@@ -342,12 +342,15 @@ pub fn plan(
     let a = d.attention();
     let whole = d.unpruned().attention();
     let mut keep = Keep::new();
-    for (&g, scores) in importance {
+    for g in groups(d) {
         let (heads, width, original) = match g {
             Group::Memory => (1, d.memory_width(), whole.memory),
             Group::Qk => (a.heads, a.qk, whole.qk),
             Group::V => (a.heads, a.v, whole.v),
         };
+        // A group no gradient reached scores zero throughout.
+        let none = vec![0.0; heads * width];
+        let scores = importance.get(&g).unwrap_or(&none);
         let head = |h: usize| &scores[h * width..(h + 1) * width];
         let remove = match (cfg.ratio, cfg.tau) {
             (Some(r), _) => {

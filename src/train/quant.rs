@@ -43,6 +43,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{FloatDType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::kernel::{Packed, quantise};
+
 /// `[quant]` in the training file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -174,9 +176,30 @@ pub struct QLayer {
     pub input_scale: f32,
     pub input_zero: f32,
     pub bias: Option<Vec<f32>>,
+    /// The weights packed for the integer product.
+    packed: Packed,
 }
 
 impl QLayer {
+    pub fn new(
+        weight: Vec<i8>,
+        shape: Vec<usize>,
+        scales: Vec<f32>,
+        (input_scale, input_zero): (f32, f32),
+        bias: Option<Vec<f32>>,
+    ) -> QLayer {
+        let packed = Packed::new(&weight, shape[0]);
+        QLayer {
+            weight,
+            shape,
+            scales,
+            input_scale,
+            input_zero,
+            bias,
+            packed,
+        }
+    }
+
     fn out(&self) -> usize {
         self.shape[0]
     }
@@ -188,25 +211,25 @@ impl QLayer {
     /// integers.
     fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
         use rayon::prelude::*;
+        // Rows a task.
+        const ROWS: usize = 64;
         let (n_in, n_out) = (self.inputs(), self.out());
         let (s, z) = (self.input_scale, self.input_zero);
-        let xq: Vec<i16> = x
-            .iter()
-            .map(|v| ((v / s + z).round_ties_even().clamp(0.0, A_MAX) - z) as i16)
-            .collect();
-        let w: Vec<i16> = self.weight.iter().map(|&v| v as i16).collect();
+        debug_assert_eq!(x.len(), rows * n_in);
         let mut out = vec![0f32; rows * n_out];
-        out.par_chunks_mut(n_out)
-            .zip(xq.par_chunks(n_in))
+        out.par_chunks_mut(ROWS * n_out)
+            .zip(x.par_chunks(ROWS * n_in))
             .for_each(|(y, xr)| {
-                for (o, y) in y.iter_mut().enumerate() {
-                    let wr = &w[o * n_in..(o + 1) * n_in];
-                    let acc: i32 = xr.iter().zip(wr).map(|(&a, &b)| a as i32 * b as i32).sum();
-                    *y = acc as f32 * (s * self.scales[o])
-                        + self.bias.as_ref().map_or(0.0, |b| b[o]);
+                let xq: Vec<i16> = xr.iter().map(|&v| quantise(v, s, z)).collect();
+                let mut acc = vec![0i32; y.len()];
+                self.packed.product(&xq, &mut acc);
+                for (row, sums) in y.chunks_exact_mut(n_out).zip(acc.chunks_exact(n_out)) {
+                    for (o, (y, a)) in row.iter_mut().zip(sums).enumerate() {
+                        *y = *a as f32 * (s * self.scales[o])
+                            + self.bias.as_ref().map_or(0.0, |b| b[o]);
+                    }
                 }
             });
-        debug_assert_eq!(xq.len(), rows * n_in);
         out
     }
 }
@@ -259,14 +282,19 @@ impl Quantizer {
         *r = (r.0.min(lo), r.1.max(hi));
     }
 
-    /// The input's scale and zero point, observing it first when its
-    /// layer has no range yet.
-    fn input<B: Backend, const D: usize>(&mut self, name: &str, x: &Tensor<B, D>) -> (f32, f32) {
+    /// The input fake-quantised with its layer's range (observed first
+    /// when the layer has none yet).
+    fn fake_input<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        x: Tensor<B, D>,
+    ) -> Tensor<B, D> {
         if !self.ranges.contains_key(name) {
-            self.observe(name, x);
+            self.observe(name, &x);
         }
         let (lo, hi) = self.ranges[name];
-        act_params(lo, hi)
+        let (s, z) = act_params(lo, hi);
+        fake_quant(x, s, z, 0.0, A_MAX)
     }
 
     pub fn linear<B: Backend, const D: usize>(
@@ -281,10 +309,12 @@ impl Quantizer {
                 layer.forward(x)
             }
             Mode::Fake => {
-                let (s, z) = self.input(name, &x);
-                let xq = fake_quant(x, s, z, 0.0, A_MAX);
                 let w = fake_quant_weight(layer.weight.val(), 1);
-                linear(xq, w, layer.bias.as_ref().map(|b| b.val()))
+                linear(
+                    self.fake_input(name, x),
+                    w,
+                    layer.bias.as_ref().map(|b| b.val()),
+                )
             }
             Mode::Int8 => {
                 let l = self.layer(name);
@@ -316,11 +346,10 @@ impl Quantizer {
                 layer.forward(x)
             }
             Mode::Fake => {
-                let (s, z) = self.input(name, &x);
-                let xq = fake_quant(x, s, z, 0.0, A_MAX);
                 let w = fake_quant_weight(layer.weight.val(), 0);
                 let options = ConvOptions::new(layer.stride, [0, 0], layer.dilation, layer.groups);
-                conv2d(xq, w, layer.bias.as_ref().map(|b| b.val()), options)
+                let x = self.fake_input(name, x);
+                conv2d(x, w, layer.bias.as_ref().map(|b| b.val()), options)
             }
             Mode::Int8 => {
                 // The patch embedding: stride = kernel, no padding, so the

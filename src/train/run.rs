@@ -346,6 +346,8 @@ fn train_on<B: AutodiffBackend>(
             local = Some(accumulator.grads());
         }
         let mut save = false;
+        // A step pruning scores needs every parameter's gradient.
+        let scoring = compress.scores_step(step + 1, file);
         let reduced = match ranks.as_mut() {
             None => local.map(|grads| Reduced {
                 rows: local_rows as u64,
@@ -353,14 +355,22 @@ fn train_on<B: AutodiffBackend>(
                 weight,
                 grad_norm: grad_norm(&model, &grads),
                 grads,
+                all: None,
                 exchange_s: 0.0,
             }),
-            Some(r) => r.average(&model, local.as_ref(), local_rows, loss_sum, weight)?,
+            Some(r) => r.average(
+                &model,
+                local.as_ref(),
+                local_rows,
+                loss_sum,
+                weight,
+                scoring,
+            )?,
         };
         if let Some(r) = reduced {
             let lr = schedule.lr(step);
-            if compress.scores_step(step + 1, file) {
-                compress.score(&model, &r.grads, &d, file);
+            if scoring {
+                compress.score(&model, r.all.as_ref().unwrap_or(&r.grads), &d, file);
             }
             model = optim.step(lr, model, r.grads);
             let mut exchange_s = r.exchange_s;

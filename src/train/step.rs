@@ -146,55 +146,16 @@ mod tests {
 
     use crate::train::batch::Target;
     use crate::train::device::Materialise;
-    use crate::train::model::{Dims, Inputs};
+    use crate::train::model::testing::{dims, inputs};
     use burn::backend::{Autodiff, NdArray};
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn::tensor::backend::Backend;
 
     type B = Autodiff<NdArray<f32>>;
 
-    fn dims() -> Dims {
-        Dims {
-            vocab: 11,
-            max_tokens: 5,
-            image: 6,
-            mels: 3,
-            pixels: [8, 8],
-            patch: 4,
-            classes: 3,
-            classes2: 2,
-            d_model: 8,
-            heads: 2,
-            window: 0,
-            memory: 0,
-            qk: 0,
-            v: 0,
-        }
-    }
-
     /// A batch of 4 with every input, made of small deterministic values.
     fn batch(device: &NdArrayDevice) -> Batch<B> {
-        let v = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>();
-        let ids: Vec<i64> = (0..20).map(|i| (i * 7 % 11) as i64).collect();
-        let pad: Vec<bool> = (0..20).map(|i| i % 5 > 2 + (i / 5) % 2).collect();
-        let inputs = Inputs {
-            text: Some((
-                Tensor::from_data(TensorData::new(ids, [4, 5]), device),
-                Tensor::from_data(TensorData::new(pad, [4, 5]), device),
-            )),
-            image: Some(Tensor::from_data(
-                TensorData::new(v(24, 0.3), [4, 6]),
-                device,
-            )),
-            pixels: Some(Tensor::from_data(
-                TensorData::new(v(4 * 3 * 64, 0.07), [4, 3, 8, 8]),
-                device,
-            )),
-            audio: Some(Tensor::from_data(
-                TensorData::new(v(24, 0.5), [4, 2, 3]),
-                device,
-            )),
-        };
+        let inputs = inputs(device);
         let soft: Vec<f32> = (0..4)
             .flat_map(|i| mixed_target(i % 3, 2 - i % 3, 0.7, 3, 0.1))
             .collect();

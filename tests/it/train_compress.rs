@@ -407,3 +407,44 @@ fn the_compression_examples_train_on_the_multimodal_example() {
             .any(|l| l.get("pruned").is_some())
     );
 }
+
+#[test]
+fn ranks_quantise_and_prune_as_one_process_does() {
+    let s = Scratch::new();
+    let data = topics(&s);
+    let tables =
+        "\n\n[quant]\ncalibration_steps = 5\n\n[prune]\nratio = 0.5\nscore_steps = 5\nstart = 20";
+    let one = train_file(
+        &s,
+        "one",
+        &data,
+        &format!("max_steps = 40\nbatch_size = 8\ngrad_accum = 2\nlr = 0.003{tables}"),
+    );
+    let two = train_file(
+        &s,
+        "two",
+        &data,
+        &format!("max_steps = 40\nbatch_size = 8\nlr = 0.003\nzero = true{tables}"),
+    );
+    assert_ok(&train(&s, &one, &[]));
+    assert_ok(&train(&s, &two, &["--nproc", "2"]));
+    let (a, b) = (int8_line(&s.path("one")), int8_line(&s.path("two")));
+    assert_eq!(a["params"], b["params"], "the same channels pruned");
+    assert_eq!(
+        a["val_rows"], b["val_rows"],
+        "every held-out row evaluated once"
+    );
+    let (x, y) = (
+        a["val_accuracy"].as_f64().unwrap(),
+        b["val_accuracy"].as_f64().unwrap(),
+    );
+    assert!((x - y).abs() <= 0.05, "{x} vs {y}");
+    let (h1, h2) = (
+        header(&s.path("one/model-int8.safetensors")),
+        header(&s.path("two/model-int8.safetensors")),
+    );
+    assert_eq!(
+        h1["attention.query.weight"]["shape"],
+        h2["attention.query.weight"]["shape"]
+    );
+}
