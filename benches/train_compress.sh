@@ -21,13 +21,13 @@
 # int8 ones. File size: the float checkpoint's model.safetensors, or
 # model-int8.safetensors.
 #
-#   benches/train_compress.sh [N] [STEPS] [D]   (default 8000, 400, 64)
+#   benches/train_compress.sh [N] [STEPS] [D]   (default 8000, 1200, 64)
 #
 # Needs a release build (cargo build --release) and scripts/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-8000}
-STEPS=${2:-400}
+STEPS=${2:-1200}
 D=${3:-64}
 KILN=target/release/kiln
 PY=.venv/bin/python

@@ -104,17 +104,6 @@ impl Packed {
     }
 }
 
-/// `v` as the input's integer: `clamp(round(v / s + z), 0, 255) - z`,
-/// rounding half to even (as `f32::round_ties_even`, without a libm call:
-/// adding and taking away 1.5 * 2^23 rounds in the FPU's default mode).
-#[inline]
-pub fn quantise(v: f32, s: f32, z: f32) -> i16 {
-    const MAGIC: f32 = 12_582_912.0;
-    let t = (v / s + z).clamp(-1.0, 256.0);
-    let r = (t + MAGIC) - MAGIC;
-    (r.clamp(0.0, 255.0) - z) as i16
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,20 +130,6 @@ mod tests {
             let mut b = vec![0i32; rows * out];
             p.product_portable(&x, &mut b);
             assert_eq!(b, want, "{rows}x{k}x{out}, portable");
-        }
-    }
-
-    #[test]
-    fn inputs_round_half_to_even_as_the_fake_quantiser_does() {
-        let (s, z) = (0.1f32, 7.0f32);
-        for i in -4000..4000 {
-            let v = i as f32 * 0.0123;
-            let want = ((v / s + z).round_ties_even().clamp(0.0, 255.0) - z) as i16;
-            assert_eq!(quantise(v, s, z), want, "{v}");
-        }
-        for v in [0.05f32, 0.15, 0.25, -0.35, 1e30, -1e30] {
-            let want = ((v / s + z).round_ties_even().clamp(0.0, 255.0) - z) as i16;
-            assert_eq!(quantise(v, s, z), want, "{v}");
         }
     }
 }

@@ -43,7 +43,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{FloatDType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::kernel::{Packed, quantise};
+use super::kernel::Packed;
 
 /// `[quant]` in the training file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -207,8 +207,18 @@ impl QLayer {
         self.weight.len() / self.out()
     }
 
-    /// `rows` inputs of `inputs()` floats each through the layer on
-    /// integers.
+    /// The input's integer levels, `clamp(round(x / scale + zp), 0, 255)`
+    /// (as floats, computed where the tensor lives: a new tensor, which
+    /// the host then reads without gathering).
+    fn levels<B: Backend, const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        x.div_scalar(self.input_scale)
+            .add_scalar(self.input_zero)
+            .round()
+            .clamp(0.0, A_MAX)
+    }
+
+    /// `rows` inputs of `inputs()` integer levels each ([`Self::levels`])
+    /// through the layer on integers.
     fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
         use rayon::prelude::*;
         // Rows a task.
@@ -220,7 +230,7 @@ impl QLayer {
         out.par_chunks_mut(ROWS * n_out)
             .zip(x.par_chunks(ROWS * n_in))
             .for_each(|(y, xr)| {
-                let xq: Vec<i16> = xr.iter().map(|&v| quantise(v, s, z)).collect();
+                let xq: Vec<i16> = xr.iter().map(|&v| (v - z) as i16).collect();
                 let mut acc = vec![0i32; y.len()];
                 self.packed.product(&xq, &mut acc);
                 for (row, sums) in y.chunks_exact_mut(n_out).zip(acc.chunks_exact(n_out)) {
@@ -321,12 +331,8 @@ impl Quantizer {
                 let dims = x.dims();
                 let rows = dims[..D - 1].iter().product();
                 let device = x.device();
-                let v = x
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .unwrap_or_default();
-                let y = l.apply(&v, rows);
+                let data = l.levels(x).into_data().convert::<f32>();
+                let y = l.apply(data.as_slice::<f32>().expect("f32"), rows);
                 let mut shape = dims;
                 shape[D - 1] = l.out();
                 Tensor::from_data(TensorData::new(y, shape), &device)
@@ -360,11 +366,8 @@ impl Quantizer {
                 assert!(layer.stride == layer.kernel_size && layer.kernel_size == [p, p]);
                 let (rows, cols) = (h / p, w / p);
                 let device = x.device();
-                let v = x
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .unwrap_or_default();
+                let data = l.levels(x).into_data().convert::<f32>();
+                let v = data.as_slice::<f32>().expect("f32");
                 let mut patches = Vec::with_capacity(b * rows * cols * c * p * p);
                 for bi in 0..b {
                     for r in 0..rows {
