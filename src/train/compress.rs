@@ -54,7 +54,8 @@ pub(super) struct Compress<B: AutodiffBackend> {
     /// Quantisation-aware training's state (`qat = true`), or the
     /// post-training calibration's (`qat = false`, used at the end).
     pub(super) quant: Option<Quantizer>,
-    qat: bool,
+    /// Whether the training forward goes through `quant`.
+    pub(super) qat: bool,
     calibration: u64,
     prune_steps: Vec<u64>,
     scores: Scores,
@@ -106,17 +107,17 @@ impl<B: AutodiffBackend> Compress<B> {
         self.rounds_done = s.rounds_done;
     }
 
-    /// The quantiser the training forward of step `step` (0-based) goes
-    /// through: observing during calibration, fake-quantising after; none
-    /// without quantisation-aware training.
-    pub(super) fn training_quant(&mut self, step: u64) -> Option<&mut Quantizer> {
+    /// Sets what the training forward of step `step` (0-based) does with
+    /// quantisation-aware training: observe during calibration,
+    /// fake-quantise after.
+    pub(super) fn begin_step(&mut self, step: u64) {
         let calibration = self.calibration;
-        let q = self.quant.as_mut().filter(|_| self.qat)?;
-        q.mode = match step < calibration {
-            true => Mode::Observe,
-            false => Mode::Fake,
-        };
-        Some(q)
+        if let Some(q) = self.quant.as_mut().filter(|_| self.qat) {
+            q.mode = match step < calibration {
+                true => Mode::Observe,
+                false => Mode::Fake,
+            };
+        }
     }
 
     /// The quantiser evaluations after `steps` steps go through (a copy,

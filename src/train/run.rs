@@ -321,13 +321,13 @@ fn train_on<B: AutodiffBackend>(
         let monitored = compress.monitors(step);
         if !micro.is_empty() {
             let mut accumulator = GradientsAccumulator::<Fusion<B>>::new();
-            compress.training_quant(step);
+            compress.begin_step(step);
             for (i, batch) in micro.into_iter().enumerate() {
                 let share = batch.1[0].rows() as f64 / local_rows as f64;
                 let mut with = StepWith {
                     compute,
                     ce: &loss_fn,
-                    quant: compress.quant.as_mut().filter(|_| compress_qat(file)),
+                    quant: compress.quant.as_mut().filter(|_| compress.qat),
                     // The step's first micro-batch is its sample.
                     stats: (monitored && i == 0).then_some(&mut stats),
                     teacher: compress.teacher.as_ref().map(|t| {
@@ -567,9 +567,4 @@ fn plot_metrics(out: &Path) -> Result<()> {
 
 fn write_line(out: &mut std::fs::File, v: serde_json::Value) -> Result<()> {
     writeln!(out, "{v}").map_err(|e| Error::io("write metrics.jsonl", e))
-}
-
-/// Whether `file` trains through fake quantisation.
-fn compress_qat(file: &TrainFile) -> bool {
-    file.quant.as_ref().is_some_and(|q| q.qat)
 }
