@@ -318,7 +318,8 @@ fn train_on<B: AutodiffBackend>(
         let mut weight = None;
         let mut kl = None;
         let mut stats = Vec::new();
-        let monitored = compress.monitors(step);
+        // Rank 0 writes the statistics, so only it computes them.
+        let monitored = rank == 0 && compress.monitors(step);
         if !micro.is_empty() {
             let mut accumulator = GradientsAccumulator::<Fusion<B>>::new();
             compress.begin_step(step);
