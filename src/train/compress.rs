@@ -28,7 +28,7 @@ use super::evaluate::evaluate;
 use super::int8::{read_int8, write_int8};
 use super::loader::Dataset;
 use super::model::{Dims, Fusion};
-use super::prune::{self, Scores};
+use super::prune::{self, PruneConfig, Scores};
 use super::quant::{Mode, Quantizer};
 use super::run::loader;
 use super::shape::Columns;
@@ -57,6 +57,7 @@ pub(super) struct Compress<B: AutodiffBackend> {
     /// Whether the training forward goes through `quant`.
     pub(super) qat: bool,
     calibration: u64,
+    prune: Option<PruneConfig>,
     prune_steps: Vec<u64>,
     scores: Scores,
     pub(super) rounds_done: u64,
@@ -79,6 +80,7 @@ impl<B: AutodiffBackend> Compress<B> {
             quant: file.quant.as_ref().map(|_| Quantizer::new(Mode::Observe)),
             qat: file.quant.as_ref().is_some_and(|q| q.qat),
             calibration: file.quant.as_ref().map_or(0, |q| q.calibration_steps),
+            prune: file.prune.clone(),
             prune_steps,
             scores: Scores::default(),
             rounds_done: 0,
@@ -141,8 +143,8 @@ impl<B: AutodiffBackend> Compress<B> {
 
     /// Whether step `step` (1-based, the step just taken) is scored for
     /// the next pruning round.
-    pub(super) fn scores_step(&self, step: u64, file: &TrainFile) -> bool {
-        let (Some(p), Some(&at)) = (&file.prune, self.prune_steps.get(self.rounds_done as usize))
+    pub(super) fn scores_step(&self, step: u64) -> bool {
+        let (Some(p), Some(&at)) = (&self.prune, self.prune_steps.get(self.rounds_done as usize))
         else {
             return false;
         };
@@ -154,9 +156,8 @@ impl<B: AutodiffBackend> Compress<B> {
         model: &Fusion<B>,
         grads: &burn::optim::GradientsParams,
         d: &Dims,
-        file: &TrainFile,
     ) {
-        if let Some(p) = &file.prune {
+        if let Some(p) = &self.prune {
             self.scores
                 .add(prune::score(model, grads, p.method, &prune::groups(d)));
         }
@@ -169,9 +170,8 @@ impl<B: AutodiffBackend> Compress<B> {
         step: u64,
         model: &Fusion<B>,
         d: &Dims,
-        file: &TrainFile,
     ) -> Option<(Fusion<B>, Dims)> {
-        let p = file.prune.as_ref()?;
+        let p = self.prune.as_ref()?;
         (self.prune_steps.get(self.rounds_done as usize) == Some(&step)).then(|| {
             self.rounds_done += 1;
             let importance = self.scores.importance(p.method);
@@ -192,14 +192,13 @@ pub(super) fn activations(
     let mut warnings = Vec::new();
     for (name, s) in stats {
         let finite = |v: f64| v.is_finite().then_some(v);
-        // A layer called twice in a pass (the key of self-attention is the
-        // query's input) keeps its first record.
-        layers.entry(name.clone()).or_insert_with(|| {
+        layers.insert(
+            name.clone(),
             serde_json::json!({
                 "mean": finite(s[0]), "std": finite(s[1]), "max_abs": finite(s[2]),
                 "zero": finite(s[3]), "saturated": finite(s[4]),
-            })
-        });
+            }),
+        );
         if let Some(why) = alarm(s, EXPLODE) {
             warnings.push(format!(
                 "kiln: warning: step {step}: {name} activations: {why}"

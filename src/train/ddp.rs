@@ -83,25 +83,21 @@ impl Ranks {
         let id = serde_json::to_vec(run)?;
         let id = hex::encode(ring::digest::digest(&ring::digest::SHA256, &id));
         let peer = Peer::join(env, &id)?;
-        let params = params(model);
-        let owner = match zero {
-            true => owners(&params, env.world),
-            false => vec![env.rank; params.len()],
-        };
-        let mine: Vec<bool> = owner.iter().map(|&r| r == env.rank).collect();
-        Ok(Ranks {
+        let mut ranks = Ranks {
             peer,
             sharded: zero,
-            all: vec![true; params.len()],
-            others: mine.iter().map(|m| !m).collect(),
-            mine,
-            owner,
-            params,
-        })
+            params: Vec::new(),
+            owner: Vec::new(),
+            all: Vec::new(),
+            mine: Vec::new(),
+            others: Vec::new(),
+        };
+        ranks.reshape(model);
+        Ok(ranks)
     }
 
-    /// The parameters shared out again, for a model of new shapes (a
-    /// pruned one).
+    /// Shares out `model`'s parameters (again, for a model of new shapes:
+    /// a pruned one).
     pub(super) fn reshape<B: AutodiffBackend, M: AutodiffModule<B>>(&mut self, model: &M) {
         let (rank, world) = (self.peer.rank, self.peer.world);
         self.params = params(model);

@@ -98,7 +98,7 @@ fn checkpoint_dir(path: &Path) -> std::result::Result<PathBuf, String> {
 pub struct Teacher<B: Backend> {
     pub model: Fusion<B>,
     pub dims: Dims,
-    pub from: PathBuf,
+    pub cfg: DistillConfig,
 }
 
 impl<B: Backend> Teacher<B> {
@@ -141,7 +141,7 @@ impl<B: Backend> Teacher<B> {
         Ok(Teacher {
             model,
             dims,
-            from: dir,
+            cfg: cfg.clone(),
         })
     }
 }

@@ -331,12 +331,7 @@ fn train_on<B: AutodiffBackend>(
                     quant: compress.quant.as_mut().filter(|_| compress.qat),
                     // The step's first micro-batch is its sample.
                     stats: (monitored && i == 0).then_some(&mut stats),
-                    teacher: compress.teacher.as_ref().map(|t| {
-                        (
-                            &t.model,
-                            file.distill.as_ref().expect("a teacher is distilled"),
-                        )
-                    }),
+                    teacher: compress.teacher.as_ref(),
                 };
                 let m = micro_step(&model, &mut with, batch, share);
                 loss_sum += m.loss;
@@ -348,7 +343,7 @@ fn train_on<B: AutodiffBackend>(
         }
         let mut save = false;
         // A step pruning scores needs every parameter's gradient.
-        let scoring = compress.scores_step(step + 1, file);
+        let scoring = compress.scores_step(step + 1);
         let reduced = match ranks.as_mut() {
             None => local.map(|grads| Reduced {
                 rows: local_rows as u64,
@@ -371,7 +366,7 @@ fn train_on<B: AutodiffBackend>(
         if let Some(r) = reduced {
             let lr = schedule.lr(step);
             if scoring {
-                compress.score(&model, r.all.as_ref().unwrap_or(&r.grads), &d, file);
+                compress.score(&model, r.all.as_ref().unwrap_or(&r.grads), &d);
             }
             model = optim.step(lr, model, r.grads);
             let mut exchange_s = r.exchange_s;
@@ -384,7 +379,7 @@ fn train_on<B: AutodiffBackend>(
             step += 1;
             steps_in_epoch += 1;
             seen += r.rows;
-            if let Some((pruned, narrower)) = compress.prune(step, &model, &d, file) {
+            if let Some((pruned, narrower)) = compress.prune(step, &model, &d) {
                 // The removed channels' optimizer state has nowhere to go.
                 (model, d) = (ddp::numbered(pruned), narrower);
                 optim = optim_cfg.clone().init::<B, Fusion<B>>();

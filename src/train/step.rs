@@ -11,7 +11,7 @@ use burn::tensor::{FloatDType, Tensor};
 
 use super::batch::{Batch, task_loss};
 use super::device::{CastParams, in_f32};
-use super::distill::{self, DistillConfig};
+use super::distill::{self, Teacher};
 use super::model::Fusion;
 use super::quant::Quantizer;
 use super::tap::{Stats, Tap};
@@ -27,7 +27,7 @@ pub(super) struct StepWith<'a, B: AutodiffBackend> {
     /// Recording the layers' activation statistics.
     pub(super) stats: Option<&'a mut Vec<(String, Stats)>>,
     /// Distilling from a teacher.
-    pub(super) teacher: Option<(&'a Fusion<B::InnerBackend>, &'a DistillConfig)>,
+    pub(super) teacher: Option<&'a Teacher<B::InnerBackend>>,
 }
 
 /// What a micro-step gives: its loss, the task weight, the distillation
@@ -50,7 +50,7 @@ pub(super) fn micro_step<B: AutodiffBackend>(
 ) -> Stepped {
     use burn::tensor::ElementConversion;
     // The teacher's logits, on the inputs as they are (fp32).
-    let taught = with.teacher.map(|(t, _)| t.forward(x.inner()));
+    let taught = with.teacher.map(|t| t.model.forward(x.inner()));
     let cast;
     let (forward, x) = match with.compute {
         Some(dtype) => {
@@ -72,7 +72,7 @@ pub(super) fn micro_step<B: AutodiffBackend>(
         let logits = in_f32(logits, cast_back);
         let ce = task_loss(with.ce, logits.clone(), target);
         match (teacher, with.teacher) {
-            (Some(t), Some((_, cfg))) => {
+            (Some(t), Some(Teacher { cfg, .. })) => {
                 let (loss, kl) = distill::loss(
                     logits,
                     Tensor::from_inner(t),
