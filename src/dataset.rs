@@ -52,6 +52,9 @@ pub struct Manifest {
     pub rejects_file: String,
     pub totals: Counts,
     pub bytes: u64,
+    /// The pipeline that made it (see `Plan::pipeline`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub pipeline: serde_json::Value,
 }
 
 impl Manifest {

@@ -171,6 +171,12 @@ pub fn inspect(dir: &Path, samples: usize) -> Result<String> {
             writeln!(out, "{s}").ok();
         }
     }
+    writeln!(
+        out,
+        "see it   kiln report {} --output report.html  (samples, augmentations, histograms, rejects as one HTML page)",
+        dir.display()
+    )
+    .ok();
     Ok(out)
 }
 

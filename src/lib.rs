@@ -49,6 +49,7 @@ pub mod mixing;
 pub mod onnx;
 pub mod pipeline;
 pub mod rejects;
+pub mod report;
 pub mod schema;
 pub mod sinks;
 pub mod sources;

@@ -125,6 +125,26 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         samples: usize,
     },
+    /// One HTML page of a dataset (samples, augmentations, rejects,
+    /// histograms) or of a `kiln train` output folder (charts); opens from
+    /// disk with no network.
+    Report {
+        /// A dataset folder, or a `kiln train` output folder.
+        path: PathBuf,
+        /// Where the page goes.
+        #[arg(long, short, default_value = "report.html")]
+        output: PathBuf,
+        /// Originals to sample (each shown with its copies).
+        #[arg(long, default_value_t = 12)]
+        samples: usize,
+        /// The sample's seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Read every shard: statistics over every row, every shard's
+        /// checksum verified.
+        #[arg(long)]
+        full: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -380,6 +400,33 @@ fn run(command: Command) -> kiln::Result<u8> {
         }
         Command::Inspect { dataset, samples } => {
             out(&kiln::inspect::inspect(&dataset, samples)?);
+            Ok(0)
+        }
+        Command::Report {
+            path,
+            output,
+            samples,
+            seed,
+            full,
+        } => {
+            let opts = kiln::report::Options {
+                samples,
+                seed,
+                full,
+            };
+            let page = kiln::report::report(&path, &opts)?;
+            std::fs::write(&output, &page.html)
+                .map_err(|e| kiln::error::Error::io_path("write", &output, e))?;
+            for p in &page.problems {
+                eprintln!("kiln: {}: {p}", path.display());
+            }
+            eprintln!(
+                "kiln: wrote {} ({} bytes; read {} bytes of {} shards)",
+                output.display(),
+                page.html.len(),
+                page.bytes_read,
+                page.shards_read.len()
+            );
             Ok(0)
         }
     }

@@ -161,6 +161,7 @@ pub fn manifest(
         shards,
         rejects_file,
         totals,
+        pipeline: plan.pipeline.clone(),
     }
 }
 

@@ -50,6 +50,11 @@ pub struct Plan {
     /// The dataset kind (`text`, `image`): which `schemas/` file it follows.
     #[serde(default = "default_kind")]
     pub kind: String,
+    /// The pipeline as run (command-line overrides applied), without the
+    /// output location and the storage settings: what `kiln report` shows
+    /// and reads the spectrogram's axes from.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub pipeline: serde_json::Value,
 }
 
 fn default_kind() -> String {
@@ -134,6 +139,7 @@ impl Plan {
             format: pipeline.config.output.format,
             features: crate::schema::hf_features(&pipeline.dataset_schema),
             kind: pipeline.kind.kind.clone(),
+            pipeline: serde_json::to_value(hashed_config(pipeline))?,
         })
     }
 
@@ -156,14 +162,19 @@ impl Plan {
 
 /// Everything that decides the output bytes, hashed. The output directory
 /// itself is not part of it.
-fn plan_hash(pipeline: &Pipeline, inputs: &[Fingerprint], tasks: &[Task]) -> Result<String> {
+/// The pipeline's settings that decide the bytes: where the output goes,
+/// where the store is and how patiently it is asked do not change one.
+fn hashed_config(pipeline: &Pipeline) -> crate::config::PipelineConfig {
     let mut config = pipeline.config.clone();
     config.output.path = String::new();
-    // Where the store is and how patiently it is asked do not change a byte.
     config.storage = Default::default();
+    config
+}
+
+fn plan_hash(pipeline: &Pipeline, inputs: &[Fingerprint], tasks: &[Task]) -> Result<String> {
     let mut doc = serde_json::json!({
         "kiln": env!("CARGO_PKG_VERSION"),
-        "config": config,
+        "config": hashed_config(pipeline),
         "inputs": inputs,
         "tasks": tasks,
         "tokenizer": "",

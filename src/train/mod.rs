@@ -34,7 +34,6 @@ pub mod launch;
 pub mod loader;
 pub mod model;
 pub mod params;
-pub mod plot;
 pub mod prune;
 pub mod quant;
 pub mod run;

@@ -29,8 +29,8 @@
 //!
 //! The held-out samples are evaluated after each epoch (accuracy and
 //! loss; each rank its share). Each step and each evaluation is a line of
-//! `OUT/metrics.jsonl`; `OUT/plot.png` draws the loss and the learning
-//! rate.
+//! `OUT/metrics.jsonl`; `OUT/plot.svg` draws the loss and the learning
+//! rate with their axes, and `kiln report OUT` the whole run.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -539,26 +539,12 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// `plot.png` from every step in `metrics.jsonl` (a step logged twice, by
-/// a run resumed from an earlier checkpoint, counts once: its last line).
+/// `plot.svg`: the loss and the learning rate against the step, with axes
+/// (see [`crate::report::train`]; `kiln report OUT` draws the whole page).
 fn plot_metrics(out: &Path) -> Result<()> {
-    let path = out.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).at("read", &path)?;
-    let mut steps: std::collections::BTreeMap<u64, (f64, f64)> = Default::default();
-    for line in text.lines() {
-        let v: serde_json::Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(_) => continue,
-        };
-        if let (Some(step), Some(loss), Some(lr)) =
-            (v["step"].as_u64(), v["loss"].as_f64(), v["lr"].as_f64())
-        {
-            steps.insert(step, (loss, lr));
-        }
-    }
-    let (loss, lr): (Vec<f64>, Vec<f64>) = steps.into_values().unzip();
-    super::plot::write(&out.join("plot.png"), &loss, &lr)
-        .map_err(|e| Error::Execution(format!("cannot write plot.png: {e}")))
+    let svg = crate::report::train::plot_svg(out)?;
+    let path = out.join("plot.svg");
+    std::fs::write(&path, svg).at("write", &path)
 }
 
 fn write_line(out: &mut std::fs::File, v: serde_json::Value) -> Result<()> {

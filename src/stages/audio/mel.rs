@@ -170,7 +170,7 @@ pub struct MelParams {
     pub log: Option<LogScale>,
 }
 
-fn hz_to_mel(f: f64, scale: MelScale) -> f64 {
+pub(crate) fn hz_to_mel(f: f64, scale: MelScale) -> f64 {
     match scale {
         MelScale::Htk => 2595.0 * (1.0 + f / 700.0).log10(),
         MelScale::Slaney => {
@@ -187,7 +187,7 @@ fn hz_to_mel(f: f64, scale: MelScale) -> f64 {
     }
 }
 
-fn mel_to_hz(m: f64, scale: MelScale) -> f64 {
+pub(crate) fn mel_to_hz(m: f64, scale: MelScale) -> f64 {
     match scale {
         MelScale::Htk => 700.0 * (10f64.powf(m / 2595.0) - 1.0),
         MelScale::Slaney => {
