@@ -10,8 +10,8 @@
 #   models/tiny_test.onnx, by scripts/make_models.py.
 # - WordNet 3.0's database (Debian's wordnet-base, /usr/share/wordnet),
 #   Apertium with its English-Spanish pair (apertium, apertium-eng-spa) and a
-#   single-node Slurm (slurmctld, slurmd, slurm-client), through apt when they
-#   are missing;
+#   single-node Slurm (slurmctld, slurmd, slurm-client) and Chromium (the
+#   report tests' headless browser), through apt when they are missing;
 # - Azurite (the Azure Blob Storage emulator, npm, pinned in
 #   .tools/package-lock.json) into .tools/node_modules.
 # Idempotent; safe to run again.
@@ -32,6 +32,8 @@ command -v apertium-wblank-mode >/dev/null 2>&1 || missing+=(apertium)
 command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
 command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
+# A headless browser for the report tests (tests/it/report.rs).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -67,3 +69,13 @@ if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
 fi
 
 .venv/bin/python scripts/make_models.py
+
+# The multimodal example's generated rows (fixtures/make_multimodal.py), made
+# again when the script changes.
+stamp=fixtures/multimodal/.generated.sha256
+want=$(sha256sum fixtures/make_multimodal.py | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -f fixtures/multimodal/generated.jsonl ]; then
+    rm -rf fixtures/multimodal/generated fixtures/multimodal/generated.jsonl
+    .venv/bin/python fixtures/make_multimodal.py
+    echo "$want" > "$stamp"
+fi

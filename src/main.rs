@@ -420,8 +420,17 @@ fn run(command: Command) -> kiln::Result<u8> {
             for p in &page.problems {
                 eprintln!("kiln: {}: {p}", path.display());
             }
+            let peak = std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
+                    line.split_whitespace().nth(1)?.parse::<f64>().ok()
+                })
+                .map_or(String::new(), |kb| {
+                    format!("; peak memory {:.0} MiB", kb / 1024.0)
+                });
             eprintln!(
-                "kiln: wrote {} ({} bytes; read {} bytes of {} shards)",
+                "kiln: wrote {} ({} bytes; read {} bytes of {} shards{peak})",
                 output.display(),
                 page.html.len(),
                 page.bytes_read,

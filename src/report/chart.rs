@@ -114,7 +114,7 @@ pub fn lines(c: &Lines) -> Res<String> {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(c.title, ("sans-serif", 18))
+            .caption(c.title, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(64)
@@ -127,8 +127,8 @@ pub fn lines(c: &Lines) -> Res<String> {
             .x_label_formatter(&|v| num(*v))
             .y_label_formatter(&|v| num(*v))
             .light_line_style(RGBColor(235, 235, 235))
-            .label_style(("sans-serif", 12))
-            .axis_desc_style(("sans-serif", 13))
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
             .draw()
             .map_err(err)?;
         for (at, label) in &c.markers {
@@ -140,7 +140,7 @@ pub fn lines(c: &Lines) -> Res<String> {
                 .draw_series(std::iter::once(Text::new(
                     label.clone(),
                     (*at, y1),
-                    ("sans-serif", 11).into_font().color(&RGBColor(90, 90, 90)),
+                    ("sans-serif", 13).into_font().color(&RGBColor(90, 90, 90)),
                 )))
                 .map_err(err)?;
         }
@@ -224,7 +224,7 @@ pub fn bars(
         let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
+            .caption(title, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(if labels.len() > 12 { 100 } else { 40 })
             .y_label_area_size(64)
@@ -243,14 +243,14 @@ pub fn bars(
             .disable_x_mesh()
             .x_labels(labels.len().clamp(1, 40))
             .x_label_formatter(&name)
-            .y_label_style(("sans-serif", 12))
-            .axis_desc_style(("sans-serif", 13))
+            .y_label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
             .x_label_style(if labels.len() > 12 {
-                ("sans-serif", 11)
+                ("sans-serif", 13)
                     .into_font()
                     .transform(FontTransform::Rotate90)
             } else {
-                ("sans-serif", 12).into_font()
+                ("sans-serif", 14).into_font()
             })
             .y_label_formatter(&|v| num(*v))
             .x_desc(x_label)
@@ -315,7 +315,7 @@ pub fn histogram(
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
+            .caption(title, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(64)
@@ -329,8 +329,8 @@ pub fn histogram(
             .x_label_formatter(&|v| num(*v))
             .y_label_formatter(&|v| num(*v))
             .light_line_style(RGBColor(235, 235, 235))
-            .label_style(("sans-serif", 12))
-            .axis_desc_style(("sans-serif", 13))
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
             .draw()
             .map_err(err)?;
         let color = PALETTE[0];
@@ -420,14 +420,17 @@ mod tests {
         .unwrap();
         assert!(svg.starts_with("<svg class=\"chart\" data-x-axis=\"step\""));
         for text in [
-            ">step<",
-            ">loss (nats)<",
-            ">train<",
-            ">validation<",
-            ">epoch 1<",
-            ">20<",
+            "step",
+            "loss (nats)",
+            "train",
+            "validation",
+            "epoch 1",
+            "20",
         ] {
-            assert!(svg.contains(text), "{text} missing");
+            assert!(
+                svg.contains(&format!(">\n{text}\n</text>")),
+                "{text} missing"
+            );
         }
         assert!(svg.contains("<title>validation: step = 50, loss (nats) = 0.2</title>"));
     }

@@ -357,9 +357,10 @@ fn mixed(row: &Row, bytes: &[u8]) -> String {
     let k = (192 / w.max(h).max(1)).max(1);
     let url = data_url("image/png", &super::png(&img));
     let mut s = format!(
-        "<svg class=\"mix\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" data-scale=\"{k}\"><image x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" style=\"image-rendering:pixelated\" href=\"{url}\"/>",
+        "<svg class=\"mix\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" data-id=\"{}\" data-scale=\"{k}\"><image x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" style=\"image-rendering:pixelated\" href=\"{url}\"/>",
         w * k,
         h * k,
+        escape(&row.id),
         w * k,
         h * k
     );

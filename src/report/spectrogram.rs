@@ -156,7 +156,8 @@ pub fn svg(mel: &[Vec<f32>], axes: Option<&Axes>, marks: &Marks, title: &str) ->
     let mut s = String::new();
     write!(
         s,
-        "<svg class=\"spec\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{sw:.0}\" height=\"{sh:.0}\" viewBox=\"0 0 {sw:.0} {sh:.0}\" data-cell-width=\"{cw}\" data-cell-height=\"{ch}\" data-left=\"{LEFT}\" data-top=\"{TOP}\"><title>{}</title>",
+        "<svg class=\"spec\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{sw:.0}\" height=\"{sh:.0}\" viewBox=\"0 0 {sw:.0} {sh:.0}\" data-cell-width=\"{cw}\" data-cell-height=\"{ch}\" data-left=\"{LEFT}\" data-top=\"{TOP}\" data-id=\"{}\"><title>{}</title>",
+        super::html::escape(title),
         super::html::escape(title)
     )
     .ok();

@@ -6,7 +6,9 @@
 //! `resume`, `images`, `audio`, `multimodal`, `text_augment`, `train`,
 //! `train_loader`, `train_parallel` (epochs, resumes, data-parallel ranks,
 //! long texts), `train_compress` (quantisation, pruning, distillation,
-//! activation monitoring), `remote` (object storage, against a moto server). Run one with `cargo nextest run MODULE::`.
+//! activation monitoring), `remote` (object storage, against a moto server),
+//! `report` (`kiln report` pages, checked in a headless Chromium). Run one
+//! with `cargo nextest run MODULE::`.
 
 mod common;
 
@@ -19,6 +21,7 @@ mod multimodal;
 mod pipelines;
 mod refusals;
 mod remote;
+mod report;
 mod resume;
 mod text_augment;
 mod train;

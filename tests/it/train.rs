@@ -186,8 +186,19 @@ fn a_separable_task_is_learned_well_above_chance() {
     assert!((steps[0]["lr"].as_f64().unwrap() - 0.0003).abs() < 1e-12);
     assert!(steps[149]["lr"].as_f64().unwrap() < 1e-6);
     // The curves, for people who would rather look than read.
-    let plot = image::open(s.path("run/plot.png")).unwrap();
-    assert_eq!((plot.width(), plot.height()), (800, 620));
+    // plot.svg: the loss and the learning rate with their axes, ticks and
+    // hover values.
+    let plot = std::fs::read_to_string(s.path("run/plot.svg")).unwrap();
+    assert!(!s.path("run/plot.png").exists());
+    for text in [
+        "data-x-axis=\"step\" data-y-axis=\"loss (nats per sample)\"",
+        "data-x-axis=\"step\" data-y-axis=\"learning rate\"",
+        ">\nstep\n</text>",
+        ">\n100\n</text>",
+        "<title>training: step = 150, loss (nats per sample) = ",
+    ] {
+        assert!(plot.contains(text), "plot.svg lacks {text}");
+    }
     // Two checkpoints kept, each with its weights.
     let kept: Vec<_> = std::fs::read_dir(s.path("run/checkpoints"))
         .unwrap()
@@ -424,8 +435,20 @@ fn the_example_trains_on_the_multimodal_example() {
         .output()
         .unwrap();
     assert_ok(&o);
+    // The README's main pair learns: three classes, each told by a caption,
+    // a picture and a sound that are right two times in three.
     let metrics = std::fs::read_to_string(out.path().join("train/metrics.jsonl")).unwrap();
-    assert!(metrics.lines().any(|l| l.contains("val_accuracy")));
+    let accuracy = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["val_accuracy"].as_f64())
+        .last()
+        .expect("an evaluation line");
+    assert!(
+        accuracy >= 0.6,
+        "validation accuracy {accuracy}: chance is 0.33"
+    );
+    assert!(out.path().join("train/plot.svg").is_file());
     assert!(
         last_checkpoint(&out.path().join("train"))
             .join("model.safetensors")
