@@ -38,6 +38,7 @@
 //!   marker, so a killed run resumes with at most the unfinished tasks redone.
 
 pub mod augment;
+pub mod chart;
 pub mod codec;
 pub mod config;
 pub mod dataset;

@@ -28,7 +28,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::html::{Page, cell, escape};
-use super::rows::{self, Group, Row};
+use super::row::{self, Group, Row};
+use super::rows;
 use super::{Options, Outcome};
 use crate::dataset::{Manifest, OutputFormat};
 use crate::error::{Error, Result};
@@ -175,13 +176,13 @@ impl Sampler {
         let ids = batch
             .column_by_name("sample_id")
             .and_then(|c| c.as_string_opt::<i32>().cloned());
-        let num = |name: &str| rows::u64_column(batch, name);
+        let num = |name: &str| row::u64_column(batch, name);
         let augment = num("augment");
         let window = num("window");
         let length = num("length");
-        let labels = rows::label_column(batch);
+        let labels = row::label_column(batch);
         let method =
-            rows::str_column(batch, "augmentation").or_else(|| rows::str_column(batch, "mix_mode"));
+            row::str_column(batch, "augmentation").or_else(|| row::str_column(batch, "mix_mode"));
         for i in 0..batch.num_rows() {
             stats.rows += 1;
             if let Some(l) = length.as_ref().and_then(|c| c[i]) {
@@ -280,7 +281,7 @@ fn read_rejects(path: &Path, count: &Rc<Cell<u64>>) -> std::result::Result<Rejec
         arrow::ipc::reader::StreamReader::try_new(counted, None).map_err(|e| e.to_string())?;
     for batch in reader {
         let batch = batch.map_err(|e| e.to_string())?;
-        let col = |n: &str| rows::str_column(&batch, n).unwrap_or_default();
+        let col = |n: &str| row::str_column(&batch, n).unwrap_or_default();
         let (stage, kind, source, id, message) = (
             col("stage"),
             col("kind"),
@@ -402,7 +403,7 @@ pub fn report(dir: &Path, opts: &Options) -> Result<Outcome> {
             }
             let s = &manifest.shards[i];
             let mut visit = |b: &RecordBatch| {
-                let Some(ids) = rows::str_column(b, "sample_id") else {
+                let Some(ids) = row::str_column(b, "sample_id") else {
                     return;
                 };
                 for (r, id) in ids.iter().enumerate() {
@@ -540,7 +541,7 @@ pub fn report(dir: &Path, opts: &Options) -> Result<Outcome> {
                 vec![
                     f.name().clone(),
                     format!("{}", f.data_type()),
-                    rows::feature_text(&feature),
+                    row::feature_text(&feature),
                 ]
             })
             .collect(),
@@ -548,7 +549,7 @@ pub fn report(dir: &Path, opts: &Options) -> Result<Outcome> {
             .and_then(|f| f.as_object())
             .map(|fs| {
                 fs.iter()
-                    .map(|(k, v)| vec![k.clone(), String::new(), rows::feature_text(v)])
+                    .map(|(k, v)| vec![k.clone(), String::new(), row::feature_text(v)])
                     .collect()
             })
             .unwrap_or_default(),

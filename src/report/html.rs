@@ -6,21 +6,7 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 
-/// Text made safe inside HTML elements and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::chart::escape;
 
 /// `bytes` as a `data:` URL of type `mime`.
 pub fn data_url(mime: &str, bytes: &[u8]) -> String {

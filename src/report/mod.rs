@@ -9,13 +9,13 @@
 //! - a training run (a folder with `metrics.jsonl`): [`train`].
 //!
 //! The page needs no network: style inline, images and clips as `data:`
-//! URLs, charts as inline SVG ([`chart`], drawn with `plotters`),
+//! URLs, charts as inline SVG ([`crate::chart`], drawn with `plotters`),
 //! spectrograms as pictures inside SVG axes ([`spectrogram`]). Its size
 //! grows with `--samples`, not with the dataset.
 
-pub mod chart;
 pub mod dataset;
 pub mod html;
+pub mod row;
 pub mod rows;
 pub mod spectrogram;
 pub mod train;

@@ -34,6 +34,7 @@ pub mod launch;
 pub mod loader;
 pub mod model;
 pub mod params;
+pub mod plot;
 pub mod prune;
 pub mod quant;
 pub mod run;

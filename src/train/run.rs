@@ -540,9 +540,9 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 /// `plot.svg`: the loss and the learning rate against the step, with axes
-/// (see [`crate::report::train`]; `kiln report OUT` draws the whole page).
+/// (see [`super::plot`]; `kiln report OUT` draws the whole run).
 fn plot_metrics(out: &Path) -> Result<()> {
-    let svg = crate::report::train::plot_svg(out)?;
+    let svg = super::plot::plot_svg(out)?;
     let path = out.join("plot.svg");
     std::fs::write(&path, svg).at("write", &path)
 }

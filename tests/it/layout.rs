@@ -4,17 +4,22 @@
 //! layers below its own (and from itself):
 //!
 //! ```text
+//! 5  report                        a page of a dataset or a training run
 //! 4  engine, inspect, train        run a pipeline; look at or train on a dataset
 //! 3  pipeline                      the pipeline file, built
 //! 2  config                        the pipeline file, parsed
 //! 1  sources, stages, sinks        read, transform, write (never each other)
 //! 0  error, rejects, schema, limits, dataset, codec, onnx, mixing,
-//!    tokenize, augment, storage    shared contracts, codecs, libraries and
-//!                                  where bytes live (local paths, object stores)
+//!    tokenize, augment, storage,   shared contracts, codecs, libraries,
+//!    chart                         where bytes live (local paths, object
+//!                                  stores) and charts
 //! ```
 //!
 //! `inspect` and `train` read datasets through `dataset` alone: they import
-//! nothing of layers 1 and 3 (no source, stage, sink or pipeline).
+//! nothing of layers 1 and 3 (no source, stage, sink or pipeline). `report`
+//! reads them the same way, and a stage's own configuration type for what
+//! the stage recorded (a spectrogram's axes from `mel_spectrogram`'s
+//! settings, with its defaults).
 //!
 //! No file imports (through `crate::` or `super::` paths) a file that
 //! imports it back, directly or around a circle; a `mod.rs` naming its own
@@ -29,11 +34,12 @@ const MAX_LINES: usize = 700;
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
         "error" | "rejects" | "schema" | "limits" | "dataset" | "codec" | "onnx" | "mixing"
-        | "tokenize" | "augment" | "storage" => 0,
+        | "tokenize" | "augment" | "storage" | "chart" => 0,
         "sources" | "stages" | "sinks" => 1,
         "config" => 2,
         "pipeline" => 3,
         "engine" | "inspect" | "train" => 4,
+        "report" => 5,
         _ => return None,
     })
 }

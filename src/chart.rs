@@ -1,4 +1,5 @@
-//! Charts as SVG, drawn with `plotters`' SVG backend: axes with ticks,
+//! Charts as SVG for `kiln report` and `kiln train`'s `plot.svg`, drawn
+//! with `plotters`' SVG backend: axes with ticks,
 //! tick labels and a description with its unit, a legend when there is
 //! more than one series, and every plotted value as a `<title>` that the
 //! browser shows on hover (no script). Each chart is an
@@ -6,6 +7,22 @@
 //! browser test reads.
 
 use plotters::prelude::*;
+
+/// Text made safe inside HTML or SVG elements and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
 
 /// The colours of the series, in order (colour-blind safe, Okabe-Ito).
 const PALETTE: [RGBColor; 6] = [
@@ -80,8 +97,8 @@ fn finish(svg: String, x_label: &str, y_label: &str, hover: &[(i32, i32, String)
         "<svg ",
         &format!(
             "<svg class=\"chart\" data-x-axis=\"{}\" data-y-axis=\"{}\" ",
-            super::html::escape(x_label),
-            super::html::escape(y_label)
+            escape(x_label),
+            escape(y_label)
         ),
         1,
     );
@@ -89,7 +106,7 @@ fn finish(svg: String, x_label: &str, y_label: &str, hover: &[(i32, i32, String)
     for (x, y, label) in hover {
         dots.push_str(&format!(
             "<circle cx=\"{x}\" cy=\"{y}\" r=\"4\" fill=\"#000\" fill-opacity=\"0\"><title>{}</title></circle>\n",
-            super::html::escape(label)
+            escape(label)
         ));
     }
     if let Some(end) = svg.rfind("</svg>") {
