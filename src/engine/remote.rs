@@ -146,7 +146,7 @@ fn sweep(dir: &RemoteDir) -> Result<()> {
 /// What [`prepare`] found.
 enum Start {
     /// The dataset is already complete.
-    Complete(Manifest),
+    Complete(Box<Manifest>),
     /// Work to do; the names the output prefix held before the plan.
     Open(Vec<String>),
 }
@@ -156,7 +156,7 @@ fn prepare(dir: &RemoteDir, plan: &Plan, parallel: bool, attempt: &str) -> Resul
     if let Some(m) = read_manifest(dir)? {
         if m.plan == plan.hash {
             sweep(dir)?;
-            return Ok(Start::Complete(m));
+            return Ok(Start::Complete(Box::new(m)));
         }
         return Err(Error::Output(format!(
             "{} holds a dataset built from a different plan (pipeline, inputs or seed differ); remove it or choose another --output",
@@ -208,7 +208,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions, location: &str) -> Result<Out
     let attempt = attempt_id();
     let parallel = opts.shard_of.is_some() || opts.no_commit || opts.prepare_only;
     let listed = match prepare(&dir, &plan, parallel, &attempt)? {
-        Start::Complete(m) => return Ok(Outcome::UpToDate(m)),
+        Start::Complete(m) => return Ok(Outcome::UpToDate(*m)),
         Start::Open(listed) => listed,
     };
     let spool = Spool::new(&attempt)?;

@@ -180,23 +180,33 @@ fn mixed(row: &Row, bytes: &[u8]) -> String {
     let Ok(img) = image::load_from_memory(bytes) else {
         return "<p class=\"bad\">cannot decode the mixed image</p>".into();
     };
+    // Small images scaled up k times (pixels kept, PNG); large ones down to
+    // 192 px (JPEG), the box scaled alike.
     let (w, h) = (img.width(), img.height());
-    let k = (192 / w.max(h).max(1)).max(1);
-    let url = data_url("image/png", &super::png(&img));
+    let (f, url) = if w.max(h) <= 192 {
+        let k = 192 / w.max(h).max(1);
+        (k as f64, data_url("image/png", &super::png(&img)))
+    } else {
+        let small = img.thumbnail(192, 192);
+        (
+            192.0 / w.max(h) as f64,
+            data_url("image/jpeg", &super::jpeg(&small)),
+        )
+    };
+    let (dw, dh) = (w as f64 * f, h as f64 * f);
     let mut s = format!(
-        "<svg class=\"mix\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" data-id=\"{}\" data-scale=\"{k}\"><image x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" style=\"image-rendering:pixelated\" href=\"{url}\"/>",
-        w * k,
-        h * k,
+        "<svg class=\"mix\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{dw:.0}\" height=\"{dh:.0}\" data-id=\"{}\" data-scale=\"{f}\"><image x=\"0\" y=\"0\" width=\"{dw}\" height=\"{dh}\" style=\"image-rendering:pixelated\" href=\"{url}\"/>",
         escape(&row.id),
-        w * k,
-        h * k
     );
     if let Some(b) = row.list("mix_box").filter(|b| b.len() == 4) {
         let [y0, y1, x0, x1] = [b[0], b[1], b[2], b[3]].map(|v| v as u32);
         write!(
             s,
             "<rect class=\"cutmix\" data-box=\"{y0} {y1} {x0} {x1}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#ff2d55\" stroke-width=\"2\"/>",
-            x0 * k, y0 * k, (x1 - x0) * k, (y1 - y0) * k
+            x0 as f64 * f,
+            y0 as f64 * f,
+            (x1 - x0) as f64 * f,
+            (y1 - y0) as f64 * f
         )
         .ok();
     }
@@ -266,7 +276,8 @@ fn text_of(row: &Row, cx: &Context) -> Option<String> {
 }
 
 fn audio_player(row: &Row, cx: &Context) -> String {
-    const MAX: usize = 4 << 20;
+    // About 30 s of 16 kHz 16-bit audio: a dozen clips keep the page small.
+    const MAX: usize = 1 << 20;
     let (bytes, mime) = match row.media("audio") {
         Some(b) => (b, "audio/wav".to_string()),
         None => match cx.source(row, "audio_path") {
@@ -299,17 +310,37 @@ fn audio_player(row: &Row, cx: &Context) -> String {
     )
 }
 
+/// Frames drawn at most (30 s at a hop of 10 ms); a longer clip's
+/// spectrogram is drawn to there, and says so.
+const MAX_FRAMES: usize = 3000;
+
 fn spectrogram_of(row: &Row, cx: &Context, title: &str) -> Option<String> {
-    let mel = row.mel()?;
+    let mut mel = row.mel()?;
+    let frames = mel.first().map_or(0, Vec::len);
+    for band in &mut mel {
+        band.truncate(MAX_FRAMES);
+    }
+    let inside = |m: &[u32; 2]| (m[0] as usize) < MAX_FRAMES;
     let marks = Marks {
         freq_masks: row.pairs("freq_masks"),
-        time_masks: row.pairs("time_masks"),
+        time_masks: row
+            .pairs("time_masks")
+            .into_iter()
+            .filter(inside)
+            .map(|[s, w]| [s, w.min(MAX_FRAMES as u32 - s)])
+            .collect(),
         warp: row
             .u64("warp_anchor")
             .zip(row.f64("warp_shift"))
-            .map(|(a, s)| (a as u32, s as i32)),
+            .map(|(a, s)| (a as u32, s as i32))
+            .filter(|&(a, s)| ((a as i64 + s as i64) as usize) < MAX_FRAMES),
     };
-    Some(spectrogram::svg(&mel, cx.axes(row).as_ref(), &marks, title))
+    let svg = spectrogram::svg(&mel, cx.axes(row).as_ref(), &marks, title);
+    Some(if frames > MAX_FRAMES {
+        format!("{svg}<div class=\"note\">the first {MAX_FRAMES} of {frames} frames</div>")
+    } else {
+        svg
+    })
 }
 
 fn image_of(row: &Row, cx: &Context) -> Option<String> {

@@ -43,8 +43,7 @@ pub fn report(dir: &Path) -> Result<Outcome> {
     let last_eval = m
         .evals
         .values()
-        .filter(|v| v["precision"].as_str() != Some("int8"))
-        .last();
+        .rfind(|v| v["precision"].as_str() != Some("int8"));
     let sum = |k: &str| m.steps.values().filter_map(|v| v[k].as_f64()).sum::<f64>();
     let (data, step) = (sum("data_s"), sum("step_s"));
     let epochs = m

@@ -442,7 +442,7 @@ fn the_example_trains_on_the_multimodal_example() {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["val_accuracy"].as_f64())
-        .last()
+        .next_back()
         .expect("an evaluation line");
     assert!(
         accuracy >= 0.6,
