@@ -28,7 +28,14 @@ for shard in sorted(Path("fixtures/images").glob("shard-*.tar")):
         for m in t.getmembers():
             key, ext = m.name.rsplit(".", 1)
             samples.setdefault((shard.name, key), {})[ext] = t.extractfile(m).read()
-good = [s for s in samples.values() if "cls" in s and ("jpg" in s or "png" in s)]
+from PIL import Image
+def decodes(s):
+    try:
+        Image.open(io.BytesIO(s.get("jpg") or s["png"])).load()
+        return True
+    except Exception:
+        return False
+good = [s for s in samples.values() if "cls" in s and ("jpg" in s or "png" in s) and decodes(s)]
 per = 5000
 for k in range(0, n, per):
     path = out / f"shard-{k // per:06d}.tar"

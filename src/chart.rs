@@ -117,6 +117,41 @@ fn finish(svg: String, x_label: &str, y_label: &str, hover: &[(i32, i32, String)
 
 type Res<T> = std::result::Result<T, String>;
 
+type Area<'b> = DrawingArea<SVGBackend<'b>, plotters::coord::Shift>;
+type Ctx<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A chart's frame: its caption, margins and label areas, on `x` by `y`.
+fn frame<'a, 'b>(
+    root: &'a Area<'b>,
+    title: &str,
+    x_area: u32,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> Res<Ctx<'a, 'b>> {
+    ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(x_area)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)
+        .map_err(err)
+}
+
+/// The legend box, top right.
+fn legend<'a, 'b: 'a>(chart: &mut Ctx<'a, 'b>) -> Res<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)
+}
+
 fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("cannot draw a chart: {e:?}")
 }
@@ -130,13 +165,7 @@ pub fn lines(c: &Lines) -> Res<String> {
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(c.title, ("sans-serif", 20))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(err)?;
+        let mut chart = frame(&root, c.title, 40, x0..x1, y0..y1)?;
         chart
             .configure_mesh()
             .x_desc(c.x_label)
@@ -205,13 +234,7 @@ pub fn lines(c: &Lines) -> Res<String> {
             }
         }
         if c.series.len() > 1 {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(200, 200, 200))
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(err)?;
+            legend(&mut chart)?;
         }
         root.present().map_err(err)?;
     }
@@ -240,13 +263,8 @@ pub fn bars(
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(10)
-            .x_label_area_size(if labels.len() > 12 { 100 } else { 40 })
-            .y_label_area_size(64)
-            .build_cartesian_2d(-0.5..n - 0.5, 0.0..top)
-            .map_err(err)?;
+        let x_area = if labels.len() > 12 { 100 } else { 40 };
+        let mut chart = frame(&root, title, x_area, -0.5..n - 0.5, 0.0..top)?;
         let name = |v: &f64| {
             let i = v.round();
             if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
@@ -297,13 +315,7 @@ pub fn bars(
             }
         }
         if series.len() > 1 {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(200, 200, 200))
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(err)?;
+            legend(&mut chart)?;
         }
         root.present().map_err(err)?;
     }
@@ -331,13 +343,7 @@ pub fn histogram(
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x0..x1, 0.0..top)
-            .map_err(err)?;
+        let mut chart = frame(&root, title, 40, x0..x1, 0.0..top)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -376,13 +382,7 @@ pub fn histogram(
                 });
         }
         if !markers.is_empty() {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(200, 200, 200))
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(err)?;
+            legend(&mut chart)?;
         }
         root.present().map_err(err)?;
     }

@@ -11,8 +11,8 @@
 //! manifest's SHA-256; every other shard is checked for presence and size.
 //! Rows are sampled with a reservoir over the sample's originals (augment
 //! 0, window 0), each with its copies and windows (rows whose `sample_id`
-//! is the original's followed by `#`); a second pass over the same shards
-//! fetches the partners of mixed copies. Memory holds one record batch and
+//! is the original's followed by `#`); a second pass over the shards of the
+//! sampled mixed copies fetches their partners. Memory holds one record batch and
 //! the sampled rows (each copied out of its batch), whatever the dataset's
 //! size.
 
@@ -166,6 +166,8 @@ struct Sampler {
     groups: Vec<Group>,
     /// Base id -> slot in `groups`.
     slots: HashMap<String, usize>,
+    /// The shard being read.
+    shard: usize,
 }
 
 /// Rows a group keeps besides its original (copies, windows).
@@ -224,6 +226,7 @@ impl Sampler {
                         self.slots.remove(o.id.as_str());
                     }
                     self.groups[s].original = Some(Row::new(id, take(batch, i)?));
+                    self.groups[s].shard = self.shard;
                     self.slots.insert(id.to_string(), s);
                 }
             } else if let Some(&s) = self.slots.get(base_id(id))
@@ -356,6 +359,7 @@ pub fn report(dir: &Path, opts: &Options) -> Result<Outcome> {
         seen: 0,
         groups: Vec::new(),
         slots: HashMap::new(),
+        shard: 0,
     };
     let mut schema: Option<SchemaRef> = None;
     let mut failure: Option<Error> = None;
@@ -366,6 +370,7 @@ pub fn report(dir: &Path, opts: &Options) -> Result<Outcome> {
         }
         let s = &manifest.shards[i];
         read.push(s.file.clone());
+        sampler.shard = i;
         let mut visit = |b: &RecordBatch| {
             schema.get_or_insert_with(|| b.schema());
             if failure.is_none()
@@ -388,7 +393,9 @@ pub fn report(dir: &Path, opts: &Options) -> Result<Outcome> {
     if let Some(e) = failure {
         return Err(e);
     }
-    // Partners of mixed copies, from the same shards.
+    // Partners of mixed copies, from the shards of those copies: mixing
+    // pairs the rows of one batch, which lands in one task's shards (a
+    // partner past a shard boundary is said to be in a shard not read).
     let mut groups = sampler.groups;
     let wanted: HashSet<String> = groups
         .iter()
@@ -397,7 +404,12 @@ pub fn report(dir: &Path, opts: &Options) -> Result<Outcome> {
         .collect();
     let mut partners: HashMap<String, Row> = HashMap::new();
     if !wanted.is_empty() {
-        for &i in &chosen {
+        let mixed: HashSet<usize> = groups
+            .iter()
+            .filter(|g| g.members.iter().any(|m| m.str("mix_partner").is_some()))
+            .map(|g| g.shard)
+            .collect();
+        for &i in chosen.iter().filter(|i| mixed.contains(i)) {
             if matches!(states[i], ShardState::Missing | ShardState::Unreadable(_)) {
                 continue;
             }

@@ -16,6 +16,8 @@ pub struct Row {
 /// mixed copies took their second image from.
 #[derive(Default)]
 pub struct Group {
+    /// The shard it was read from (by index in the manifest).
+    pub shard: usize,
     pub original: Option<Row>,
     pub members: Vec<Row>,
     pub partners: Vec<Row>,

@@ -284,18 +284,9 @@ fn mel_of(b: &arrow::array::RecordBatch, i: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// matplotlib's viridis at t = 0, 1/8, ..., 1: the report's stated map.
-const VIRIDIS: [[f64; 3]; 9] = [
-    [68.0, 1.0, 84.0],
-    [71.0, 44.0, 122.0],
-    [59.0, 82.0, 139.0],
-    [44.0, 113.0, 142.0],
-    [33.0, 145.0, 140.0],
-    [39.0, 173.0, 129.0],
-    [92.0, 200.0, 99.0],
-    [170.0, 220.0, 50.0],
-    [253.0, 231.0, 37.0],
-];
+/// The report's stated colour map: matplotlib's viridis at t = 0, 1/8,
+/// ..., 1, interpolated linearly by the reference below.
+use kiln::report::spectrogram::VIRIDIS;
 
 /// The reference rendering: the top row is the highest band; scaled from
 /// the maximum down 80 dB (or to the minimum); viridis interpolated.
