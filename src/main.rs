@@ -129,7 +129,7 @@ enum Command {
     /// histograms) or of a `kiln train` output folder (charts); opens from
     /// disk with no network.
     Report {
-        /// A dataset folder, or a `kiln train` output folder.
+        /// A dataset folder or URL, or a `kiln train` output folder.
         path: PathBuf,
         /// Where the page goes.
         #[arg(long, short, default_value = "report.html")]
@@ -414,7 +414,10 @@ fn run(command: Command) -> kiln::Result<u8> {
                 seed,
                 full,
             };
-            let page = kiln::report::report(&path, &opts)?;
+            // A dataset in object storage is reported from kiln's local
+            // copy of it (made once per manifest, each shard checked).
+            let local = kiln::dataset::local_copy(&path.to_string_lossy())?;
+            let page = kiln::report::report(&local, &opts)?;
             std::fs::write(&output, &page.html)
                 .map_err(|e| kiln::error::Error::io_path("write", &output, e))?;
             for p in &page.problems {

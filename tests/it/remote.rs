@@ -641,6 +641,22 @@ fn the_trainer_reads_a_dataset_from_the_store() {
         .unwrap()
         .collect();
     assert_eq!(copies.len(), 1);
+    // `kiln report` of the URL reads that copy: the same rejects, statistics
+    // and samples as the local dataset's page (the title and the copy's
+    // time differ).
+    let page = |from: &str, out: &str| {
+        let mut c = kiln();
+        c.current_dir(s.dir.path())
+            .env("KILN_CACHE", s.path("cache"))
+            .args(["report", from, "-o", out]);
+        assert_ok(&moto.env(&mut c).output().unwrap());
+        let html = std::fs::read_to_string(s.path(out)).unwrap();
+        assert!(html.contains("read, SHA-256 matches"), "{html}");
+        html[html.find("<h2 id=\"rejects\"").unwrap()..].to_string()
+    };
+    let local = page(data.to_str().unwrap(), "local.html");
+    let remote = page("s3://data/topics", "remote.html");
+    assert!(local == remote, "the remote page differs");
 }
 
 #[test]
