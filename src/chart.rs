@@ -141,6 +141,29 @@ fn frame<'a, 'b>(
         .map_err(err)
 }
 
+/// Axes with numeric ticks and their descriptions, a light grid (without
+/// its vertical lines unless `x_grid`).
+fn numeric_mesh<'a, 'b: 'a>(
+    chart: &mut Ctx<'a, 'b>,
+    x_label: &str,
+    y_label: &str,
+    x_grid: bool,
+) -> Res<()> {
+    let mut mesh = chart.configure_mesh();
+    if !x_grid {
+        mesh.disable_x_mesh();
+    }
+    mesh.x_desc(x_label)
+        .y_desc(y_label)
+        .x_label_formatter(&|v| num(*v))
+        .y_label_formatter(&|v| num(*v))
+        .light_line_style(RGBColor(235, 235, 235))
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)
+}
+
 /// The legend box, top right.
 fn legend<'a, 'b: 'a>(chart: &mut Ctx<'a, 'b>) -> Res<()> {
     chart
@@ -166,17 +189,7 @@ pub fn lines(c: &Lines) -> Res<String> {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = frame(&root, c.title, 40, x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
-            .x_desc(c.x_label)
-            .y_desc(c.y_label)
-            .x_label_formatter(&|v| num(*v))
-            .y_label_formatter(&|v| num(*v))
-            .light_line_style(RGBColor(235, 235, 235))
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 15))
-            .draw()
-            .map_err(err)?;
+        numeric_mesh(&mut chart, c.x_label, c.y_label, true)?;
         for (at, label) in &c.markers {
             let style = ShapeStyle::from(RGBColor(150, 150, 150)).stroke_width(1);
             chart
@@ -344,18 +357,7 @@ pub fn histogram(
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = frame(&root, title, 40, x0..x1, 0.0..top)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .x_label_formatter(&|v| num(*v))
-            .y_label_formatter(&|v| num(*v))
-            .light_line_style(RGBColor(235, 235, 235))
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 15))
-            .draw()
-            .map_err(err)?;
+        numeric_mesh(&mut chart, x_label, y_label, false)?;
         let color = PALETTE[0];
         chart
             .draw_series(bins.iter().map(|&(lo, hi, c)| {
