@@ -66,6 +66,66 @@ max_audio_seconds = 20
     assert_eq!(got, want);
 }
 
+/// A mono 32-bit float WAV of `samples` at 16 kHz.
+fn float_wav(samples: &[f32]) -> Vec<u8> {
+    let data = (samples.len() * 4) as u32;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&3u16.to_le_bytes()); // IEEE float
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&16000u32.to_le_bytes());
+    b.extend_from_slice(&(16000u32 * 4).to_le_bytes());
+    b.extend_from_slice(&4u16.to_le_bytes());
+    b.extend_from_slice(&32u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data.to_le_bytes());
+    for v in samples {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+#[test]
+fn a_clip_with_nan_or_infinite_samples_is_rejected_not_made_finite() {
+    let s = Scratch::new();
+    let clean: Vec<f32> = (0..8000).map(|i| (i as f32 * 0.01).sin() * 0.5).collect();
+    s.write("clips/clean.wav", float_wav(&clean));
+    for (name, bad) in [("nan.wav", f32::NAN), ("inf.wav", f32::INFINITY)] {
+        let mut samples = clean.clone();
+        samples[4000] = bad;
+        s.write(&format!("clips/{name}"), float_wav(&samples));
+    }
+    let pipeline = format!(
+        "[[inputs]]\npath = \"{}\"\nformat = \"audio\"\nlabels = \"none\"\n\n[[stages]]\ntype = \"decode_audio\"\nsample_rate = 16000\n\n[[stages]]\ntype = \"encode_audio\"\n\n[[stages]]\ntype = \"mel_spectrogram\"\n",
+        s.path("clips").display()
+    );
+    let out = build(&s, "out", &pipeline);
+    let m = manifest(&out);
+    assert_eq!(m["totals"]["samples_in"], 3);
+    assert_eq!(m["totals"]["samples_out"], 1);
+    let mut got: Vec<(String, String)> = rejects(&out)
+        .into_iter()
+        .map(|(id, stage, kind)| (id, format!("{stage}/{kind}")))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (
+                "inf.wav:0".to_string(),
+                "decode_audio/non_finite".to_string()
+            ),
+            (
+                "nan.wav:0".to_string(),
+                "decode_audio/non_finite".to_string()
+            ),
+        ]
+    );
+}
+
 #[test]
 fn clips_with_no_frame_are_rejected_as_too_short() {
     let s = Scratch::new();

@@ -73,7 +73,7 @@ pub fn prepare(
 ) -> std::result::Result<Audio, Rejection> {
     // Hostile bytes must not take the run down with a decoder's panic.
     std::panic::catch_unwind(move || {
-        let audio = decode(InPlace(bytes), max_seconds, cfg.mono)?;
+        let audio = finite(decode(InPlace(bytes), max_seconds, cfg.mono)?)?;
         let audio = match cfg.sample_rate {
             Some(rate) => resample(audio, rate)?,
             None => audio,
@@ -84,6 +84,27 @@ pub fn prepare(
         })
     })
     .unwrap_or_else(|_| Err(("corrupt_audio", "the decoder failed on this file".into())))
+}
+
+/// A clip with a NaN or infinite sample is a reject (`non_finite`): the
+/// stages after decoding would turn it into finite numbers (a resampler
+/// spreads it, a dB scale floors it, 16-bit PCM makes it 0), so the dataset
+/// would silently hold invented values.
+fn finite(audio: Audio) -> std::result::Result<Audio, Rejection> {
+    let Some(first) = audio.samples.iter().position(|v| !v.is_finite()) else {
+        return Ok(audio);
+    };
+    let bad = audio.samples.iter().filter(|v| !v.is_finite()).count();
+    let frames = audio.frames().max(1);
+    Err((
+        "non_finite",
+        format!(
+            "{bad} of its {} samples are NaN or infinite (the first at {:.4} s of channel {})",
+            audio.samples.len(),
+            (first % frames) as f64 / audio.rate.max(1) as f64,
+            first / frames
+        ),
+    ))
 }
 
 /// Trim (keeping the start, the centre or a random window) or pad with
@@ -384,5 +405,26 @@ mod tests {
         assert_eq!(decode(huge, 60.0, true).unwrap_err().0, "too_long");
         let long = wav(16000, 2, 3, &sine(32000), None);
         assert_eq!(decode(long, 1.0, true).unwrap_err().0, "too_long");
+    }
+
+    #[test]
+    fn a_float_wav_with_nan_or_infinite_samples_is_a_reject() {
+        let cfg: DecodeAudioConfig = toml::from_str("mono = false\nsample_rate = 16000").unwrap();
+        let run = |frames: &[Vec<f32>]| {
+            let bytes = wav(8000, 2, 3, frames, None);
+            prepare(arrow::buffer::Buffer::from_vec(bytes), &cfg, 60.0, 0)
+        };
+        let mut frames = sine(800);
+        assert!(run(&frames).is_ok());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            frames[400][1] = bad;
+            let (kind, message) = run(&frames).unwrap_err();
+            assert_eq!(kind, "non_finite");
+            assert!(
+                message.contains("1 of its 1600 samples")
+                    && message.contains("0.0500 s of channel 1"),
+                "{message}"
+            );
+        }
     }
 }
