@@ -423,15 +423,8 @@ fn run(command: Command) -> kiln::Result<u8> {
             for p in &page.problems {
                 eprintln!("kiln: {}: {p}", path.display());
             }
-            let peak = std::fs::read_to_string("/proc/self/status")
-                .ok()
-                .and_then(|s| {
-                    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
-                    line.split_whitespace().nth(1)?.parse::<f64>().ok()
-                })
-                .map_or(String::new(), |kb| {
-                    format!("; peak memory {:.0} MiB", kb / 1024.0)
-                });
+            let peak = kiln::train::run::peak_rss_mb()
+                .map_or(String::new(), |mb| format!("; peak memory {mb:.0} MiB"));
             eprintln!(
                 "kiln: wrote {} ({} bytes; read {} bytes of {} shards{peak})",
                 output.display(),

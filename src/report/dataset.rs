@@ -24,6 +24,7 @@ use std::rc::Rc;
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -182,7 +183,7 @@ impl Sampler {
         let augment = num("augment");
         let window = num("window");
         let length = num("length");
-        let labels = row::label_column(batch);
+        let labels = row::label_column(batch, "label");
         let method =
             row::str_column(batch, "augmentation").or_else(|| row::str_column(batch, "mix_mode"));
         for i in 0..batch.num_rows() {
@@ -242,11 +243,7 @@ impl Sampler {
 /// The shards in an order drawn from the seed, as many as `opts` asks.
 fn choose(manifest: &Manifest, opts: &Options) -> Vec<usize> {
     let mut order: Vec<usize> = (0..manifest.shards.len()).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x7265_706f_7274);
-    for i in (1..order.len()).rev() {
-        let j = rng.random_range(0..=i);
-        order.swap(i, j);
-    }
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed ^ 0x7265_706f_7274));
     if opts.full {
         order.sort_unstable();
         return order;

@@ -44,12 +44,12 @@ pub fn str_column(batch: &RecordBatch, name: &str) -> Option<Vec<Option<String>>
     )
 }
 
-/// The `label` column as names: class names from the field's metadata
-/// when it has them, else the value as text.
-pub fn label_column(batch: &RecordBatch) -> Option<impl Fn(usize) -> Option<String>> {
-    let field = batch.schema().field_with_name("label").ok()?.clone();
+/// A label column (`label`, `label_b`) as names: class names from the
+/// field's metadata when it has them, else the value as text.
+pub fn label_column(batch: &RecordBatch, name: &str) -> Option<impl Fn(usize) -> Option<String>> {
+    let field = batch.schema().field_with_name(name).ok()?.clone();
     let names = crate::schema::class_names(&field);
-    let values = str_column(batch, "label")?;
+    let values = str_column(batch, name)?;
     Some(move |i: usize| {
         let v = values.get(i)?.clone()?;
         Some(match (&names, v.parse::<usize>()) {
@@ -122,7 +122,12 @@ impl Row {
     }
 
     pub fn label(&self) -> Option<String> {
-        label_column(&self.batch)?(0)
+        label_column(&self.batch, "label")?(0)
+    }
+
+    /// The mixed-in image's label name.
+    pub fn label_b(&self) -> Option<String> {
+        label_column(&self.batch, "label_b")?(0)
     }
 
     /// The bytes of a `struct<bytes, path>` media column.
@@ -175,18 +180,6 @@ pub fn feature_text(v: &serde_json::Value) -> String {
         },
         Some(t) => t.to_string(),
         None => v.to_string(),
-    }
-}
-
-impl Row {
-    /// The mixed-in image's label name.
-    pub fn label_b(&self) -> Option<String> {
-        let field = self.batch.schema().field_with_name("label").ok()?.clone();
-        let v = self.u64("label_b")?;
-        Some(match crate::schema::class_names(&field) {
-            Some(n) if (v as usize) < n.len() => n[v as usize].clone(),
-            _ => v.to_string(),
-        })
     }
 }
 

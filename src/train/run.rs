@@ -532,7 +532,7 @@ fn train_on<B: AutodiffBackend>(
 }
 
 /// This process's peak resident memory in MiB (Linux; `None` elsewhere).
-fn peak_rss_mb() -> Option<f64> {
+pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
