@@ -43,18 +43,32 @@ fn assert_offline(html: &str) {
     }
 }
 
+/// Headless Chromium with a fresh profile of its own and nothing started
+/// in the background (no network calls, no updater, no sync), so each run
+/// leaves no process and no state behind.
+fn headless(browser: &str, profile: &Path) -> Command {
+    let mut c = Command::new(browser);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
 fn chromium() -> Option<&'static str> {
+    let profile = tempfile::tempdir().ok()?;
     ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|b| {
-            Command::new(b)
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--dump-dom",
-                    "about:blank",
-                ])
+            headless(b, profile.path())
+                .args(["--dump-dom", "about:blank"])
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
@@ -91,11 +105,9 @@ fn browse(browser: &str, page: &Path, name: &str) -> serde_json::Value {
         CHECK.replace("PAGE", page.file_name().unwrap().to_str().unwrap()),
     )
     .unwrap();
-    let o = Command::new(browser)
+    let profile = tempfile::tempdir().unwrap();
+    let o = headless(browser, profile.path())
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
             "--allow-file-access-from-files",
             "--enable-logging=stderr",
             "--v=0",
@@ -123,14 +135,8 @@ fn browse(browser: &str, page: &Path, name: &str) -> serde_json::Value {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/report-screenshots"));
     std::fs::create_dir_all(&shots).unwrap();
-    let o = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--window-size=1280,3000",
-        ])
+    let o = headless(browser, profile.path())
+        .args(["--hide-scrollbars", "--window-size=1280,3000"])
         .arg(format!(
             "--screenshot={}",
             shots.join(format!("{name}.png")).display()
