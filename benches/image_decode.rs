@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use fast_image_resize::Resizer;
-use kiln::sources::media::{Media, walk_media};
+use kiln::sources::media::{Media, media_files, walk_media};
 use kiln::stages::image::decode::{decode, resize_crop};
 use kiln::stages::image::resize::{CropMode, ResizeFilter, ResizeImageConfig};
 use rand::SeedableRng;
@@ -69,7 +69,12 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "bench-data/images".into());
-    let files = walk_media(&dir, Media::Image).expect("list the images (benches/gen_images.py)");
+    let files: Vec<String> = media_files(
+        &walk_media(&dir, false).expect("list the images (benches/gen_images.py)"),
+        Media::Image,
+    )
+    .cloned()
+    .collect();
     let bytes: u64 = files
         .iter()
         .map(|f| std::fs::metadata(f).unwrap().len())

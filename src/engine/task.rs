@@ -131,6 +131,8 @@ fn run_locked(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
                     filtered: 0,
                 };
                 batch = stage.process(batch, &mut cx)?;
+                // A NaN or an infinity a stage made is that stage's reject.
+                batch = crate::stages::columns::reject_non_finite(batch, &mut cx)?;
                 counts.filtered += cx.filtered;
             }
             let batch = conform(&batch, &pipeline.dataset_schema)?;

@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::schema::{self, KindSchema};
 use crate::sources::input::{InputFormat, LabelSource};
 use crate::sources::media::{
-    AlsoFile, Media, MediaSpec, folder_classes, media_record_schema, walk_media,
+    AlsoFile, Media, MediaSpec, folder_classes, media_files, media_record_schema, walk_media,
 };
 use crate::sources::{self, InputSpec};
 use crate::storage;
@@ -236,8 +236,8 @@ pub fn resolve(
         }
         let walked = format.is_media_files() && is_folder;
         let files = match (walked, media) {
-            (true, Some(m)) => match walk_media(&input.path, m) {
-                Ok(f) if f.is_empty() => {
+            (true, Some(m)) => match walk_media(&input.path, input.allow_outside_root) {
+                Ok(f) if media_files(&f, m).next().is_none() => {
                     return Err(source.error(
                         &key("path"),
                         format!(
@@ -267,10 +267,8 @@ pub fn resolve(
             let names = match (&input.classes, labels) {
                 (Some(c), _) => c.clone(),
                 (None, LabelSource::Folder) => {
-                    let names = folder_classes(&files);
-                    if files
-                        .iter()
-                        .any(|f| sources::media::folder_label(f).is_none())
+                    let names = folder_classes(&files, media);
+                    if media_files(&files, media).any(|f| sources::media::folder_label(f).is_none())
                     {
                         return Err(source.error(
                             &key("labels"),
@@ -300,6 +298,8 @@ pub fn resolve(
             let table_dir = storage::parent(files.first().map(String::as_str).unwrap_or("."));
             let root = match input.image_root.as_ref().or(input.audio_root.as_ref()) {
                 Some(r) => r.clone(),
+                None if walked => input.path.clone(),
+                None if format.is_media_files() => storage::glob_root(&input.path),
                 None => table_dir.clone(),
             };
             spec.media = Some(MediaSpec {
@@ -307,6 +307,7 @@ pub fn resolve(
                 labels,
                 file_column,
                 root,
+                allow_outside_root: input.allow_outside_root,
                 caption_column: input.caption_column.clone(),
                 label_column: input.label_column.clone(),
                 classes: Arc::new(Vec::new()),
@@ -429,12 +430,7 @@ fn expand(pattern: &str) -> std::result::Result<Vec<String>, String> {
         }
         return Ok(vec![pattern.to_string()]);
     }
-    let paths = glob::glob(pattern).map_err(|e| format!("invalid glob `{pattern}`: {e}"))?;
-    let mut files: Vec<String> = paths
-        .filter_map(|p| p.ok())
-        .filter(|p| !p.is_dir())
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
+    let mut files = storage::local::glob(pattern)?;
     files.sort();
     files.dedup();
     if files.is_empty() {

@@ -659,21 +659,27 @@ fn without_nulls(v: serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// Where a source file named by a row may be, from the pipeline's inputs.
-pub fn source_roots(pipeline: &crate::config::PipelineConfig) -> Vec<PathBuf> {
-    pipeline
-        .inputs
-        .iter()
-        .filter(|i| !crate::storage::is_url(&i.path))
-        .map(|i| {
-            let p = Path::new(&i.path);
-            if p.is_dir() {
-                p.to_path_buf()
-            } else {
-                PathBuf::from(crate::storage::glob_root(&i.path))
-            }
-        })
-        .collect()
+/// Where a source file named by a row may be, from the pipeline's inputs
+/// (a table's `image_root` and `audio_root` first), and whether files may
+/// resolve outside it.
+pub fn source_roots(pipeline: &crate::config::PipelineConfig) -> Vec<(PathBuf, bool)> {
+    let mut roots = Vec::new();
+    for i in &pipeline.inputs {
+        let allow = i.allow_outside_root;
+        for r in [&i.image_root, &i.audio_root].into_iter().flatten() {
+            roots.push((PathBuf::from(r), allow));
+        }
+        if crate::storage::is_url(&i.path) {
+            continue;
+        }
+        let p = Path::new(&i.path);
+        roots.push(match p.is_dir() {
+            true => (p.to_path_buf(), allow),
+            false => (PathBuf::from(crate::storage::glob_root(&i.path)), allow),
+        });
+    }
+    roots.retain(|(r, _)| !crate::storage::is_url(&r.to_string_lossy()));
+    roots
 }
 
 #[cfg(test)]

@@ -43,9 +43,15 @@ impl Context<'_> {
     /// this disk under one of the pipeline's inputs and not too large.
     fn source(&self, row: &Row, column: &str) -> Option<(PathBuf, Vec<u8>)> {
         let rel = row.str(column)?;
-        for root in super::dataset::source_roots(self.pipeline?) {
+        for (root, allow) in super::dataset::source_roots(self.pipeline?) {
             let p = root.join(&rel);
-            if std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.len() <= 64 << 20) {
+            // A row's path is data: it is shown only from inside its root,
+            // as the pipeline read it.
+            let inside = allow
+                || std::fs::canonicalize(&root).is_ok_and(|r| {
+                    crate::sources::media::check_local(&p.to_string_lossy(), Some(&r)).is_ok()
+                });
+            if inside && std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.len() <= 64 << 20) {
                 return Some((p.clone(), std::fs::read(&p).ok()?));
             }
         }

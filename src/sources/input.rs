@@ -120,6 +120,15 @@ pub struct InputConfig {
     /// names when this is not given.
     #[serde(default)]
     pub classes: Option<Vec<String>>,
+    /// Image and audio folders and globs: a file or a link that resolves
+    /// outside the input's folder is a reject (`path_outside_root`), and a
+    /// link to a folder outside it is not walked, unless this is true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_outside_root: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -29,7 +29,9 @@ impl ParquetFile {
             #[cfg(feature = "cloud")]
             return crate::storage::RemoteFile::open(location).map(ParquetFile::Remote);
         }
-        Ok(ParquetFile::Local(File::open(location)?))
+        Ok(ParquetFile::Local(crate::storage::local::open_regular(
+            location,
+        )?))
     }
 }
 

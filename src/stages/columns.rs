@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
@@ -108,12 +108,133 @@ pub fn sample_seeds(batch: &RecordBatch, cx: &BatchContext) -> Result<Vec<u64>> 
         .collect())
 }
 
+/// Rows of a stage's output that hold a NaN or an infinite float (in any
+/// float column, lists and structs included) are rejected (`non_finite`,
+/// naming the column and the count): a stage's invented or broken numbers
+/// never become rows. Null slots are not looked at.
+pub fn reject_non_finite(batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
+    let mut bad: Vec<Option<(String, usize)>> = vec![None; batch.num_rows()];
+    let mut any = false;
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let counts = non_finite_per_row(column.as_ref());
+        if counts.is_empty() {
+            continue;
+        }
+        for (row, &n) in counts.iter().enumerate() {
+            if n > 0 && bad[row].is_none() {
+                bad[row] = Some((field.name().clone(), n));
+                any = true;
+            }
+        }
+    }
+    if !any {
+        return Ok(batch);
+    }
+    let results: Vec<std::result::Result<(), Rejection>> = bad
+        .into_iter()
+        .map(|b| match b {
+            None => Ok(()),
+            Some((column, n)) => Err((
+                "non_finite",
+                format!("`{column}` holds {n} NaN or infinite values"),
+            )),
+        })
+        .collect();
+    Ok(keep_ok(batch, results, cx)?.0)
+}
+
+/// For each row, how many non-finite floats it holds; empty when the array
+/// holds none (the common case, found with one pass over the values).
+fn non_finite_per_row(a: &dyn Array) -> Vec<usize> {
+    use arrow::datatypes::{Float32Type, Float64Type};
+    let per_value = |finite: &dyn Fn(usize) -> bool, len: usize| -> Vec<usize> {
+        let counts: Vec<usize> = (0..len)
+            .map(|i| usize::from(a.is_valid(i) && !finite(i)))
+            .collect();
+        match counts.iter().any(|&c| c > 0) {
+            true => counts,
+            false => Vec::new(),
+        }
+    };
+    // Rows of a list-like array from its children's counts and offsets.
+    let gather = |child: Vec<usize>, ranges: &mut dyn Iterator<Item = (usize, usize)>| {
+        if child.is_empty() {
+            return Vec::new();
+        }
+        ranges
+            .enumerate()
+            .map(|(row, (s, e))| match a.is_valid(row) {
+                true => child[s..e].iter().sum(),
+                false => 0,
+            })
+            .collect()
+    };
+    match a.data_type() {
+        DataType::Float32 => {
+            let v = a.as_primitive::<Float32Type>().values();
+            if v.iter().all(|x| x.is_finite()) {
+                return Vec::new();
+            }
+            per_value(&|i| v[i].is_finite(), v.len())
+        }
+        DataType::Float64 => {
+            let v = a.as_primitive::<Float64Type>().values();
+            if v.iter().all(|x| x.is_finite()) {
+                return Vec::new();
+            }
+            per_value(&|i| v[i].is_finite(), v.len())
+        }
+        DataType::List(_) => {
+            let l = a.as_list::<i32>();
+            let child = non_finite_per_row(l.values().as_ref());
+            let o = l.value_offsets();
+            gather(
+                child,
+                &mut o.windows(2).map(|w| (w[0] as usize, w[1] as usize)),
+            )
+        }
+        DataType::LargeList(_) => {
+            let l = a.as_list::<i64>();
+            let child = non_finite_per_row(l.values().as_ref());
+            let o = l.value_offsets();
+            gather(
+                child,
+                &mut o.windows(2).map(|w| (w[0] as usize, w[1] as usize)),
+            )
+        }
+        DataType::FixedSizeList(_, n) => {
+            let l = a.as_fixed_size_list();
+            let child = non_finite_per_row(l.values().as_ref());
+            let n = *n as usize;
+            gather(child, &mut (0..l.len()).map(|r| (r * n, (r + 1) * n)))
+        }
+        DataType::Struct(_) => {
+            let s = a.as_struct();
+            let mut out: Vec<usize> = Vec::new();
+            for c in s.columns() {
+                let child = non_finite_per_row(c.as_ref());
+                if child.is_empty() {
+                    continue;
+                }
+                out.resize(s.len(), 0);
+                for (row, n) in child.into_iter().enumerate() {
+                    if s.is_valid(row) {
+                        out[row] += n;
+                    }
+                }
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rejects::RejectSink;
-    use arrow::array::UInt32Array;
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::array::{Float64Array, ListArray, StringArray, UInt32Array};
+    use arrow::datatypes::Float32Type;
 
     /// A batch that lost a column its schema promised is kiln's bug, and
     /// says so, rather than an error the user could fix.
@@ -132,5 +253,69 @@ mod tests {
         let err = sample_seeds(&batch, &cx).unwrap_err();
         assert!(matches!(err, Error::Internal(_)), "{err:?}");
         assert!(err.to_string().contains("please report"), "{err}");
+    }
+
+    #[test]
+    fn rows_with_a_nan_or_an_infinity_anywhere_are_rejected_and_null_slots_are_not_read() {
+        let features = f32_list(vec![0.5, 1.0, f32::NAN, 2.0, 3.0, 4.0, 5.0, 6.0], 2).unwrap();
+        let mel = ListArray::from_iter_primitive::<Float32Type, _, _>([
+            Some(vec![Some(1.0)]),
+            Some(vec![Some(2.0)]),
+            Some(vec![Some(f32::INFINITY), Some(f32::NEG_INFINITY)]),
+            Some(vec![]),
+        ]);
+        // A null slot may hold any bits: here a NaN, which is not a value.
+        let lam = Float64Array::from(vec![Some(0.5), Some(0.5), Some(0.5), None]);
+        let lam = {
+            let data = lam.into_data();
+            let mut values = data.buffers()[0].typed_data::<f64>().to_vec();
+            values[3] = f64::NAN;
+            let b = data
+                .into_builder()
+                .buffers(vec![arrow::buffer::Buffer::from_vec(values)])
+                .build()
+                .unwrap();
+            Float64Array::from(b)
+        };
+        let ids = StringArray::from(vec!["a", "b", "c", "d"]);
+        let batch = RecordBatch::try_from_iter([
+            ("sample_id", Arc::new(ids) as ArrayRef),
+            ("features", features),
+            ("mel", Arc::new(mel)),
+            ("lambda", Arc::new(lam)),
+        ])
+        .unwrap();
+        let mut rejects = RejectSink::discard();
+        let mut cx = BatchContext {
+            seed: 0,
+            stage: "some_stage",
+            rejects: &mut rejects,
+            filtered: 0,
+        };
+        let out = reject_non_finite(batch, &mut cx).unwrap();
+        let kept: Vec<&str> = out
+            .column_by_name("sample_id")
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .map(Option::unwrap)
+            .collect();
+        assert_eq!(kept, ["a", "d"]);
+        assert_eq!(rejects.total, 2);
+        assert_eq!(rejects.counts["some_stage/non_finite"], 2);
+        // A batch without any is passed through untouched.
+        let clean = RecordBatch::try_from_iter([(
+            "x",
+            Arc::new(Float64Array::from(vec![1.0, f64::MAX])) as ArrayRef,
+        )])
+        .unwrap();
+        let mut rejects = RejectSink::discard();
+        let mut cx = BatchContext {
+            seed: 0,
+            stage: "s",
+            rejects: &mut rejects,
+            filtered: 0,
+        };
+        assert_eq!(reject_non_finite(clean.clone(), &mut cx).unwrap(), clean);
     }
 }

@@ -22,6 +22,7 @@
 //! that fetches 8 MiB at a time), and files are uploaded as multipart
 //! uploads straight from a local spool file, so no shard is held in memory.
 
+pub mod local;
 #[cfg(feature = "cloud")]
 mod remote;
 
@@ -215,9 +216,15 @@ pub fn stat(location: &str) -> std::io::Result<Meta> {
         #[cfg(not(feature = "cloud"))]
         return Err(unsupported(location));
     }
-    let m = std::fs::metadata(location)?;
+    let m = std::fs::metadata(local::local_path(location))?;
     if m.is_dir() {
         return Err(std::io::Error::other("is a directory"));
+    }
+    if let Some(what) = local::special_kind(m.file_type()) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            local::SpecialFile(what),
+        ));
     }
     let modified_ns = m
         .modified()
@@ -239,7 +246,7 @@ pub fn open(location: &str) -> std::io::Result<Box<dyn ReadSeek>> {
         #[cfg(not(feature = "cloud"))]
         return Err(unsupported(location));
     }
-    Ok(Box::new(std::fs::File::open(location)?))
+    Ok(Box::new(local::open_regular(location)?))
 }
 
 /// Read a whole file or object, refusing one over `max` bytes before
@@ -251,7 +258,7 @@ pub fn read_limited(location: &str, max: u64) -> std::io::Result<Result<Vec<u8>,
         #[cfg(not(feature = "cloud"))]
         return Err(unsupported(location));
     }
-    let f = std::fs::File::open(location)?;
+    let f = local::open_regular(location)?;
     let size = f.metadata()?.len();
     if size > max {
         return Ok(Err(size));

@@ -4,6 +4,8 @@
 //! resumed to the same bytes, and configurations refused before any data
 //! is read.
 
+use std::collections::BTreeMap;
+
 use crate::common::*;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float32Type, Int32Type, UInt32Type};
@@ -123,6 +125,39 @@ fn a_clip_with_nan_or_infinite_samples_is_rejected_not_made_finite() {
                 "decode_audio/non_finite".to_string()
             ),
         ]
+    );
+    // Asked to, decode_audio keeps them with those samples at 0, and each
+    // row says how many it zeroed.
+    let zero = pipeline.replace(
+        "sample_rate = 16000\n",
+        "sample_rate = 16000\nnon_finite = \"zero\"\n",
+    );
+    let out = build(&s, "zeroed", &zero);
+    let m = manifest(&out);
+    assert_eq!(m["totals"]["samples_out"], 3);
+    let mut zeroed = BTreeMap::new();
+    for b in read_dataset(&out) {
+        let ids = b.column_by_name("sample_id").unwrap().as_string::<i32>();
+        let n = b
+            .column_by_name("non_finite_zeroed")
+            .unwrap()
+            .as_primitive::<UInt32Type>();
+        let mel = b.column_by_name("mel").unwrap().as_list::<i32>();
+        for r in 0..b.num_rows() {
+            zeroed.insert(ids.value(r).to_string(), n.value(r));
+            let rows = mel.value(r);
+            let rows = rows.as_list::<i32>();
+            let values = rows.values().as_primitive::<Float32Type>();
+            assert!(values.values().iter().all(|v| v.is_finite()));
+        }
+    }
+    assert_eq!(
+        zeroed,
+        BTreeMap::from([
+            ("clean.wav:0".to_string(), 0),
+            ("inf.wav:0".to_string(), 1),
+            ("nan.wav:0".to_string(), 1)
+        ])
     );
 }
 

@@ -7,7 +7,8 @@
 //! `train_loader`, `train_parallel` (epochs, resumes, data-parallel ranks,
 //! long texts), `train_compress` (quantisation, pruning, distillation,
 //! activation monitoring), `remote` (object storage, against a moto server),
-//! `report` (`kiln report` pages, checked in a headless Chromium). Run one
+//! `report` (`kiln report` pages, checked in a headless Chromium), `hostile`
+//! (odd names, special files, links, paths outside their root). Run one
 //! with `cargo nextest run MODULE::`.
 
 mod common;
@@ -15,6 +16,7 @@ mod common;
 mod audio;
 mod cli;
 mod examples;
+mod hostile;
 mod images;
 mod layout;
 mod multimodal;

@@ -44,8 +44,9 @@ fn the_example_joins_text_image_and_audio_in_one_row() {
             assert!((0..3).contains(&label.value(r)) && !label.is_null(r));
             let (image, audio) = (image.value(r), audio.value(r));
             assert!(
-                (image.contains("/images/") && audio.contains("/audio/"))
-                    || (image.starts_with("generated/") && audio.starts_with("generated/")),
+                (image.starts_with("images/") && audio.starts_with("audio/"))
+                    || (image.starts_with("multimodal/generated/")
+                        && audio.starts_with("multimodal/generated/")),
                 "{image} {audio}"
             );
         }

@@ -260,11 +260,17 @@ fn media_tables_tar_shards_and_parquet_are_read_from_the_store() {
             ],
         );
         assert_ok(&o);
+        // The table's files are read from the store too: its roots move
+        // there with it.
+        let moved = std::fs::read_to_string(pipeline)
+            .unwrap()
+            .replace("_root = \"fixtures\"", "_root = \"s3://data/fixtures\"");
+        let moved = s.write(&format!("{example}-remote.toml"), moved);
         let o = moto.kiln(
             here,
             &[
                 "run",
-                pipeline,
+                moved.to_str().unwrap(),
                 "-q",
                 "--input",
                 remote,

@@ -3,13 +3,16 @@
 use arrow::array::RecordBatch;
 
 use super::MediaSpec;
-use super::files::{folder_label, read_limited};
+use std::path::PathBuf;
+
+use super::files::{check_entry, folder_label, read_limited};
 use super::record::{MediaRecordBuilder, Record, reject};
 use crate::error::Result;
 use crate::limits::Limits;
 use crate::rejects::RejectSink;
 use crate::sources::input::LabelSource;
 use crate::sources::{ReadOptions, SourceReader, Split, sample_id};
+use crate::storage::local::local_path;
 
 /// Media files: the whole-file splits of an `images` or `audio` input that
 /// follow one another in a task, read into batches of many samples (so that
@@ -22,6 +25,9 @@ pub struct MediaFileReader {
     batch_rows: usize,
     builder: MediaRecordBuilder,
     captions_only: bool,
+    /// The input's folder, resolved, that files must stay within (`None`:
+    /// anywhere).
+    root: Option<PathBuf>,
 }
 
 impl MediaFileReader {
@@ -37,6 +43,16 @@ impl MediaFileReader {
             batch_rows: opts.batch_rows,
             builder: MediaRecordBuilder::new(spec.media, opts),
             captions_only: opts.captions_only,
+            root: (!spec.allow_outside_root && !crate::storage::is_url(&spec.root))
+                .then(|| {
+                    let root = if spec.root.is_empty() {
+                        "."
+                    } else {
+                        &spec.root
+                    };
+                    std::fs::canonicalize(local_path(root)).ok()
+                })
+                .flatten(),
         }
     }
 
@@ -44,6 +60,9 @@ impl MediaFileReader {
         let id = sample_id(name, 0);
         let stage = self.spec.media.read_stage();
         let fail = |kind: &str, msg: String| reject(stage, id.clone(), name, 0, kind, msg);
+        if let Err((kind, msg)) = check_entry(path, self.spec.media, self.root.as_deref()) {
+            return rejects.push(fail(kind, msg));
+        }
         let label = match self.spec.labels {
             LabelSource::None => None,
             LabelSource::Folder => {

@@ -20,7 +20,9 @@ mod vocabulary;
 
 // `self::`: the `tar` crate has the same name.
 pub use self::tar::TarReader;
-pub use files::{folder_classes, folder_label, read_limited, walk_media};
+pub use files::{
+    check_entry, check_local, folder_classes, folder_label, media_files, read_limited, walk_media,
+};
 pub use folder::MediaFileReader;
 pub use table::TableMediaReader;
 pub use vocabulary::{AlsoFile, Media, MediaSpec, TABLE_OWN_COLUMNS, media_record_schema};

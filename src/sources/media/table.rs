@@ -1,11 +1,11 @@
 //! The reader of metadata tables joined with the media files they name.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 
 use super::MediaSpec;
-use super::files::read_limited;
+use super::files::{check_local, read_limited};
 use super::record::{MediaRecordBuilder, Record, reject};
 use crate::error::Result;
 use crate::limits::Limits;
@@ -25,6 +25,44 @@ pub struct TableMediaReader {
     /// A table batch not yet fully read, and the next row of it.
     pending: Option<(RecordBatch, usize)>,
     captions_only: bool,
+    /// The roots, resolved, that the named files must stay within: the
+    /// first file's and the second's (`None` with `allow_outside_root`).
+    confined: Option<(Option<PathBuf>, Option<PathBuf>)>,
+}
+
+/// A local root resolved (`None` for a URL or a root that does not exist:
+/// its files are then checked by name, or are missing).
+fn resolved(root: &str) -> Option<PathBuf> {
+    match crate::storage::is_url(root) {
+        true => None,
+        false => std::fs::canonicalize(crate::storage::local::local_path(root)).ok(),
+    }
+}
+
+/// Whether `full`, named by a row, stays within `root`: below it by name
+/// (URLs) or once links and `..` are resolved (local files).
+fn inside(
+    root: &str,
+    resolved_root: Option<&Path>,
+    full: &str,
+) -> std::result::Result<(), Rejection> {
+    let outside = |shown: &str| {
+        Err((
+            "path_outside_root",
+            format!(
+                "resolves to `{shown}`, outside `{root}` (set allow_outside_root = true on the input to read it)"
+            ),
+        ))
+    };
+    if crate::storage::is_url(root) || crate::storage::is_url(full) {
+        let prefix = format!("{}/", root.trim_end_matches('/'));
+        return match full.starts_with(&prefix) {
+            true => Ok(()),
+            false => outside(full),
+        };
+    }
+    // A root that does not exist (`None`): every file under it is missing.
+    check_local(full, resolved_root)
 }
 
 impl TableMediaReader {
@@ -37,6 +75,12 @@ impl TableMediaReader {
             builder: MediaRecordBuilder::new(spec.media, opts),
             pending: None,
             captions_only: opts.captions_only,
+            confined: (!spec.allow_outside_root).then(|| {
+                (
+                    resolved(&spec.root),
+                    spec.also.as_ref().and_then(|a| resolved(&a.root)),
+                )
+            }),
         }
     }
 
@@ -70,7 +114,7 @@ impl TableMediaReader {
             },
         };
         let text = self.spec.inner_caption_column().and_then(|c| string(&c));
-        let (full_str, read) = self.read_named(&self.spec.root, file);
+        let (full_str, read) = self.read_named(&self.spec.root, file, false);
         let bytes = match read {
             Ok(b) => b,
             Err((kind, msg)) => {
@@ -97,7 +141,7 @@ impl TableMediaReader {
                         format!("the row names no file in `{}`", a.column),
                     )),
                 ),
-                false => self.read_named(&a.root, file),
+                false => self.read_named(&a.root, file, true),
             };
             match read {
                 // Stored as the row names it, whatever the root.
@@ -133,19 +177,29 @@ impl TableMediaReader {
 impl TableMediaReader {
     /// The file a row names, resolved against `root`, and its bytes (none
     /// when only captions are read).
+    /// A file outside `root` (by `..`, an absolute path, a URL elsewhere
+    /// or a link) is a `path_outside_root` reject unless the input allows
+    /// it: a table's paths are data, possibly from strangers.
     fn read_named(
         &self,
         root: &str,
         file: &str,
+        also: bool,
     ) -> (String, std::result::Result<Vec<u8>, Rejection>) {
         let full = match crate::storage::is_url(file) || Path::new(file).is_absolute() {
             true => file.to_string(),
             false => crate::storage::join(root, file),
         };
-        let read = match self.captions_only {
-            true => Ok(Vec::new()),
-            false => read_limited(&full, self.limits.max_file_bytes),
-        };
+        if self.captions_only {
+            return (full, Ok(Vec::new()));
+        }
+        if let Some((first, second)) = &self.confined {
+            let resolved_root = if also { second } else { first };
+            if let Err(r) = inside(root, resolved_root.as_deref(), &full) {
+                return (full, Err(r));
+            }
+        }
+        let read = read_limited(&full, self.limits.max_file_bytes);
         (full, read)
     }
 }

@@ -225,10 +225,9 @@ impl TarReader {
                 self.offset = next;
                 continue;
             }
-            let name = match entry.path() {
-                Ok(p) => p.to_string_lossy().into_owned(),
-                Err(e) => return Ok(Some(format!("bad member name: {e}"))),
-            };
+            // Names that are not UTF-8 are kept, escaped (`storage::local`):
+            // two members never share a key by losing their bytes.
+            let name = crate::storage::local::bytes_string(&entry.path_bytes());
             let (key, ext) = tar_key(&name);
             let position = base + entry.raw_header_position();
             if self.pending.as_ref().is_some_and(|p| p.key != key) {

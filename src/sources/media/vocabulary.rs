@@ -76,8 +76,11 @@ pub struct MediaSpec {
     pub labels: LabelSource,
     /// Tables: the column naming the media file.
     pub file_column: Option<String>,
-    /// Tables: the folder relative file paths start from.
+    /// Tables: the folder relative file paths start from. Folders and
+    /// globs of media files: the folder they are listed under.
     pub root: String,
+    /// Files may resolve outside `root`.
+    pub allow_outside_root: bool,
     pub caption_column: Option<String>,
     pub label_column: Option<String>,
     /// The dataset's class names, in id order.
@@ -220,6 +223,7 @@ mod tests {
             labels: LabelSource::Folder,
             file_column: None,
             root: String::new(),
+            allow_outside_root: false,
             caption_column: None,
             label_column: None,
             classes: Arc::new(vec!["bird".into(), "cat".into()]),

@@ -49,7 +49,30 @@ pub struct DecodeAudioConfig {
     /// Which part of a longer clip `duration` keeps.
     #[serde(default)]
     pub trim: TrimMode,
+    /// A clip with NaN or infinite samples: a reject (`non_finite`, the
+    /// default), or kept with those samples set to 0 and their count in
+    /// the row's `non_finite_zeroed` column.
+    #[serde(default, skip_serializing_if = "NonFinite::is_reject")]
+    pub non_finite: NonFinite,
 }
+
+/// What `decode_audio` does with a clip holding NaN or infinite samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinite {
+    #[default]
+    Reject,
+    Zero,
+}
+
+impl NonFinite {
+    fn is_reject(&self) -> bool {
+        *self == NonFinite::Reject
+    }
+}
+
+/// The column recording how many samples `non_finite = "zero"` set to 0.
+pub const ZEROED: &str = "non_finite_zeroed";
 
 fn default_true() -> bool {
     true
@@ -70,18 +93,26 @@ pub fn prepare(
     cfg: &DecodeAudioConfig,
     max_seconds: f64,
     seed: u64,
-) -> std::result::Result<Audio, Rejection> {
+) -> std::result::Result<(Audio, u32), Rejection> {
     // Hostile bytes must not take the run down with a decoder's panic.
     std::panic::catch_unwind(move || {
-        let audio = finite(decode(InPlace(bytes), max_seconds, cfg.mono)?)?;
+        let mut audio = decode(InPlace(bytes), max_seconds, cfg.mono)?;
+        let zeroed = match cfg.non_finite {
+            NonFinite::Reject => {
+                finite(&audio)?;
+                0
+            }
+            NonFinite::Zero => zero_non_finite(&mut audio),
+        };
         let audio = match cfg.sample_rate {
             Some(rate) => resample(audio, rate)?,
             None => audio,
         };
-        Ok(match cfg.duration {
+        let audio = match cfg.duration {
             Some(seconds) => fit(audio, seconds, cfg.trim, seed),
             None => audio,
-        })
+        };
+        Ok((audio, zeroed))
     })
     .unwrap_or_else(|_| Err(("corrupt_audio", "the decoder failed on this file".into())))
 }
@@ -90,9 +121,9 @@ pub fn prepare(
 /// stages after decoding would turn it into finite numbers (a resampler
 /// spreads it, a dB scale floors it, 16-bit PCM makes it 0), so the dataset
 /// would silently hold invented values.
-fn finite(audio: Audio) -> std::result::Result<Audio, Rejection> {
+fn finite(audio: &Audio) -> std::result::Result<(), Rejection> {
     let Some(first) = audio.samples.iter().position(|v| !v.is_finite()) else {
-        return Ok(audio);
+        return Ok(());
     };
     let bad = audio.samples.iter().filter(|v| !v.is_finite()).count();
     let frames = audio.frames().max(1);
@@ -105,6 +136,16 @@ fn finite(audio: Audio) -> std::result::Result<Audio, Rejection> {
             first / frames
         ),
     ))
+}
+
+/// Set NaN and infinite samples to 0; how many there were.
+fn zero_non_finite(audio: &mut Audio) -> u32 {
+    let mut n = 0u32;
+    for v in audio.samples.iter_mut().filter(|v| !v.is_finite()) {
+        *v = 0.0;
+        n = n.saturating_add(1);
+    }
+    n
 }
 
 /// Trim (keeping the start, the centre or a random window) or pad with
@@ -191,7 +232,15 @@ impl Stage for DecodeAudio {
             rate: self.cfg.sample_rate,
             channels: self.cfg.mono.then_some(1),
         };
-        Ok(schema_with(input, &["_audio"], &shape.fields()))
+        let mut fields = shape.fields().to_vec();
+        if self.cfg.non_finite == NonFinite::Zero {
+            fields.push(arrow::datatypes::Field::new(
+                ZEROED,
+                arrow::datatypes::DataType::UInt32,
+                false,
+            ));
+        }
+        Ok(schema_with(input, &["_audio"], &fields))
     }
 
     fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
@@ -212,22 +261,23 @@ impl Stage for DecodeAudio {
                 prepare(file, &self.cfg, self.max_seconds, seeds[row])
             })
             .collect();
-        let (batch, clips) = keep_ok(batch, results, cx)?;
+        let (batch, decoded) = keep_ok(batch, results, cx)?;
+        let (clips, zeroed): (Vec<Audio>, Vec<u32>) = decoded.into_iter().unzip();
         let schema = self.output_schema(&batch.schema())?;
         let wave = super::f32_lists(clips.iter().map(|a| a.samples.as_slice()));
         let channels = UInt32Array::from_iter_values(clips.iter().map(|a| a.channels as u32));
         let rates = UInt32Array::from_iter_values(clips.iter().map(|a| a.rate));
         let frames = UInt32Array::from_iter_values(clips.iter().map(|a| a.frames() as u32));
-        batch_with(
-            &batch,
-            &schema,
-            vec![
-                (WAVE, wave),
-                (CHANNELS, Arc::new(channels)),
-                ("sample_rate", Arc::new(rates)),
-                ("num_samples", Arc::new(frames)),
-            ],
-        )
+        let mut columns: Vec<(&str, arrow::array::ArrayRef)> = vec![
+            (WAVE, wave),
+            (CHANNELS, Arc::new(channels)),
+            ("sample_rate", Arc::new(rates)),
+            ("num_samples", Arc::new(frames)),
+        ];
+        if self.cfg.non_finite == NonFinite::Zero {
+            columns.push((ZEROED, Arc::new(UInt32Array::from(zeroed))));
+        }
+        batch_with(&batch, &schema, columns)
     }
 }
 
@@ -333,6 +383,7 @@ mod tests {
                 sample_rate: Some(16000),
                 duration: None,
                 trim: TrimMode::Start,
+                non_finite: NonFinite::Reject,
             };
             let buf = arrow::buffer::Buffer::from_vec(bad);
             let e = prepare(buf, &cfg, 60.0, 0).unwrap_err();
@@ -426,5 +477,16 @@ mod tests {
                 "{message}"
             );
         }
+        // Asked to, the clip is kept with those samples at 0, and counted.
+        let zero: DecodeAudioConfig =
+            toml::from_str("mono = false\nnon_finite = \"zero\"").unwrap();
+        frames[10][0] = f32::NAN;
+        let bytes = wav(8000, 2, 3, &frames, None);
+        let (audio, zeroed) =
+            prepare(arrow::buffer::Buffer::from_vec(bytes), &zero, 60.0, 0).unwrap();
+        assert_eq!(zeroed, 2);
+        assert!(audio.samples.iter().all(|v| v.is_finite()));
+        assert_eq!(audio.samples[10], 0.0, "channel 0, frame 10");
+        assert_eq!(audio.samples[800 + 400], 0.0, "channel 1, frame 400");
     }
 }
