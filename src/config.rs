@@ -56,6 +56,26 @@ pub struct PlanConfig {
     /// Rows per batch handed to the stages.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
+    /// How a resumed run knows its inputs are the ones it planned:
+    /// `metadata` (size and modification time, the default) or `content`
+    /// (also a SHA-256 of each input, read whole at every start).
+    #[serde(default, skip_serializing_if = "Verify::is_metadata")]
+    pub verify: Verify,
+}
+
+/// What identifies an input in the plan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    #[default]
+    Metadata,
+    Content,
+}
+
+impl Verify {
+    fn is_metadata(&self) -> bool {
+        *self == Verify::Metadata
+    }
 }
 
 impl Default for PlanConfig {
@@ -63,6 +83,7 @@ impl Default for PlanConfig {
         PlanConfig {
             task_bytes: default_task_bytes(),
             batch_rows: default_batch_rows(),
+            verify: Verify::Metadata,
         }
     }
 }

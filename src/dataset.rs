@@ -208,3 +208,154 @@ impl Counts {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
+
+/// A reader that hashes (SHA-256) what it reads.
+pub struct HashReader<R> {
+    inner: R,
+    hash: ring::digest::Context,
+}
+
+impl<R: std::io::Read> HashReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashReader {
+            inner,
+            hash: ring::digest::Context::new(&ring::digest::SHA256),
+        }
+    }
+
+    /// Read the rest, then the SHA-256 of everything, in hex.
+    pub fn finish(mut self) -> std::io::Result<String> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        Ok(hex::encode(self.hash.finish()))
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// What is wrong with a shard of `dir` without reading it: missing, or
+/// another size than the manifest's.
+pub fn shard_size_problem(dir: &Path, s: &ManifestShard) -> Option<String> {
+    match std::fs::metadata(dir.join(&s.file)) {
+        Ok(m) if m.is_file() && m.len() == s.bytes => None,
+        Ok(m) if m.is_file() => Some(format!(
+            "{} bytes on disk, the manifest says {} (truncated or replaced)",
+            m.len(),
+            s.bytes
+        )),
+        Ok(_) => Some("not a regular file".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("missing".into()),
+        Err(e) => Some(format!("unreadable: {e}")),
+    }
+}
+
+/// What is wrong with a shard whose bytes hash to `got`.
+pub fn checksum_problem(s: &ManifestShard, got: &str) -> Option<String> {
+    (got != s.sha256).then(|| {
+        format!(
+            "its SHA-256 is {got}, the manifest says {} (its bytes changed after kiln wrote it)",
+            s.sha256
+        )
+    })
+}
+
+/// Every shard of the dataset at `dir` checked against its manifest: size,
+/// then SHA-256 of its bytes (shards read in parallel). `(file, problem)`
+/// for each that does not match, in manifest order.
+pub fn verify_shards(dir: &Path, manifest: &Manifest) -> Vec<(String, String)> {
+    use rayon::prelude::*;
+    let problems: Vec<Option<(String, String)>> = manifest
+        .shards
+        .par_iter()
+        .map(|s| {
+            let problem = shard_size_problem(dir, s).or_else(|| {
+                let path = dir.join(&s.file);
+                let read = std::fs::File::open(&path)
+                    .map(|f| HashReader::new(std::io::BufReader::with_capacity(1 << 20, f)))
+                    .and_then(HashReader::finish);
+                match read {
+                    Ok(got) => checksum_problem(s, &got),
+                    Err(e) => Some(format!("unreadable: {e}")),
+                }
+            });
+            problem.map(|p| (s.file.clone(), p))
+        })
+        .collect();
+    problems.into_iter().flatten().collect()
+}
+
+/// The error for a damaged dataset: each shard named with what is wrong.
+pub fn damaged(dir: &Path, problems: &[(String, String)]) -> Error {
+    let listed: Vec<String> = problems
+        .iter()
+        .map(|(file, p)| format!("\n  {file}: {p}"))
+        .collect();
+    Error::Output(format!(
+        "{} is damaged ({} problem{}):{}\nrestore those files or rebuild the dataset; `kiln verify {}` checks every shard",
+        dir.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        listed.concat(),
+        dir.display()
+    ))
+}
+
+/// `kiln verify`: the dataset at `dir` checked whole: every shard against
+/// the manifest (size, then SHA-256), the files beside them, and the
+/// manifest's own counts (shard rows add up to `rows`, `samples_in =
+/// samples_out + rejected + filtered`). Its manifest, or what is wrong.
+pub fn verify(dir: &Path) -> Result<Manifest> {
+    let manifest = Manifest::read(dir)
+        .map_err(|e| {
+            Error::Output(format!(
+                "{}: manifest.json cannot be read: {e}",
+                dir.display()
+            ))
+        })?
+        .ok_or_else(|| {
+            Error::Output(format!(
+                "{} has no manifest.json: not a finished kiln dataset",
+                dir.display()
+            ))
+        })?;
+    let mut problems = verify_shards(dir, &manifest);
+    for name in [
+        manifest.rejects_file.as_str(),
+        "dataset_info.json",
+        "state.json",
+    ] {
+        if !dir.join(name).is_file() {
+            problems.push((name.to_string(), "missing".into()));
+        }
+    }
+    let t = &manifest.totals;
+    let rows: u64 = manifest.shards.iter().map(|s| s.rows).sum();
+    let bytes: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
+    if rows != t.rows || bytes != manifest.bytes {
+        problems.push((
+            "manifest.json".into(),
+            format!(
+                "its shards hold {rows} rows and {bytes} bytes, its totals say {} and {}",
+                t.rows, manifest.bytes
+            ),
+        ));
+    }
+    if t.samples_in != t.samples_out + t.rejected + t.filtered {
+        problems.push((
+            "manifest.json".into(),
+            format!(
+                "samples in ({}) is not out + rejected + filtered ({} + {} + {})",
+                t.samples_in, t.samples_out, t.rejected, t.filtered
+            ),
+        ));
+    }
+    match problems.is_empty() {
+        true => Ok(manifest),
+        false => Err(damaged(dir, &problems)),
+    }
+}

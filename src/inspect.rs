@@ -39,6 +39,10 @@ pub fn inspect(dir: &Path, samples: usize) -> Result<String> {
             dir.display()
         ))
     })?;
+    let problems = crate::dataset::verify_shards(dir, &manifest);
+    if !problems.is_empty() {
+        return Err(crate::dataset::damaged(dir, &problems));
+    }
     let mut out = String::new();
     let t = &manifest.totals;
     writeln!(

@@ -118,6 +118,12 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Check every shard of a dataset against its manifest (size and
+    /// SHA-256) and the manifest's counts; exit 2 naming what is damaged.
+    Verify {
+        /// The dataset folder.
+        dataset: PathBuf,
+    },
     /// Describe a dataset: schema, shards, row counts, token lengths, samples.
     Inspect {
         dataset: PathBuf,
@@ -396,6 +402,23 @@ fn run(command: Command) -> kiln::Result<u8> {
             } else {
                 out(&format!("{}\n", serde_json::to_string(&status)?));
             }
+            Ok(0)
+        }
+        Command::Verify { dataset } => {
+            let started = std::time::Instant::now();
+            let m = kiln::dataset::verify(&dataset)?;
+            eprintln!(
+                "kiln: {} is whole: {} shards ({} bytes) match the SHA-256 of its manifest, {} rows, {} samples in = {} out + {} rejected + {} filtered ({:.1}s)",
+                dataset.display(),
+                m.shards.len(),
+                m.bytes,
+                m.totals.rows,
+                m.totals.samples_in,
+                m.totals.samples_out,
+                m.totals.rejected,
+                m.totals.filtered,
+                started.elapsed().as_secs_f64()
+            );
             Ok(0)
         }
         Command::Inspect { dataset, samples } => {

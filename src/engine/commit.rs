@@ -59,6 +59,22 @@ pub fn commit(out: &Path, plan: &Plan) -> Result<Manifest> {
             let name = shard_name(shards.len(), total, format);
             let from = dir.join(&s.file);
             let to = out.join(&name);
+            // The shard as its task wrote it, by size: a cheap check that
+            // catches truncation before the manifest vouches for it.
+            let here = if from.exists() { &from } else { &to };
+            if let Ok(meta) = std::fs::metadata(here)
+                && meta.len() != s.bytes
+            {
+                return Err(Error::Output(format!(
+                    "cannot commit {}: shard {} of task {} is {} bytes, its task wrote {} (truncated or replaced since); delete {} to run that task again",
+                    out.display(),
+                    here.display(),
+                    m.task,
+                    meta.len(),
+                    s.bytes,
+                    super::task::marker_path(out, m.task).display()
+                )));
+            }
             if from.exists() {
                 std::fs::rename(&from, &to).at("rename", &from)?;
                 super::throttle();

@@ -179,8 +179,9 @@ fn prepare_output(out: &Path, plan: &Plan) -> Result<Option<Manifest>> {
     match existing {
         Some(old) if old.hash != plan.hash => {
             return Err(Error::Output(format!(
-                "{} holds a partial build of a different plan (pipeline, inputs or seed changed since); remove it or choose another --output",
-                out.display()
+                "{} holds a partial build of a different plan ({}); remove it or choose another --output",
+                out.display(),
+                plan::what_changed(&old, plan)
             )));
         }
         Some(_) => {}
@@ -389,6 +390,11 @@ fn commit_dir(out: &Path) -> Result<(Manifest, bool)> {
     if let Some(m) = Manifest::read(out)?
         && m.plan == plan.hash
     {
+        // Committed already: every shard is checked against the manifest.
+        let problems = crate::dataset::verify_shards(out, &m);
+        if !problems.is_empty() {
+            return Err(crate::dataset::damaged(out, &problems));
+        }
         return Ok((m, false));
     }
     Ok((commit_locked(out, &plan)?, true))

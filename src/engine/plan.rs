@@ -25,6 +25,32 @@ pub struct Fingerprint {
     /// The store's entity tag of a remote object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// SHA-256 of the content, with `plan.verify = "content"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl Fingerprint {
+    /// How `self` (planned) differs from `now`, in words.
+    pub fn change(&self, now: &Fingerprint) -> Option<String> {
+        Some(if self.size != now.size {
+            format!("{} bytes, {} when planned", now.size, self.size)
+        } else if self.sha256 != now.sha256 {
+            "its content (SHA-256) differs from when planned".into()
+        } else if self.modified_ns != now.modified_ns || self.etag != now.etag {
+            "modified since planned (its time or version changed)".into()
+        } else {
+            return None;
+        })
+    }
+}
+
+/// SHA-256 of a file or object's content, read whole; `None` when it
+/// cannot be read (its reader rejects it).
+fn content_sha256(location: &str) -> Option<String> {
+    let f = crate::storage::open(location).ok()?;
+    let r = crate::dataset::HashReader::new(std::io::BufReader::with_capacity(1 << 20, f));
+    r.finish().ok()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +105,7 @@ impl Plan {
                     size,
                     modified_ns,
                     etag,
+                    sha256: None,
                 });
                 let name = input.name_of(path);
                 let split = |start, end, first_row| Split {
@@ -130,6 +157,12 @@ impl Plan {
                 }),
             }
         }
+        if pipeline.config.plan.verify == crate::config::Verify::Content {
+            use rayon::prelude::*;
+            fingerprints
+                .par_iter_mut()
+                .for_each(|f| f.sha256 = content_sha256(&f.path));
+        }
         let hash = plan_hash(pipeline, &fingerprints, &tasks)?;
         Ok(Plan {
             hash,
@@ -164,6 +197,36 @@ impl Plan {
 /// itself is not part of it.
 /// The pipeline's settings that decide the bytes: where the output goes,
 /// where the store is and how patiently it is asked do not change one.
+/// Why `now` is another plan than `old`, in words: the first input that
+/// changed (named), inputs added or gone, or the pipeline or seed.
+pub fn what_changed(old: &Plan, now: &Plan) -> String {
+    for (a, b) in old.inputs.iter().zip(&now.inputs) {
+        if a.path != b.path {
+            break;
+        }
+        if let Some(change) = a.change(b) {
+            return format!(
+                "the input {} changed: {change}",
+                crate::storage::redact(&a.path)
+            );
+        }
+    }
+    if old.inputs.len() != now.inputs.len()
+        || old
+            .inputs
+            .iter()
+            .zip(&now.inputs)
+            .any(|(a, b)| a.path != b.path)
+    {
+        return format!(
+            "the inputs differ: {} files planned, {} now",
+            old.inputs.len(),
+            now.inputs.len()
+        );
+    }
+    "the pipeline, its settings or the seed changed since".into()
+}
+
 fn hashed_config(pipeline: &Pipeline) -> crate::config::PipelineConfig {
     let mut config = pipeline.config.clone();
     config.output.path = String::new();

@@ -181,8 +181,9 @@ fn prepare(dir: &RemoteDir, plan: &Plan, parallel: bool, attempt: &str) -> Resul
             let old: Plan = serde_json::from_slice(&there)?;
             if old.hash != plan.hash {
                 return Err(Error::Output(format!(
-                    "{} holds a partial build of a different plan (pipeline, inputs or seed changed since); remove it or choose another --output",
-                    storage::redact(&dir.url(""))
+                    "{} holds a partial build of a different plan ({}); remove it or choose another --output",
+                    storage::redact(&dir.url("")),
+                    super::plan::what_changed(&old, plan)
                 )));
             }
         }
@@ -407,7 +408,10 @@ fn commit_steps(dir: &RemoteDir, plan: &Plan, local: &Path) -> Result<Manifest> 
         let name = marker_name(t.index);
         match dir.get(&name).map_err(io("read", dir, &name))? {
             Some(b) => {
-                let m: RemoteMarker = serde_json::from_slice(&b)?;
+                let mut m: RemoteMarker = serde_json::from_slice(&b)?;
+                m.marker = m
+                    .marker
+                    .verified(&crate::storage::redact(&dir.url(&name)))?;
                 if m.marker.plan != plan.hash {
                     return Err(Error::Output(format!(
                         "the marker of task {} belongs to another plan",

@@ -31,6 +31,36 @@ pub struct TaskMarker {
     /// Whether the task wrote `rejects.arrow` in its directory.
     pub has_rejects: bool,
     pub counts: Counts,
+    /// SHA-256 of the marker written with this field empty: a marker
+    /// edited after its task wrote it is refused, naming it.
+    #[serde(default)]
+    pub check: String,
+}
+
+impl TaskMarker {
+    fn checksum(&self) -> String {
+        let unsealed = TaskMarker {
+            check: String::new(),
+            ..self.clone()
+        };
+        crate::dataset::sha256_hex(&serde_json::to_vec(&unsealed).expect("a marker serializes"))
+    }
+
+    /// The marker with its checksum.
+    pub fn sealed(mut self) -> Self {
+        self.check = self.checksum();
+        self
+    }
+
+    /// `Err` naming the marker when it was changed after it was written.
+    pub fn verified(self, shown: &str) -> Result<Self> {
+        match self.check == self.checksum() {
+            true => Ok(self),
+            false => Err(crate::error::Error::Output(format!(
+                "the task marker {shown} was changed after its task wrote it (its checksum does not match): delete it to run that task again"
+            ))),
+        }
+    }
 }
 
 pub fn task_dir(out: &Path, task: usize) -> PathBuf {
@@ -46,7 +76,15 @@ pub fn marker_path(out: &Path, task: usize) -> PathBuf {
 pub fn read_marker(out: &Path, task: usize) -> Result<Option<TaskMarker>> {
     let path = marker_path(out, task);
     match std::fs::read(&path) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b)?)),
+        Ok(b) => {
+            let shown = path.display().to_string();
+            let marker: TaskMarker = serde_json::from_slice(&b).map_err(|e| {
+                crate::error::Error::Output(format!(
+                    "the task marker {shown} is not one kiln wrote ({e}): delete it to run that task again"
+                ))
+            })?;
+            Ok(Some(marker.verified(&shown)?))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(crate::error::Error::io_path("read", &path, e)),
     }
@@ -159,7 +197,9 @@ fn run_locked(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
         shards,
         has_rejects,
         counts,
-    };
+        check: String::new(),
+    }
+    .sealed();
     write_atomic(
         &marker_path(env.out, task.index),
         &serde_json::to_vec_pretty(&marker)?,

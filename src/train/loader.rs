@@ -180,6 +180,10 @@ impl Dataset {
                 dir.display()
             )));
         }
+        let problems = crate::dataset::verify_shards(dir, &manifest);
+        if !problems.is_empty() {
+            return Err(crate::dataset::damaged(dir, &problems));
+        }
         let mut shards = Vec::new();
         let mut schema: Option<SchemaRef> = None;
         for s in &manifest.shards {

@@ -248,3 +248,149 @@ fn table_paths_that_leave_their_root_are_rejected_unless_allowed() {
     assert_counts_add_up(&out, 5);
     assert_eq!(manifest(&out)["totals"]["rejected"], 0);
 }
+
+/// A text dataset of 4 tasks, its tasks run without the commit.
+fn uncommitted(s: &Scratch) -> std::path::PathBuf {
+    corpus(s, "docs", 4, 50);
+    s.write(
+        "p.toml",
+        text_pipeline("docs/*.jsonl", "out", "[plan]\ntask_bytes = 1000\n", ""),
+    );
+    assert_ok(&s.kiln(&["run", "p.toml", "-q", "--no-commit"]));
+    s.path("out")
+}
+
+#[test]
+fn a_damaged_dataset_is_named_by_verify_inspect_train_and_commit() {
+    let s = Scratch::new();
+    let out = uncommitted(&s);
+    assert_ok(&s.kiln(&["commit", "out"]));
+    let shards: Vec<String> = manifest(&out)["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["file"].as_str().unwrap().to_string())
+        .collect();
+    assert!(shards.len() >= 4, "{shards:?}");
+    let o = s.kiln(&["verify", "out"]);
+    assert_ok(&o);
+    let whole = format!("is whole: {} shards", shards.len());
+    assert!(stderr(&o).contains(&whole), "{}", stderr(&o));
+    // One shard truncated, one with a byte changed, one gone.
+    let f = out.join(&shards[0]);
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let f = out.join(&shards[1]);
+    let mut bytes = std::fs::read(&f).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&f, bytes).unwrap();
+    std::fs::remove_file(out.join(&shards[2])).unwrap();
+    let train = root().join("pipelines/train.toml");
+    let train = train.to_str().unwrap();
+    for args in [
+        &["verify", "out"][..],
+        &["inspect", "out"],
+        &["commit", "out"],
+        &["train", train, "--data", "out", "--output", "model"],
+    ] {
+        let o = s.kiln(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        for (shard, what) in [
+            (&shards[0], "the manifest says"),
+            (&shards[1], "its SHA-256 is"),
+            (&shards[2], "missing"),
+        ] {
+            assert!(
+                err.lines()
+                    .any(|l| l.contains(shard.as_str()) && l.contains(what)),
+                "{args:?} does not name {shard} ({what}): {err}"
+            );
+        }
+        assert!(!err.contains(&shards[3]), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_tampered_task_marker_is_refused_naming_it() {
+    let s = Scratch::new();
+    let out = uncommitted(&s);
+    let marker = out.join(".kiln/tasks/00001.json");
+    let text = std::fs::read_to_string(&marker).unwrap();
+    let tampered = text.replacen("\"samples_in\": ", "\"samples_in\": 1", 1);
+    assert_ne!(text, tampered);
+    std::fs::write(&marker, tampered).unwrap();
+    for args in [&["commit", "out"][..], &["run", "p.toml", "-q"]] {
+        let o = s.kiln(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("00001.json") && err.contains("changed after its task wrote it"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!out.join("manifest.json").exists());
+    // Deleted, the marker's task runs again and the dataset commits whole.
+    std::fs::remove_file(&marker).unwrap();
+    assert_ok(&s.kiln(&["run", "p.toml", "-q"]));
+    assert_ok(&s.kiln(&["verify", "out"]));
+}
+
+#[test]
+fn an_input_changed_in_place_is_caught_by_a_content_check() {
+    let s = Scratch::new();
+    corpus(&s, "docs", 2, 40);
+    let input = s.path("docs/part-000.jsonl");
+    for (verify, caught) in [("metadata", false), ("content", true)] {
+        let out = format!("out-{verify}");
+        s.write(
+            "p.toml",
+            text_pipeline(
+                "docs/*.jsonl",
+                &out,
+                &format!("[plan]\nverify = \"{verify}\"\n"),
+                "",
+            ),
+        );
+        assert_ok(&s.kiln(&["run", "p.toml", "-q", "--prepare"]));
+        // Same size, same modification time, other bytes.
+        let before = std::fs::metadata(&input).unwrap().modified().unwrap();
+        let original = std::fs::read(&input).unwrap();
+        let changed = String::from_utf8(original.clone())
+            .unwrap()
+            .replacen("kiln", "KILN", 1);
+        assert_eq!(changed.len(), original.len());
+        std::fs::write(&input, &changed).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&input)
+            .unwrap()
+            .set_modified(before)
+            .unwrap();
+        let o = s.kiln(&["run", "p.toml", "-q"]);
+        std::fs::write(&input, &original).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&input)
+            .unwrap()
+            .set_modified(before)
+            .unwrap();
+        match caught {
+            false => assert_ok(&o),
+            true => {
+                assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+                assert!(
+                    stderr(&o).contains("part-000.jsonl changed: its content (SHA-256) differs"),
+                    "{}",
+                    stderr(&o)
+                );
+            }
+        }
+    }
+}
