@@ -366,21 +366,14 @@ fn an_input_changed_in_place_is_caught_by_a_content_check() {
             .unwrap()
             .replacen("kiln", "KILN", 1);
         assert_eq!(changed.len(), original.len());
-        std::fs::write(&input, &changed).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&input)
-            .unwrap()
-            .set_modified(before)
-            .unwrap();
+        let put = |bytes: &[u8]| {
+            std::fs::write(&input, bytes).unwrap();
+            let f = std::fs::File::options().write(true).open(&input).unwrap();
+            f.set_modified(before).unwrap();
+        };
+        put(changed.as_bytes());
         let o = s.kiln(&["run", "p.toml", "-q"]);
-        std::fs::write(&input, &original).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&input)
-            .unwrap()
-            .set_modified(before)
-            .unwrap();
+        put(&original);
         match caught {
             false => assert_ok(&o),
             true => {
