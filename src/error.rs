@@ -35,10 +35,14 @@ pub enum Error {
 
 impl Error {
     /// Whether trying again may succeed: an I/O failure (a disk, the
-    /// network, an object store), not a wrong pipeline or output.
-    /// Refused credentials are not: the same request fails again.
+    /// network, an object store), not a wrong pipeline or output. Faults
+    /// that a retry meets again until someone fixes them are not: refused
+    /// permissions or credentials, a full disk or quota, a read-only
+    /// filesystem, an output folder gone.
     pub fn retriable(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if source.kind() != std::io::ErrorKind::PermissionDenied)
+        use std::io::ErrorKind::*;
+        matches!(self, Error::Io { source, .. }
+            if !matches!(source.kind(), PermissionDenied | StorageFull | QuotaExceeded | ReadOnlyFilesystem | NotFound))
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -51,17 +55,38 @@ impl Error {
     pub fn io_path(action: &str, path: &std::path::Path, source: std::io::Error) -> Self {
         Error::io(format!("{action} {}", path.display()), source)
     }
+
+    /// An I/O error of a format writer, said of the file it was writing.
+    pub fn in_file(self, action: &str, path: &std::path::Path) -> Self {
+        match self {
+            Error::Io { source, .. } => Error::io_path(action, path, source),
+            e => e,
+        }
+    }
 }
 
 impl From<arrow::error::ArrowError> for Error {
     fn from(e: arrow::error::ArrowError) -> Self {
-        Error::Execution(format!("arrow: {e}"))
+        match e {
+            // A disk's fault stays an I/O error: its kind decides the exit
+            // code, and the writer names the file (`in_file`).
+            arrow::error::ArrowError::IoError(context, source) => Error::io(context, source),
+            e => Error::Execution(format!("arrow: {e}")),
+        }
     }
 }
 
 impl From<parquet::errors::ParquetError> for Error {
     fn from(e: parquet::errors::ParquetError) -> Self {
-        Error::Execution(format!("parquet: {e}"))
+        match e {
+            parquet::errors::ParquetError::External(inner) => {
+                match inner.downcast::<std::io::Error>() {
+                    Ok(io) => Error::io("parquet", *io),
+                    Err(other) => Error::Execution(format!("parquet: {other}")),
+                }
+            }
+            e => Error::Execution(format!("parquet: {e}")),
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The `kiln` command line: parse, run, exit code. Exit codes, which tell a
 //! scheduler what to retry: 0 done; 1 done but samples were rejected and
 //! `--strict` was given; 2 failed, not worth retrying (bad pipeline file or
-//! arguments, an output that holds another plan or another dataset); 3
-//! failed, worth retrying (I/O: a disk, the network, an object store).
+//! arguments, an output that holds another plan or another dataset, a
+//! damaged dataset, a full disk, a read-only or deleted output); 3 failed,
+//! worth retrying (I/O: a disk, the network, an object store).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

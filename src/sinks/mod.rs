@@ -180,7 +180,11 @@ impl TaskSink {
             batch = batch.slice(take, batch.num_rows() - take);
             shard.documents += first_windows(&part);
             shard.rows += take as u64;
-            shard.writer.write(&part)?;
+            let tmp = &shard.tmp;
+            shard
+                .writer
+                .write(&part)
+                .map_err(|e| e.in_file("write", tmp))?;
             if shard.rows >= self.max_rows || shard.writer.bytes() >= self.max_bytes {
                 self.close()?;
             }
@@ -221,7 +225,12 @@ impl TaskSink {
         let Some(shard) = self.open.take() else {
             return Ok(());
         };
-        let (_, bytes, sha256) = shard.writer.finish()?.finish().at("write", &shard.tmp)?;
+        let (_, bytes, sha256) = shard
+            .writer
+            .finish()
+            .map_err(|e| e.in_file("write", &shard.tmp))?
+            .finish()
+            .at("write", &shard.tmp)?;
         let dest = self.dir.join(&shard.file);
         std::fs::rename(&shard.tmp, &dest).at("rename", &shard.tmp)?;
         self.shards.push(ShardInfo {

@@ -8,7 +8,8 @@
 //! long texts), `train_compress` (quantisation, pruning, distillation,
 //! activation monitoring), `remote` (object storage, against a moto server),
 //! `report` (`kiln report` pages, checked in a headless Chromium), `hostile`
-//! (odd names, special files, links, paths outside their root). Run one
+//! (odd names, special files, links, paths outside their root, damaged
+//! datasets), `faults` (a full disk, a read-only or deleted output). Run one
 //! with `cargo nextest run MODULE::`.
 
 mod common;
@@ -16,6 +17,7 @@ mod common;
 mod audio;
 mod cli;
 mod examples;
+mod faults;
 mod hostile;
 mod images;
 mod layout;
