@@ -9,7 +9,8 @@
 //! activation monitoring), `remote` (object storage, against a moto server),
 //! `report` (`kiln report` pages, checked in a headless Chromium), `hostile`
 //! (odd names, special files, links, paths outside their root, damaged
-//! datasets), `faults` (a full disk, a read-only or deleted output). Run one
+//! datasets), `faults` (a full disk, a read-only or deleted output), `kills` (each
+//! example killed at random moments, resumed to the same bytes). Run one
 //! with `cargo nextest run MODULE::`.
 
 mod common;
@@ -20,6 +21,7 @@ mod examples;
 mod faults;
 mod hostile;
 mod images;
+mod kills;
 mod layout;
 mod multimodal;
 mod pipelines;
