@@ -241,6 +241,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<Outcome> {
         out: &out,
         pipeline,
         plan_hash: &plan.hash,
+        planned: &plan.inputs_by_path(),
         stages,
         progress: &progress,
         publish: None,

@@ -176,6 +176,11 @@ impl Plan {
         })
     }
 
+    /// The inputs' fingerprints by path.
+    pub fn inputs_by_path(&self) -> std::collections::HashMap<&str, &Fingerprint> {
+        self.inputs.iter().map(|f| (f.path.as_str(), f)).collect()
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.tasks.iter().map(|t| t.bytes).sum()
     }

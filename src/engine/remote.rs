@@ -239,6 +239,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions, location: &str) -> Result<Out
         out: local,
         pipeline,
         plan_hash: &plan.hash,
+        planned: &plan.inputs_by_path(),
         stages,
         progress: &progress,
         publish: Some(&publish),

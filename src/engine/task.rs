@@ -98,6 +98,8 @@ pub struct TaskEnv<'a> {
     pub out: &'a Path,
     pub pipeline: &'a Pipeline,
     pub plan_hash: &'a str,
+    /// The plan's inputs by path: a task checks its files against them.
+    pub planned: &'a std::collections::HashMap<&'a str, &'a super::plan::Fingerprint>,
     pub stages: Vec<Arc<dyn Stage>>,
     pub progress: &'a Progress,
     /// Called with each finished task's marker, once its files are in
@@ -129,7 +131,47 @@ pub fn run_task(env: &TaskEnv, task: &Task) -> Result<Option<TaskMarker>> {
     Ok(Some(marker))
 }
 
+/// A local input of the task that is gone or changed (size or time) since
+/// the plan was made is a fault, not a reject: the plan counted it, and a
+/// rerun once it is back gives the clean bytes.
+fn check_inputs(env: &TaskEnv, task: &Task) -> Result<()> {
+    for split in &task.splits {
+        let Some(planned) = env.planned.get(split.path.as_str()) else {
+            continue;
+        };
+        // Unreadable when planned: its reader rejects it.
+        if crate::storage::is_url(&split.path) || (planned.size == 0 && planned.modified_ns == 0) {
+            continue;
+        }
+        let now = match crate::storage::stat(&split.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(crate::error::Error::Output(format!(
+                    "the input {} was deleted during the run: restore it and run again (or start another output)",
+                    split.path
+                )));
+            }
+            Err(_) => continue,
+        };
+        if now.size != planned.size || now.modified_ns != planned.modified_ns {
+            return Err(crate::error::Error::Output(format!(
+                "the input {} changed during the run ({} bytes, {} when planned{}): restore it and run again (or start another output)",
+                split.path,
+                now.size,
+                planned.size,
+                if now.size == planned.size {
+                    "; modified"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn run_locked(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
+    check_inputs(env, task)?;
     let dir = task_dir(env.out, task.index);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).at("remove", &dir)?;

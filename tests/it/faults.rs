@@ -313,3 +313,37 @@ fn large_and_hostile_media_stay_within_the_memory_bound() {
         assert_eq!(t["rejected"], bad, "{t}");
     }
 }
+
+#[test]
+fn an_input_deleted_during_the_run_stops_it_and_the_rerun_once_it_is_back_is_clean() {
+    let s = Scratch::new();
+    job(&s);
+    let input = s.path("docs/part-003.jsonl");
+    let bytes = std::fs::read(&input).unwrap();
+    let modified = std::fs::metadata(&input).unwrap().modified().unwrap();
+    let child = kiln()
+        .current_dir(s.dir.path())
+        .env("KILN_THROTTLE_MS", "30")
+        .args(["run", "p.toml", "-q", "--output", "moved", "--threads", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let marker = s.path("moved/.kiln/tasks/00000.json");
+    let start = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(start.elapsed().as_secs() < 60, "a task finished");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::fs::remove_file(&input).unwrap();
+    let o = child.wait_with_output().unwrap();
+    fails_with(&o, "was deleted during the run", "part-003.jsonl");
+    std::fs::write(&input, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&input)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    assert_ok(&s.kiln(&["run", "p.toml", "-q", "--output", "moved"]));
+    assert_same_dataset(&s.path("clean"), &s.path("moved"));
+}
