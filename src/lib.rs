@@ -23,7 +23,7 @@
 //! kiln train: dataset shards --loader (seed, epoch order; exact resume)--> batches
 //!   --> fusion model (burn) --> AdamW, warmup + cosine --> checkpoints, metrics.jsonl
 //!
-//! layers (tests/it/layout.rs): engine, inspect, train > config, pipeline
+//! layers (tests/it/layout.rs): report, fuzz > engine, inspect, train > config, pipeline
 //!   > sources, stages, sinks > error, rejects, schema, limits, dataset,
 //!     codec, onnx, tokenize, augment
 //! ```
@@ -44,6 +44,8 @@ pub mod config;
 pub mod dataset;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod inspect;
 pub mod limits;
 pub mod mixing;

@@ -222,45 +222,11 @@ impl ProcessTranslator {
     }
 
     fn encode(&self, texts: &[String]) -> Vec<u8> {
-        let mut buf = String::new();
-        for t in texts {
-            for c in t.chars() {
-                match c {
-                    '\n' | '\r' | '\0' => buf.push(' '),
-                    c if self.apertium && APERTIUM_SPECIAL.contains(&c) => {
-                        buf.push('\\');
-                        buf.push(c);
-                    }
-                    c => buf.push(c),
-                }
-            }
-            buf.push('\n');
-        }
-        let mut bytes = buf.into_bytes();
-        bytes.push(0);
-        bytes
+        encode_stream(texts, self.apertium)
     }
 
     fn decode(&self, answer: &[u8], n: usize) -> Result<Vec<String>, String> {
-        let text = String::from_utf8_lossy(answer);
-        let mut lines: Vec<&str> = text.split('\n').collect();
-        // Each text ends with a newline: the last piece is empty.
-        if lines.last() == Some(&"") {
-            lines.pop();
-        }
-        if lines.len() != n {
-            return Err(format!(
-                "the translator answered {} lines for {n} texts",
-                lines.len()
-            ));
-        }
-        Ok(lines
-            .into_iter()
-            .map(|l| match (self.apertium, self.raw_output) {
-                (true, false) => unescape(l.trim()),
-                _ => l.trim().to_string(),
-            })
-            .collect())
+        decode_stream(answer, n, self.apertium, self.raw_output)
     }
 
     /// One exchange with `p`.
@@ -418,37 +384,96 @@ pub fn tagged_units(line: &str) -> Vec<Unit> {
                 chars.next();
             }
             '^' => {
-                let (mut surface, mut analysis) = (String::new(), String::new());
-                let mut in_analysis = false;
+                let mut surface = String::new();
+                // The first tag of the analysis, between unescaped `<` and
+                // `>` (an escaped one belongs to the lemma); `None` while
+                // none is open or after the unit is unknown (`/*`).
+                let (mut in_analysis, mut unknown, mut analysis_len) = (false, false, 0);
+                let (mut tag, mut tag_open, mut tag_done) = (String::new(), false, false);
                 while let Some(c) = chars.next() {
                     match c {
                         '\\' => {
-                            if let Some(n) = chars.next() {
-                                match in_analysis {
-                                    true => analysis.push(n),
-                                    false => surface.push(n),
-                                }
+                            let Some(n) = chars.next() else { break };
+                            match in_analysis {
+                                true if tag_open => tag.push(n),
+                                true => analysis_len += 1,
+                                false => surface.push(n),
                             }
                         }
                         '$' => break,
                         '/' if !in_analysis => in_analysis = true,
-                        c if in_analysis => analysis.push(c),
+                        c if in_analysis => {
+                            unknown |= analysis_len == 0 && c == '*';
+                            analysis_len += 1;
+                            match c {
+                                '<' if !tag_done && !tag_open => tag_open = true,
+                                '>' if tag_open => (tag_open, tag_done) = (false, true),
+                                c if tag_open => tag.push(c),
+                                _ => {}
+                            }
+                        }
                         c => surface.push(c),
                     }
                 }
-                let tag = match analysis.starts_with('*') {
-                    true => None,
-                    false => analysis
-                        .split_once('<')
-                        .and_then(|(_, t)| t.split_once('>'))
-                        .map(|(t, _)| t.to_string()),
-                };
+                let tag = (!unknown && tag_done).then_some(tag);
                 units.push(Unit { surface, tag });
             }
             _ => {}
         }
     }
     units
+}
+
+/// A batch as the translator reads it: one line a text (line breaks and
+/// NULs become spaces), Apertium's special characters escaped when
+/// `apertium`, then the NUL that flushes it.
+pub fn encode_stream(texts: &[String], apertium: bool) -> Vec<u8> {
+    let mut buf = String::new();
+    for t in texts {
+        for c in t.chars() {
+            match c {
+                '\n' | '\r' | '\0' => buf.push(' '),
+                c if apertium && APERTIUM_SPECIAL.contains(&c) => {
+                    buf.push('\\');
+                    buf.push(c);
+                }
+                c => buf.push(c),
+            }
+        }
+        buf.push('\n');
+    }
+    let mut bytes = buf.into_bytes();
+    bytes.push(0);
+    bytes
+}
+
+/// The `n` texts of a translator's answer (without its NUL), trimmed, with
+/// Apertium's escapes removed unless `raw` (a tagger's stream format).
+pub fn decode_stream(
+    answer: &[u8],
+    n: usize,
+    apertium: bool,
+    raw: bool,
+) -> Result<Vec<String>, String> {
+    let text = String::from_utf8_lossy(answer);
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    // Each text ends with a newline: the last piece is empty.
+    if lines.last() == Some(&"") {
+        lines.pop();
+    }
+    if lines.len() != n {
+        return Err(format!(
+            "the translator answered {} lines for {n} texts",
+            lines.len()
+        ));
+    }
+    Ok(lines
+        .into_iter()
+        .map(|l| match (apertium, raw) {
+            (true, false) => unescape(l.trim()),
+            _ => l.trim().to_string(),
+        })
+        .collect())
 }
 
 /// Apertium's output with its escapes removed.
@@ -535,15 +560,35 @@ mod tests {
         assert!(e.contains("cannot start `/nonexistent/translator`"), "{e}");
     }
 
+    fn pairs(units: &[Unit]) -> Vec<(&str, Option<&str>)> {
+        units
+            .iter()
+            .map(|u| (u.surface.as_str(), u.tag.as_deref()))
+            .collect()
+    }
+
+    #[test]
+    fn escaped_angles_and_stars_in_a_lemma_are_not_tags() {
+        // Found by the `translate` fuzz target: `<j>` as a word took the
+        // tag `j`, and `*i` was taken for an unknown word.
+        let u = tagged_units(r"^\<j\>/\<j\><n>$ ^\*i/\*i<adj>$ ^a/a\<b<vblex>$");
+        let pairs = pairs(&u);
+        assert_eq!(
+            pairs,
+            [
+                ("<j>", Some("n")),
+                ("*i", Some("adj")),
+                ("a", Some("vblex"))
+            ]
+        );
+    }
+
     #[test]
     fn tagger_units_have_surface_and_first_tag() {
         let u = tagged_units(
             r"^The/The<det><def><sp>$ ^foxes/fox<n><pl>$ ^zebra/*zebra$^\[x/\[x<n>$ ^in front of/in front of<pr>$^./.<sent>$",
         );
-        let pairs: Vec<(&str, Option<&str>)> = u
-            .iter()
-            .map(|u| (u.surface.as_str(), u.tag.as_deref()))
-            .collect();
+        let pairs = pairs(&u);
         assert_eq!(
             pairs,
             [

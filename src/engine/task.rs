@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{Task, write_atomic};
@@ -198,24 +200,19 @@ fn run_locked(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
             env.progress
                 .samples
                 .fetch_add(read_rejects, Ordering::Relaxed);
-            let Some(mut batch) = batch else { break };
+            let Some(batch) = batch else { break };
             counts.samples_in += batch.num_rows() as u64;
             env.progress
                 .samples
                 .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-            for stage in &env.stages {
-                let mut cx = BatchContext {
-                    seed: pipeline.config.seed,
-                    stage: stage.name(),
-                    rejects: &mut rejects,
-                    filtered: 0,
-                };
-                batch = stage.process(batch, &mut cx)?;
-                // A NaN or an infinity a stage made is that stage's reject.
-                batch = crate::stages::columns::reject_non_finite(batch, &mut cx)?;
-                counts.filtered += cx.filtered;
-            }
-            let batch = conform(&batch, &pipeline.dataset_schema)?;
+            let (batch, filtered) = run_stages(
+                &env.stages,
+                batch,
+                pipeline.config.seed,
+                &mut rejects,
+                &pipeline.dataset_schema,
+            )?;
+            counts.filtered += filtered;
             if let Some(len) = batch.column_by_name("length") {
                 use arrow::array::AsArray;
                 let len = len.as_primitive::<arrow::datatypes::UInt32Type>();
@@ -248,6 +245,31 @@ fn run_locked(env: &TaskEnv, task: &Task) -> Result<TaskMarker> {
     )?;
     env.progress.tasks.fetch_add(1, Ordering::Relaxed);
     Ok(marker)
+}
+
+/// A batch through `stages` in order, conformed to the dataset's `schema`:
+/// the batch, and the rows the stages filtered out.
+pub fn run_stages(
+    stages: &[Arc<dyn Stage>],
+    mut batch: RecordBatch,
+    seed: u64,
+    rejects: &mut RejectSink,
+    schema: &SchemaRef,
+) -> Result<(RecordBatch, u64)> {
+    let mut filtered = 0;
+    for stage in stages {
+        let mut cx = BatchContext {
+            seed,
+            stage: stage.name(),
+            rejects,
+            filtered: 0,
+        };
+        batch = stage.process(batch, &mut cx)?;
+        // A NaN or an infinity a stage made is that stage's reject.
+        batch = crate::stages::columns::reject_non_finite(batch, &mut cx)?;
+        filtered += cx.filtered;
+    }
+    Ok((conform(&batch, schema)?, filtered))
 }
 
 /// A split's share of its task's bytes, for progress.

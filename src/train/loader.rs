@@ -164,6 +164,28 @@ fn index_stream(path: &Path) -> Result<(Vec<Message>, MetadataVersion)> {
     Ok((messages, version))
 }
 
+/// One shard file, indexed and read whole as the trainer reads a shard:
+/// the rows its headers claim, and its batch.
+pub fn read_shard_file(path: &Path) -> Result<(u64, RecordBatch)> {
+    let f = File::open(path).at("open", path)?;
+    let schema = StreamReader::try_new(f, None)?.schema();
+    let (messages, version) = index_stream(path)?;
+    let rows = messages.iter().map(|m| m.rows).sum();
+    let dataset = Dataset {
+        dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        schema,
+        shards: vec![Shard {
+            path: path.to_path_buf(),
+            rows,
+            version,
+            messages,
+        }],
+        rows,
+        held: Default::default(),
+    };
+    Ok((rows, dataset.read_shard(0, None)?))
+}
+
 impl Dataset {
     /// Open the dataset `kiln run` wrote in `dir` (Arrow shards), from its
     /// manifest.

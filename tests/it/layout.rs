@@ -4,7 +4,8 @@
 //! layers below its own (and from itself):
 //!
 //! ```text
-//! 5  report                        a page of a dataset or a training run
+//! 5  report, fuzz                  a page of a dataset or a training run;
+//!                                  the fuzz targets (a reader, run as a task)
 //! 4  engine, inspect, train        run a pipeline; look at or train on a dataset
 //! 3  pipeline                      the pipeline file, built
 //! 2  config                        the pipeline file, parsed
@@ -39,7 +40,7 @@ fn layer(module: &str) -> Option<u8> {
         "config" => 2,
         "pipeline" => 3,
         "engine" | "inspect" | "train" => 4,
-        "report" => 5,
+        "report" | "fuzz" => 5,
         _ => return None,
     })
 }

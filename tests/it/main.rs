@@ -10,7 +10,8 @@
 //! `report` (`kiln report` pages, checked in a headless Chromium), `hostile`
 //! (odd names, special files, links, paths outside their root, damaged
 //! datasets), `faults` (a full disk, a read-only or deleted output), `kills` (each
-//! example killed at random moments, resumed to the same bytes). Run one
+//! example killed at random moments, resumed to the same bytes), `fuzz`
+//! (the fuzz corpora replayed). Run one
 //! with `cargo nextest run MODULE::`.
 
 mod common;
@@ -19,6 +20,7 @@ mod audio;
 mod cli;
 mod examples;
 mod faults;
+mod fuzz;
 mod hostile;
 mod images;
 mod kills;

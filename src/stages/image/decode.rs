@@ -21,7 +21,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, AsArray, BinaryBuilder, RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
 use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::{Filter, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -97,11 +97,11 @@ pub fn resize_crop(
     let src = ImageRef::new(w, h, rgb, PixelType::U8x3)
         .map_err(|e| ("corrupt_image", format!("pixels do not fit {w} x {h}: {e}")))?;
     let mut dst = Image::new(out_w, out_h, PixelType::U8x3);
-    let filter = match cfg.filter {
-        ResizeFilter::Bilinear => FilterType::Bilinear,
-        ResizeFilter::Bicubic => FilterType::CatmullRom,
-        ResizeFilter::Lanczos => FilterType::Lanczos3,
-    };
+    let filter = FilterType::Custom(match cfg.filter {
+        ResizeFilter::Bilinear => filter("bilinear", bilinear, 1.0),
+        ResizeFilter::Bicubic => filter("catmull_rom", catmull_rom, 2.0),
+        ResizeFilter::Lanczos => filter("lanczos3", lanczos3, 3.0),
+    });
     // Only the part of the source that survives the crop is resampled; the
     // filter still reads the pixels around it, so the result is that of
     // resizing the whole image and cropping.
@@ -118,6 +118,55 @@ pub fn resize_crop(
         .resize(&src, &mut dst, &options)
         .map_err(|e| ("resize_failed", e.to_string()))?;
     Ok((dst.into_vec(), out_w, out_h))
+}
+
+// The filters of fast_image_resize (Pillow's), except that a weight inside
+// a window is never exactly 0. fast_image_resize 6.1 drops a window's
+// leading zero weights; with a crop, the first window can then start after
+// a later one, and its vertical-first pass subtracts past zero and reads
+// outside the image (a small image upscaled and cropped: an 8 x 8 GIF to
+// 24 x 24, cropped to 16, did). A weight of f64::MIN_POSITIVE becomes 0 in
+// the crate's fixed-point coefficients, so the pixels are the same.
+
+fn filter(name: &'static str, f: fn(f64) -> f64, support: f64) -> Filter {
+    Filter::new(name, f, support).expect("a positive support")
+}
+
+fn never_zero(w: f64) -> f64 {
+    if w == 0.0 { f64::MIN_POSITIVE } else { w }
+}
+
+fn bilinear(x: f64) -> f64 {
+    let x = x.abs();
+    never_zero(if x < 1.0 { 1.0 - x } else { 0.0 })
+}
+
+fn catmull_rom(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    never_zero(if x < 1.0 {
+        ((A + 2.) * x - (A + 3.)) * x * x + 1.
+    } else if x < 2.0 {
+        (((x - 5.) * x + 8.) * x - 4.) * A
+    } else {
+        0.0
+    })
+}
+
+fn lanczos3(x: f64) -> f64 {
+    fn sinc(x: f64) -> f64 {
+        if x == 0.0 {
+            1.0
+        } else {
+            let x = x * std::f64::consts::PI;
+            x.sin() / x
+        }
+    }
+    never_zero(if (-3.0..3.0).contains(&x) {
+        sinc(x) * sinc(x / 3.)
+    } else {
+        0.0
+    })
 }
 
 /// Decode, and resize in the same pass when a `resize_image` follows (its
@@ -292,6 +341,96 @@ mod tests {
                 }
             }
             assert!(worst <= 1, "{filter:?}: off by {worst}");
+        }
+    }
+
+    /// fast_image_resize 6.1 with its own filters read outside the image
+    /// here (an overflow in its first window; found by the `image` fuzz
+    /// target): small images upscaled and cropped.
+    #[test]
+    fn small_images_upscaled_and_cropped_resize_like_resize_then_crop() {
+        for (w, h, size, crop) in [
+            (8, 8, 24, 16),
+            (32, 32, 256, 224),
+            (5, 3, 24, 16),
+            (1, 9, 24, 16),
+        ] {
+            let rgb: Vec<u8> = (0..w * h * 3).map(|i| ((i * 53) % 241) as u8).collect();
+            for filter in [
+                ResizeFilter::Bilinear,
+                ResizeFilter::Bicubic,
+                ResizeFilter::Lanczos,
+            ] {
+                let mut rng = ChaCha8Rng::seed_from_u64(0);
+                let whole = ResizeImageConfig {
+                    filter,
+                    ..cfg(size, None)
+                };
+                let (full, fw, fh) = resize_crop(
+                    &mut Resizer::new(),
+                    &rgb,
+                    w,
+                    h,
+                    &whole,
+                    64_000_000,
+                    &mut rng,
+                )
+                .unwrap();
+                let cropped = ResizeImageConfig {
+                    filter,
+                    ..cfg(size, Some(crop))
+                };
+                let (out, _, _) = resize_crop(
+                    &mut Resizer::new(),
+                    &rgb,
+                    w,
+                    h,
+                    &cropped,
+                    64_000_000,
+                    &mut rng,
+                )
+                .unwrap();
+                let (top, left) = ((fh - crop) / 2, (fw - crop) / 2);
+                let mut worst = 0;
+                for y in 0..crop {
+                    for x in 0..crop * 3 {
+                        let a = full[(((y + top) * fw + left) * 3 + x) as usize] as i32;
+                        let b = out[(y * crop * 3 + x) as usize] as i32;
+                        worst = worst.max((a - b).abs());
+                    }
+                }
+                assert!(worst <= 2, "{w} x {h} {filter:?}: off by {worst}");
+            }
+        }
+    }
+
+    /// The filters kiln passes are fast_image_resize's own, to the byte.
+    #[test]
+    fn the_filters_give_the_crates_own_pixels() {
+        let (w, h) = (97u32, 61u32);
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| ((i * 37) % 251) as u8).collect();
+        let src = ImageRef::new(w, h, &rgb, PixelType::U8x3).unwrap();
+        for (theirs, ours) in [
+            (FilterType::Bilinear, filter("bilinear", bilinear, 1.0)),
+            (
+                FilterType::CatmullRom,
+                filter("catmull_rom", catmull_rom, 2.0),
+            ),
+            (FilterType::Lanczos3, filter("lanczos3", lanczos3, 3.0)),
+        ] {
+            let resized = |f| {
+                let mut dst = Image::new(40, 25, PixelType::U8x3);
+                let options = ResizeOptions::new()
+                    .resize_alg(ResizeAlg::Convolution(f))
+                    .crop(3.5, 2.25, 80.0, 50.0);
+                Resizer::new().resize(&src, &mut dst, &options).unwrap();
+                dst.into_vec()
+            };
+            assert_eq!(
+                resized(theirs),
+                resized(FilterType::Custom(ours)),
+                "{theirs:?}"
+            );
         }
     }
 

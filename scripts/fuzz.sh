@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Fuzz kiln's readers and decoders: build the targets of fuzz/ (cargo-fuzz,
+# libFuzzer; no sanitizer, so stable Rust builds them; with debug assertions
+# and overflow checks) and run each for a set time, JOBS at once.
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]    # default: 1200 s, all
+#
+# Each target starts from its corpus (fuzz/corpus/TARGET, committed) and the
+# seeds scripts/fuzz_seeds.py writes (fuzz/seeds/TARGET); new inputs go to
+# fuzz/work/TARGET, and at the end the corpus is minimised (libFuzzer's
+# -merge) back into fuzz/corpus/TARGET. A crash or hang stops its target and
+# is left in fuzz/artifacts/TARGET/. The summary (fuzz/work/summary.txt)
+# has a line a target: seconds, execs, execs/s, coverage (edges, features),
+# corpus size, outcome. tests/it/fuzz.rs replays the corpora in CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-1200}
+shift || true
+all=(image audio tar jsonl csv parquet pipeline translate loader)
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
+jobs=${JOBS:-$(nproc)}
+
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+[ -d fuzz/seeds ] || .venv/bin/python scripts/fuzz_seeds.py fuzz/seeds
+(cd fuzz && cargo fuzz build --sanitizer none --debug-assertions)
+bin=fuzz/target/x86_64-unknown-linux-gnu/release
+mkdir -p fuzz/work
+export TMPDIR=${TMPDIR:-/dev/shm}
+
+run_one() {
+    t=$1
+    secs=$2
+    bin=$3
+    # Media files are larger than text records.
+    case $t in image | audio | tar | parquet | loader) max_len=65536 ;; *) max_len=8192 ;; esac
+    mkdir -p "fuzz/work/$t" "fuzz/artifacts/$t" "fuzz/corpus/$t" "fuzz/seeds/$t"
+    outcome=ok
+    "$bin/$t" -max_total_time="$secs" -max_len="$max_len" -timeout=20 -rss_limit_mb=2560 \
+        -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" \
+        "fuzz/work/$t" "fuzz/corpus/$t" "fuzz/seeds/$t" >"fuzz/work/$t.log" 2>&1 || outcome=FOUND
+    # Minimise what it found into the committed corpus.
+    rm -rf "fuzz/work/$t.merged" && mkdir -p "fuzz/work/$t.merged"
+    "$bin/$t" -merge=1 -max_len="$max_len" -timeout=20 -rss_limit_mb=2560 "fuzz/work/$t.merged" \
+        "fuzz/corpus/$t" "fuzz/seeds/$t" "fuzz/work/$t" >"fuzz/work/$t.merge.log" 2>&1 &&
+        rm -rf "fuzz/corpus/$t" && mv "fuzz/work/$t.merged" "fuzz/corpus/$t"
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "fuzz/work/$t.log")
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "fuzz/work/$t.log")
+    cov=$(grep -E '^#[0-9]+' "fuzz/work/$t.log" | tail -1 | grep -oE 'cov: [0-9]+ ft: [0-9]+' || true)
+    printf '%-10s %6ss  execs %-10s %6s/s  %-22s corpus %5s  %s\n' "$t" "$secs" "${execs:-?}" \
+        "${rate:-?}" "$cov" "$(ls "fuzz/corpus/$t" | wc -l)" "$outcome"
+}
+export -f run_one
+printf '%s\n' "${targets[@]}" | xargs -P "$jobs" -I{} bash -c "run_one {} $secs $bin" |
+    tee fuzz/work/summary.txt
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
+! grep -q FOUND fuzz/work/summary.txt

@@ -1,0 +1,30 @@
+//! The fuzz corpora (`fuzz/corpus/TARGET/`, kept minimal by `scripts/fuzz.sh`)
+//! replayed through `kiln::fuzz`'s targets: every input a long fuzz run
+//! found new paths with, and every crash it found, stays handled.
+
+use std::path::Path;
+
+macro_rules! replay {
+    ($($target:ident),*) => {
+        $(
+            #[test]
+            fn $target() {
+                let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("fuzz/corpus")
+                    .join(stringify!($target));
+                let n = kiln::fuzz::replay(kiln::fuzz::$target, &dir);
+                assert!(n > 0, "no corpus in {}", dir.display());
+            }
+        )*
+
+        #[test]
+        fn every_target_is_replayed() {
+            let names: Vec<&str> = kiln::fuzz::TARGETS.iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, [$(stringify!($target)),*]);
+        }
+    };
+}
+
+replay!(
+    image, audio, tar, jsonl, csv, parquet, pipeline, translate, loader
+);
