@@ -93,6 +93,7 @@ impl CsvReader {
         let (size, file) = match opened {
             Ok(f) => f,
             Err(e) => {
+                super::check_denied(&self.path, &e)?;
                 rejects.push(reject(
                     &self.name,
                     0,

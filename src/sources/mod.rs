@@ -200,6 +200,29 @@ pub fn open(split: &Split, spec: &InputSpec, opts: &ReadOptions) -> Box<dyn Sour
     }
 }
 
+/// The kind a reading helper gives an input kiln is not allowed to read;
+/// the reader turns it into [`denied`].
+pub const PERMISSION_DENIED: &str = "permission_denied";
+
+/// An input kiln is not allowed to read is the run's fault, not the
+/// sample's: the run stops (exit 2) naming it. Rejected, the sample would be
+/// left out for good, since fixing the permissions changes nothing the plan
+/// compares; stopped, the same command reads it once they are fixed.
+pub fn denied(location: &str) -> crate::error::Error {
+    crate::error::Error::io(
+        format!("read input `{location}`"),
+        std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    )
+}
+
+/// `Err(denied)` for an I/O error that is a refused permission.
+pub fn check_denied(location: &str, e: &std::io::Error) -> Result<()> {
+    match e.kind() == std::io::ErrorKind::PermissionDenied {
+        true => Err(denied(location)),
+        false => Ok(()),
+    }
+}
+
 /// The stage name readers put on their rejects.
 pub fn stage_name(format: InputFormat) -> &'static str {
     match format {

@@ -135,8 +135,12 @@ impl ParquetReader {
     }
 
     fn open(&mut self) -> std::result::Result<ParquetRecordBatchReader, Rejection> {
-        let file = ParquetFile::open(&self.split.path)
-            .map_err(|e| ("unreadable", format!("cannot read the file: {e}")))?;
+        let file = ParquetFile::open(&self.split.path).map_err(|e| {
+            match e.kind() == std::io::ErrorKind::PermissionDenied {
+                true => (super::PERMISSION_DENIED, e.to_string()),
+                false => ("unreadable", format!("cannot read the file: {e}")),
+            }
+        })?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
             (
                 "invalid_parquet",
@@ -241,6 +245,9 @@ impl SourceReader for ParquetReader {
             self.opened = true;
             match self.open() {
                 Ok(r) => self.reader = Some(r),
+                Err((kind, _)) if kind == super::PERMISSION_DENIED => {
+                    return Err(super::denied(&self.split.path));
+                }
                 Err((kind, msg)) => {
                     self.reject_rest(kind, &msg, rejects)?;
                     return Ok(None);

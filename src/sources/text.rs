@@ -26,6 +26,9 @@ pub fn open_lines(
             LineReader::open(path, start, end, max_line).map(Some)
         }
     });
+    if let Err(e) = &opened {
+        super::check_denied(path, e)?;
+    }
     match opened {
         Ok(Some(r)) => Ok(Some(r)),
         Ok(None) => {
@@ -219,6 +222,7 @@ impl SourceReader for TextFileReader {
                 return Ok(None);
             }
             Err(e) => {
+                super::check_denied(&self.path, &e)?;
                 rejects.push(reject(
                     &self.name,
                     0,

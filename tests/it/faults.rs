@@ -53,7 +53,7 @@ fn job(s: &Scratch) {
 
 fn fails_with(o: &std::process::Output, fault: &str, under: &str) {
     let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(o.status.code(), Some(2), "{:?} {err}", o.status);
     assert!(err.contains(fault) && err.contains(under), "{err}");
 }
 
@@ -346,4 +346,70 @@ fn an_input_deleted_during_the_run_stops_it_and_the_rerun_once_it_is_back_is_cle
         .unwrap();
     assert_ok(&s.kiln(&["run", "p.toml", "-q", "--output", "moved"]));
     assert_same_dataset(&s.path("clean"), &s.path("moved"));
+}
+
+/// `kiln` in `s` as the user nobody, for whom permissions hold (root reads
+/// everything); `None` where this process cannot switch users.
+fn as_nobody(s: &Scratch, args: &[&str]) -> Option<std::process::Output> {
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(s.dir.path())
+        .output()
+        .ok()?;
+    let err = stderr(&o);
+    (!err.contains("setpriv:")).then_some(o)
+}
+
+#[test]
+fn an_input_kiln_may_not_read_stops_the_run_and_the_rerun_once_readable_is_clean() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    job(&s);
+    for (i, rel) in ["cat/cat_0.jpg", "cat/cat_1.png", "bird/bird_0.jpg"]
+        .iter()
+        .enumerate()
+    {
+        let bytes = std::fs::read(root().join("fixtures/images/folder").join(rel)).unwrap();
+        s.write(&format!("photos/{rel}"), bytes);
+        s.write(
+            &format!("photos/dog/d{i}.jpg"),
+            std::fs::read(root().join("fixtures/images/folder/cat/cat_0.jpg")).unwrap(),
+        );
+    }
+    s.write(
+        "img.toml",
+        "[[inputs]]\npath = \"photos\"\nformat = \"images\"\n\n[[stages]]\ntype = \"decode_image\"\n\n[[stages]]\ntype = \"resize_image\"\nsize = 16\ncrop = 16\n\n[[stages]]\ntype = \"encode_image\"\n\n[output]\npath = \"clean_img\"\n",
+    );
+    assert_ok(&s.kiln(&["run", "img.toml", "-q"]));
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(s.dir.path(), 0o777);
+    let Some(probe) = as_nobody(&s, &["--version"]) else {
+        eprintln!("skipped: cannot run kiln as another user here (setpriv needs root)");
+        return;
+    };
+    assert_ok(&probe);
+    for (pipeline, out, input) in [
+        ("p.toml", "denied", "docs/part-002.jsonl"),
+        ("img.toml", "denied_img", "photos/cat/cat_1.png"),
+    ] {
+        let input = s.path(input);
+        mode(&input, 0o000);
+        let o = as_nobody(&s, &["run", pipeline, "-q", "--output", out]).unwrap();
+        fails_with(
+            &o,
+            "permission denied",
+            input.file_name().unwrap().to_str().unwrap(),
+        );
+        mode(&input, 0o644);
+        assert_ok(&as_nobody(&s, &["run", pipeline, "-q", "--output", out]).unwrap());
+        let clean = if out == "denied" {
+            "clean"
+        } else {
+            "clean_img"
+        };
+        assert_same_dataset(&s.path(clean), &s.path(out));
+    }
 }

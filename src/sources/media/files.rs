@@ -108,11 +108,11 @@ pub fn check_local(path: &str, root: Option<&Path>) -> Result<(), Rejection> {
                 Err(_) => ("missing_file", "no such file".into()),
             });
         }
-        Err(e) => return Err(("unreadable_file", format!("cannot read: {e}"))),
+        Err(e) => return Err((unreadable(&e), format!("cannot read: {e}"))),
         Ok(_) => {}
     }
-    let real = std::fs::canonicalize(&p)
-        .map_err(|e| ("unreadable_file", format!("cannot resolve: {e}")))?;
+    let real =
+        std::fs::canonicalize(&p).map_err(|e| (unreadable(&e), format!("cannot resolve: {e}")))?;
     if let Some(root) = root
         && !real.starts_with(root)
     {
@@ -139,6 +139,15 @@ pub fn check_local(path: &str, root: Option<&Path>) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// The kind of a file that cannot be read: refused permissions are the
+/// run's fault (the reader stops, [`crate::sources::denied`]).
+fn unreadable(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => crate::sources::PERMISSION_DENIED,
+        _ => "unreadable_file",
+    }
+}
+
 /// `ELOOP` on Linux: too many levels of symbolic links.
 const ELOOP: i32 = 40;
 
@@ -152,7 +161,7 @@ pub fn read_limited(location: &str, max: u64) -> std::result::Result<Vec<u8>, Re
         }
         Err(e) => match crate::storage::local::special_file(&e) {
             Some(special) => Err(("special_file", special.to_string())),
-            None => Err(("unreadable_file", format!("cannot read: {e}"))),
+            None => Err((unreadable(&e), format!("cannot read: {e}"))),
         },
     }
 }

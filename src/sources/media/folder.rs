@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::limits::Limits;
 use crate::rejects::RejectSink;
 use crate::sources::input::LabelSource;
-use crate::sources::{ReadOptions, SourceReader, Split, sample_id};
+use crate::sources::{PERMISSION_DENIED, ReadOptions, SourceReader, Split, denied, sample_id};
 use crate::storage::local::local_path;
 
 /// Media files: the whole-file splits of an `images` or `audio` input that
@@ -61,6 +61,9 @@ impl MediaFileReader {
         let stage = self.spec.media.read_stage();
         let fail = |kind: &str, msg: String| reject(stage, id.clone(), name, 0, kind, msg);
         if let Err((kind, msg)) = check_entry(path, self.spec.media, self.root.as_deref()) {
+            if kind == PERMISSION_DENIED {
+                return Err(denied(path));
+            }
             return rejects.push(fail(kind, msg));
         }
         let label = match self.spec.labels {
@@ -85,6 +88,7 @@ impl MediaFileReader {
                 also: None,
                 extras: &[],
             }),
+            Err((kind, _)) if kind == PERMISSION_DENIED => return Err(denied(path)),
             Err((kind, msg)) => rejects.push(fail(kind, msg))?,
         }
         Ok(())

@@ -10,7 +10,7 @@ use super::record::{MediaRecordBuilder, Record, reject};
 use crate::error::Result;
 use crate::limits::Limits;
 use crate::rejects::{RejectSink, Rejection};
-use crate::sources::{ReadOptions, SourceReader};
+use crate::sources::{PERMISSION_DENIED, ReadOptions, SourceReader, denied};
 
 /// A metadata table joined with the media files its `image_column` or
 /// `audio_column` names:
@@ -117,6 +117,7 @@ impl TableMediaReader {
         let (full_str, read) = self.read_named(&self.spec.root, file, false);
         let bytes = match read {
             Ok(b) => b,
+            Err((kind, _)) if kind == PERMISSION_DENIED => return Err(denied(&full_str)),
             Err((kind, msg)) => {
                 return rejects.push(reject(
                     stage,
@@ -146,6 +147,7 @@ impl TableMediaReader {
             match read {
                 // Stored as the row names it, whatever the root.
                 Ok(b) => also = Some((file.to_string(), b)),
+                Err((kind, _)) if kind == PERMISSION_DENIED => return Err(denied(&path)),
                 Err((kind, msg)) => {
                     return rejects.push(reject(
                         a.media.read_stage(),

@@ -283,6 +283,7 @@ impl SourceReader for TarReader {
                 Ok(file) => self.fill(file, rejects)?,
                 Err(e) => {
                     self.done = true;
+                    crate::sources::check_denied(&self.path, &e)?;
                     rejects.push(reject(
                         "read_tar",
                         format!("{}:*", self.name),
