@@ -28,27 +28,32 @@ bin=fuzz/target/x86_64-unknown-linux-gnu/release
 mkdir -p fuzz/work
 export TMPDIR=${TMPDIR:-/dev/shm}
 
+# Absolute paths: the pipeline target moves its working directory.
 run_one() {
     t=$1
     secs=$2
     bin=$3
-    # Media files are larger than text records.
-    case $t in image | audio | tar | parquet | loader) max_len=65536 ;; *) max_len=8192 ;; esac
-    mkdir -p "fuzz/work/$t" "fuzz/artifacts/$t" "fuzz/corpus/$t" "fuzz/seeds/$t"
+    f=$PWD/fuzz
+    # Media files are larger than text records; small ones reach the same
+    # paths, and keep the committed corpora small.
+    case $t in image | audio | tar | parquet | loader) max_len=16384 ;; *) max_len=4096 ;; esac
+    mkdir -p "$f/work/$t" "$f/artifacts/$t" "$f/corpus/$t" "$f/seeds/$t"
     outcome=ok
+    start=$SECONDS
     "$bin/$t" -max_total_time="$secs" -max_len="$max_len" -timeout=20 -rss_limit_mb=2560 \
-        -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" \
-        "fuzz/work/$t" "fuzz/corpus/$t" "fuzz/seeds/$t" >"fuzz/work/$t.log" 2>&1 || outcome=FOUND
+        -print_final_stats=1 -artifact_prefix="$f/artifacts/$t/" \
+        "$f/work/$t" "$f/corpus/$t" "$f/seeds/$t" >"$f/work/$t.log" 2>&1 || outcome=FOUND
+    ran=$((SECONDS - start))
     # Minimise what it found into the committed corpus.
-    rm -rf "fuzz/work/$t.merged" && mkdir -p "fuzz/work/$t.merged"
-    "$bin/$t" -merge=1 -max_len="$max_len" -timeout=20 -rss_limit_mb=2560 "fuzz/work/$t.merged" \
-        "fuzz/corpus/$t" "fuzz/seeds/$t" "fuzz/work/$t" >"fuzz/work/$t.merge.log" 2>&1 &&
-        rm -rf "fuzz/corpus/$t" && mv "fuzz/work/$t.merged" "fuzz/corpus/$t"
-    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "fuzz/work/$t.log")
-    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "fuzz/work/$t.log")
-    cov=$(grep -E '^#[0-9]+' "fuzz/work/$t.log" | tail -1 | grep -oE 'cov: [0-9]+ ft: [0-9]+' || true)
-    printf '%-10s %6ss  execs %-10s %6s/s  %-22s corpus %5s  %s\n' "$t" "$secs" "${execs:-?}" \
-        "${rate:-?}" "$cov" "$(ls "fuzz/corpus/$t" | wc -l)" "$outcome"
+    rm -rf "$f/work/$t.merged" && mkdir -p "$f/work/$t.merged"
+    "$bin/$t" -merge=1 -max_len="$max_len" -timeout=20 -rss_limit_mb=2560 "$f/work/$t.merged" \
+        "$f/corpus/$t" "$f/seeds/$t" "$f/work/$t" >"$f/work/$t.merge.log" 2>&1 &&
+        rm -rf "$f/corpus/$t" && mv "$f/work/$t.merged" "$f/corpus/$t"
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$f/work/$t.log")
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$f/work/$t.log")
+    cov=$(grep -E '^#[0-9]+' "$f/work/$t.log" | tail -1 | grep -oE 'cov: [0-9]+ ft: [0-9]+' || true)
+    printf '%-10s %6ss  execs %-10s %6s/s  %-22s corpus %5s  %s\n' "$t" "$ran" "${execs:-?}" \
+        "${rate:-?}" "$cov" "$(ls "$f/corpus/$t" | wc -l)" "$outcome"
 }
 export -f run_one
 printf '%s\n' "${targets[@]}" | xargs -P "$jobs" -I{} bash -c "run_one {} $secs $bin" |

@@ -16,9 +16,10 @@
 //! - `loader` indexes the bytes as an Arrow IPC shard the way the trainer
 //!   does and decodes every batch it finds.
 //!
-//! A panic, an abort or a hang is a finding. The cargo-fuzz binaries in
-//! `fuzz/` call these functions, and `tests/it/fuzz.rs` replays the corpora
-//! in `fuzz/corpus/` through them.
+//! A panic out of a target, an abort or a hang is a finding (a panic kiln
+//! catches, a decoder's turned into a reject, is printed; [`init`]). The
+//! cargo-fuzz binaries in `fuzz/` call these functions, and
+//! `tests/it/fuzz.rs` replays the corpora in `fuzz/corpus/` through them.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -51,6 +52,13 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("translate", translate),
     ("loader", loader),
 ];
+
+/// For the fuzz binaries, once: a panic kiln catches on purpose (a
+/// decoder's, which becomes a reject) is printed, not taken for a crash; a
+/// panic that leaves the target still stops libFuzzer (it aborts on it).
+pub fn init() {
+    std::panic::set_hook(Box::new(|info| eprintln!("kiln fuzz: a panic: {info}")));
+}
 
 /// The target called `name`.
 pub fn target(name: &str) -> Option<Target> {

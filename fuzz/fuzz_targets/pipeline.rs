@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| kiln::fuzz::pipeline(data));
+libfuzzer_sys::fuzz_target!(init: kiln::fuzz::init(), |data: &[u8]| kiln::fuzz::pipeline(data));

@@ -1,6 +1,7 @@
 //! The fuzz corpora (`fuzz/corpus/TARGET/`, kept minimal by `scripts/fuzz.sh`)
-//! replayed through `kiln::fuzz`'s targets: every input a long fuzz run
-//! found new paths with, and every crash it found, stays handled.
+//! replayed through `kiln::fuzz`'s targets, with the inputs of every crash
+//! found (`fuzz/regressions/TARGET/`, each named after what it pins): every
+//! input a long fuzz run found new paths with stays handled.
 
 use std::path::Path;
 
@@ -9,11 +10,12 @@ macro_rules! replay {
         $(
             #[test]
             fn $target() {
-                let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("fuzz/corpus")
-                    .join(stringify!($target));
+                let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+                let dir = fuzz.join("corpus").join(stringify!($target));
                 let n = kiln::fuzz::replay(kiln::fuzz::$target, &dir);
                 assert!(n > 0, "no corpus in {}", dir.display());
+                let found = fuzz.join("regressions").join(stringify!($target));
+                kiln::fuzz::replay(kiln::fuzz::$target, &found);
             }
         )*
 

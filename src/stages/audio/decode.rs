@@ -104,6 +104,7 @@ pub fn prepare(
             }
             NonFinite::Zero => zero_non_finite(&mut audio),
         };
+        in_range(&audio)?;
         let audio = match cfg.sample_rate {
             Some(rate) => resample(audio, rate)?,
             None => audio,
@@ -136,6 +137,26 @@ fn finite(audio: &Audio) -> std::result::Result<(), Rejection> {
             first / frames
         ),
     ))
+}
+
+/// The largest sample magnitude kept. Float audio lies within ±1 (a file
+/// that stores 16-bit values unscaled reaches 32768); a sample far beyond
+/// is a damaged file or not audio, and near float32's limit the resampler's
+/// and the spectrogram's sums overflow.
+pub const MAX_SAMPLE: f32 = 1e6;
+
+/// A clip with a sample beyond ±[`MAX_SAMPLE`] is a reject (`out_of_range`).
+fn in_range(audio: &Audio) -> std::result::Result<(), Rejection> {
+    let peak = audio.samples.iter().fold(0f32, |m, v| m.max(v.abs()));
+    match peak <= MAX_SAMPLE {
+        true => Ok(()),
+        false => Err((
+            "out_of_range",
+            format!(
+                "a sample of magnitude {peak:e}, beyond ±{MAX_SAMPLE:e} (float audio lies within ±1)"
+            ),
+        )),
+    }
 }
 
 /// Set NaN and infinite samples to 0; how many there were.
@@ -488,5 +509,26 @@ mod tests {
         assert!(audio.samples.iter().all(|v| v.is_finite()));
         assert_eq!(audio.samples[10], 0.0, "channel 0, frame 10");
         assert_eq!(audio.samples[800 + 400], 0.0, "channel 1, frame 400");
+    }
+
+    /// Found by the `audio` fuzz target: finite samples near float32's
+    /// limit made the resampler's FFT overflow and panic (caught, and
+    /// rejected as a decoder failure). They are `out_of_range` now; 16-bit
+    /// values stored unscaled in a float WAV are kept.
+    #[test]
+    fn a_float_wav_with_samples_near_the_float_limit_is_out_of_range() {
+        let cfg: DecodeAudioConfig = toml::from_str(
+            "mono = true
+sample_rate = 16000",
+        )
+        .unwrap();
+        let run = |peak: f32| {
+            let frames: Vec<Vec<f32>> = sine(600).iter().map(|f| vec![f[0] * peak]).collect();
+            let bytes = wav(22050, 1, 3, &frames, None);
+            prepare(arrow::buffer::Buffer::from_vec(bytes), &cfg, 60.0, 0)
+        };
+        let (kind, message) = run(2.47e38).unwrap_err();
+        assert_eq!(kind, "out_of_range", "{message}");
+        assert!(run(32767.0).is_ok());
     }
 }
