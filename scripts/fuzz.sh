@@ -8,10 +8,15 @@
 # Each target starts from its corpus (fuzz/corpus/TARGET, committed) and the
 # seeds scripts/fuzz_seeds.py writes (fuzz/seeds/TARGET); new inputs go to
 # fuzz/work/TARGET, and at the end the corpus is minimised (libFuzzer's
-# -merge) back into fuzz/corpus/TARGET. A crash or hang stops its target and
-# is left in fuzz/artifacts/TARGET/. The summary (fuzz/work/summary.txt)
-# has a line a target: seconds, execs, execs/s, coverage (edges, features),
-# corpus size, outcome. tests/it/fuzz.rs replays the corpora in CI.
+# -set_cover_merge: the fewest files that keep every feature) back into
+# fuzz/corpus/TARGET. A crash or hang stops its target and is left in
+# fuzz/artifacts/TARGET/; its input goes to fuzz/regressions/TARGET/ under a
+# name that says what it pins, once fixed. The summary
+# (fuzz/work/summary.txt) has a line a target: seconds, execs, execs/s,
+# coverage (edges, features), corpus size, outcome. Panics that kiln
+# catches on purpose (a decoder's, made a reject) are printed in the
+# target's log (fuzz/work/TARGET.log), not taken for crashes.
+# tests/it/fuzz.rs replays the corpora and the regressions in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-1200}
@@ -46,7 +51,7 @@ run_one() {
     ran=$((SECONDS - start))
     # Minimise what it found into the committed corpus.
     rm -rf "$f/work/$t.merged" && mkdir -p "$f/work/$t.merged"
-    "$bin/$t" -merge=1 -max_len="$max_len" -timeout=20 -rss_limit_mb=2560 "$f/work/$t.merged" \
+    "$bin/$t" -set_cover_merge=1 -max_len="$max_len" -timeout=20 -rss_limit_mb=2560 "$f/work/$t.merged" \
         "$f/corpus/$t" "$f/seeds/$t" "$f/work/$t" >"$f/work/$t.merge.log" 2>&1 &&
         rm -rf "$f/corpus/$t" && mv "$f/work/$t.merged" "$f/corpus/$t"
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$f/work/$t.log")

@@ -76,7 +76,8 @@ impl parquet::file::reader::ChunkReader for ParquetFile {
 /// file is not Parquet (the planner turns that into a reject).
 pub fn row_groups(path: &str) -> std::result::Result<Vec<u64>, String> {
     let file = ParquetFile::open(path).map_err(|e| e.to_string())?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
+    let builder =
+        guarded(|| ParquetRecordBatchReaderBuilder::try_new(file))?.map_err(|e| e.to_string())?;
     builder
         .metadata()
         .row_groups()
@@ -86,6 +87,20 @@ pub fn row_groups(path: &str) -> std::result::Result<Vec<u64>, String> {
                 .map_err(|_| format!("a row group claims {} rows", rg.num_rows()))
         })
         .collect()
+}
+
+/// A call into the Parquet and Arrow readers, which panic on some malformed
+/// files (a footer whose Arrow schema holds a zero-width integer did): the
+/// panic becomes an error, so that one bad file is a reject, not a crash.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        format!("the Parquet reader failed on this file: {why}")
+    })
 }
 
 /// Above this many rows, a failed range is one reject that counts them all.
@@ -243,7 +258,8 @@ impl SourceReader for ParquetReader {
     fn next_batch(&mut self, rejects: &mut RejectSink) -> Result<Option<RecordBatch>> {
         if !self.opened {
             self.opened = true;
-            match self.open() {
+            let opened = guarded(|| self.open()).unwrap_or_else(|m| Err(("invalid_parquet", m)));
+            match opened {
                 Ok(r) => self.reader = Some(r),
                 Err((kind, _)) if kind == super::PERMISSION_DENIED => {
                     return Err(super::denied(&self.split.path));
@@ -260,7 +276,10 @@ impl SourceReader for ParquetReader {
                 let Some(reader) = self.reader.as_mut() else {
                     break;
                 };
-                match reader.next() {
+                let next = guarded(|| reader.next()).unwrap_or_else(|m| {
+                    Some(Err(arrow::error::ArrowError::ExternalError(m.into())))
+                });
+                match next {
                     None => {
                         self.reader = None;
                         break;
