@@ -105,6 +105,9 @@ pub struct ConfigSource {
     what: &'static str,
 }
 
+/// Characters of the offending line an error shows.
+const SHOWN_CHARS: usize = 200;
+
 impl ConfigSource {
     /// A pipeline file whose text is in hand.
     pub fn pipeline(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
@@ -226,7 +229,13 @@ impl ConfigSource {
         }
         out.push_str(&format!(": {message}"));
         if let Some(text) = line.and_then(|l| self.text.lines().nth(l - 1)) {
-            out.push_str(&format!("\n  | {}", text.trim_end()));
+            // The line as written, cut short: a hostile file's line can be
+            // megabytes long.
+            let text = text.trim_end();
+            match text.char_indices().nth(SHOWN_CHARS) {
+                Some((cut, _)) => out.push_str(&format!("\n  | {} ...", &text[..cut])),
+                None => out.push_str(&format!("\n  | {text}")),
+            }
         }
         Error::Config(out)
     }
@@ -346,6 +355,16 @@ mod tests {
             text: text.into(),
             what: "pipeline",
         }
+    }
+
+    /// Found by the `pipeline` fuzz target: a line of 100,000 brackets
+    /// came back whole in the error.
+    #[test]
+    fn a_refusal_shows_its_line_cut_short() {
+        let text = format!("seed = {}", "[".repeat(100_000));
+        let e = source(&text).parse().unwrap_err().to_string();
+        assert!(e.contains("p.toml, line 1") && e.ends_with("[[ ..."), "{}", &e[..300]);
+        assert!(e.len() < 600, "{} bytes", e.len());
     }
 
     const GOOD: &str = r#"

@@ -65,6 +65,19 @@ impl Error {
     }
 }
 
+/// Run `f`, a call into a format library that may panic on a malformed
+/// file (Arrow IPC and Parquet readers do, on some schemas): the panic's
+/// message as an error, so that one bad file is a reject or a clear error,
+/// not a crash.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into())
+    })
+}
+
 impl From<arrow::error::ArrowError> for Error {
     fn from(e: arrow::error::ArrowError) -> Self {
         match e {

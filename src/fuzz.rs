@@ -478,8 +478,21 @@ fn ids(batch: &RecordBatch) -> Vec<String> {
     ids.iter().flatten().map(str::to_string).collect()
 }
 
-/// Run `target` on every file of `dir`, naming the file of a failure.
+/// Run `target` on every file of `dir`, naming the file of a failure. It
+/// runs on a thread with a main thread's stack and more: an unoptimised
+/// build's frames are several times larger than a release build's, and the
+/// pipeline parser recurses as deep as the TOML parser allows.
 pub fn replay(target: Target, dir: &Path) -> usize {
+    let dir = dir.to_path_buf();
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(move || replay_here(target, &dir))
+        .expect("a thread")
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+fn replay_here(target: Target, dir: &Path) -> usize {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();

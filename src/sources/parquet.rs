@@ -93,14 +93,8 @@ pub fn row_groups(path: &str) -> std::result::Result<Vec<u64>, String> {
 /// files (a footer whose Arrow schema holds a zero-width integer did): the
 /// panic becomes an error, so that one bad file is a reject, not a crash.
 fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
-        let why = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        format!("the Parquet reader failed on this file: {why}")
-    })
+    crate::error::catch_panic(f)
+        .map_err(|why| format!("the Parquet reader failed on this file: {why}"))
 }
 
 /// Above this many rows, a failed range is one reject that counts them all.

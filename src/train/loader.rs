@@ -164,11 +164,28 @@ fn index_stream(path: &Path) -> Result<(Vec<Message>, MetadataVersion)> {
     Ok((messages, version))
 }
 
+/// The Arrow IPC reader panics on some malformed messages (a schema with
+/// an integer of no width, a schema without its fields): such a shard is an
+/// error naming it, not a crash.
+fn ipc<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    crate::error::catch_panic(f).unwrap_or_else(|why| {
+        Err(Error::Execution(format!(
+            "{}: not a readable Arrow IPC stream (the reader failed: {why})",
+            path.display()
+        )))
+    })
+}
+
+/// A shard's schema, from its first message.
+fn stream_schema(path: &Path) -> Result<SchemaRef> {
+    let f = File::open(path).at("open", path)?;
+    ipc(path, || Ok(StreamReader::try_new(f, None)?.schema()))
+}
+
 /// One shard file, indexed and read whole as the trainer reads a shard:
 /// the rows its headers claim, and its batch.
 pub fn read_shard_file(path: &Path) -> Result<(u64, RecordBatch)> {
-    let f = File::open(path).at("open", path)?;
-    let schema = StreamReader::try_new(f, None)?.schema();
+    let schema = stream_schema(path)?;
     let (messages, version) = index_stream(path)?;
     let rows = messages.iter().map(|m| m.rows).sum();
     let dataset = Dataset {
@@ -211,8 +228,7 @@ impl Dataset {
         for s in &manifest.shards {
             let path = dir.join(&s.file);
             if schema.is_none() {
-                let f = File::open(&path).at("open", &path)?;
-                schema = Some(StreamReader::try_new(f, None)?.schema());
+                schema = Some(stream_schema(&path)?);
             }
             let (messages, version) = index_stream(&path)?;
             let rows: u64 = messages.iter().map(|m| m.rows).sum();
@@ -303,9 +319,10 @@ impl Dataset {
             f.seek(SeekFrom::Start(m.offset)).at("seek", &shard.path)?;
             f.read_exact(&mut buf).at("read", &shard.path)?;
             let block = Block::new(m.offset as i64, m.meta_len, m.body_len);
-            if let Some(b) = decoder.read_record_batch(&block, &Buffer::from(buf))? {
-                batches.push(b);
-            }
+            let read = ipc(&shard.path, || {
+                Ok(decoder.read_record_batch(&block, &Buffer::from(buf))?)
+            })?;
+            batches.extend(read);
         }
         let schema = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),
