@@ -5,6 +5,10 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]    # default: 1200 s, all
 #
+# JOBS targets at once (default: the cores); RSS_MB: libFuzzer's memory
+# limit (default 2560; the csv and jsonl harnesses grow about 1 to 2 KB an
+# execution, building a pipeline each time, so their long runs need more).
+#
 # Each target starts from its corpus (fuzz/corpus/TARGET, committed) and the
 # seeds scripts/fuzz_seeds.py writes (fuzz/seeds/TARGET); new inputs go to
 # fuzz/work/TARGET, and at the end the corpus is minimised (libFuzzer's
@@ -45,13 +49,13 @@ run_one() {
     mkdir -p "$f/work/$t" "$f/artifacts/$t" "$f/corpus/$t" "$f/seeds/$t"
     outcome=ok
     start=$SECONDS
-    "$bin/$t" -max_total_time="$secs" -max_len="$max_len" -timeout=20 -rss_limit_mb=2560 \
+    "$bin/$t" -max_total_time="$secs" -max_len="$max_len" -timeout=20 -rss_limit_mb="${RSS_MB:-2560}" \
         -print_final_stats=1 -artifact_prefix="$f/artifacts/$t/" \
         "$f/work/$t" "$f/corpus/$t" "$f/seeds/$t" >"$f/work/$t.log" 2>&1 || outcome=FOUND
     ran=$((SECONDS - start))
     # Minimise what it found into the committed corpus.
     rm -rf "$f/work/$t.merged" && mkdir -p "$f/work/$t.merged"
-    "$bin/$t" -set_cover_merge=1 -max_len="$max_len" -timeout=20 -rss_limit_mb=2560 "$f/work/$t.merged" \
+    "$bin/$t" -set_cover_merge=1 -max_len="$max_len" -timeout=20 -rss_limit_mb="${RSS_MB:-2560}" "$f/work/$t.merged" \
         "$f/corpus/$t" "$f/seeds/$t" "$f/work/$t" >"$f/work/$t.merge.log" 2>&1 &&
         rm -rf "$f/corpus/$t" && mv "$f/work/$t.merged" "$f/corpus/$t"
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$f/work/$t.log")
@@ -62,6 +66,6 @@ run_one() {
 }
 export -f run_one
 printf '%s\n' "${targets[@]}" | xargs -P "$jobs" -I{} bash -c "run_one {} $secs $bin" |
-    tee fuzz/work/summary.txt
+    tee -a fuzz/work/summary.txt
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
 ! grep -q FOUND fuzz/work/summary.txt

@@ -363,7 +363,11 @@ mod tests {
     fn a_refusal_shows_its_line_cut_short() {
         let text = format!("seed = {}", "[".repeat(100_000));
         let e = source(&text).parse().unwrap_err().to_string();
-        assert!(e.contains("p.toml, line 1") && e.ends_with("[[ ..."), "{}", &e[..300]);
+        assert!(
+            e.contains("p.toml, line 1") && e.ends_with("[[ ..."),
+            "{}",
+            &e[..300]
+        );
         assert!(e.len() < 600, "{} bytes", e.len());
     }
 

@@ -176,6 +176,44 @@ fn ipc<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
+/// The most bytes one compressed buffer may claim to decompress to.
+const MAX_BUFFER_BYTES: i64 = 4 << 30;
+
+/// Refuse a record batch message (`buf`: its metadata, `meta_len` bytes
+/// with the prefix, then its body) whose compressed buffers claim more than
+/// [`MAX_BUFFER_BYTES`] decompressed, or a negative size other than -1 (not
+/// compressed): the IPC reader allocates what each claims before
+/// decompressing (a claim of petabytes aborts the process; found by the
+/// `loader` fuzz target).
+fn check_claims(buf: &[u8], meta_len: usize) -> std::result::Result<(), String> {
+    let prefix = if buf.starts_with(&CONTINUATION) { 8 } else { 4 };
+    let (Some(meta), Some(body)) = (buf.get(prefix..meta_len), buf.get(meta_len..)) else {
+        return Err("a message shorter than its header".into());
+    };
+    let message = arrow::ipc::root_as_message(meta).map_err(|e| e.to_string())?;
+    let Some(batch) = message.header_as_record_batch() else {
+        return Ok(());
+    };
+    if batch.compression().is_none() {
+        return Ok(());
+    }
+    for b in batch.buffers().into_iter().flatten() {
+        let start = usize::try_from(b.offset()).unwrap_or(usize::MAX);
+        let claim = body
+            .get(start..start.saturating_add(8))
+            .map(|w| i64::from_le_bytes(w.try_into().expect("8 bytes")));
+        if let Some(claim) = claim
+            && b.length() >= 8
+            && !(-1..=MAX_BUFFER_BYTES).contains(&claim)
+        {
+            return Err(format!(
+                "a compressed buffer claims {claim} bytes decompressed, over {MAX_BUFFER_BYTES}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A shard's schema, from its first message.
 fn stream_schema(path: &Path) -> Result<SchemaRef> {
     let f = File::open(path).at("open", path)?;
@@ -318,6 +356,8 @@ impl Dataset {
             let mut buf = vec![0u8; m.meta_len as usize + m.body_len as usize];
             f.seek(SeekFrom::Start(m.offset)).at("seek", &shard.path)?;
             f.read_exact(&mut buf).at("read", &shard.path)?;
+            check_claims(&buf, m.meta_len as usize)
+                .map_err(|why| Error::Execution(format!("{}: {why}", shard.path.display())))?;
             let block = Block::new(m.offset as i64, m.meta_len, m.body_len);
             let read = ipc(&shard.path, || {
                 Ok(decoder.read_record_batch(&block, &Buffer::from(buf))?)
