@@ -499,13 +499,7 @@ fn replay_here(target: Target, dir: &Path) -> usize {
     files.sort();
     for f in &files {
         let data = std::fs::read(f).expect("a corpus file");
-        let outcome = std::panic::catch_unwind(|| target(&data));
-        if let Err(e) = outcome {
-            let why = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
+        if let Err(why) = crate::error::catch_panic(|| target(&data)) {
             panic!("{}: {why}", f.display());
         }
     }
