@@ -113,6 +113,7 @@ fn index_stream(path: &Path) -> Result<(Vec<Message>, MetadataVersion)> {
     let mut messages = Vec::new();
     let mut version = MetadataVersion::V5;
     let mut pos = 0u64;
+    let mut total = 0u64;
     let bad = |why: &str| Error::Execution(format!("{}: {why}", path.display()));
     while pos + 4 <= len {
         let mut word = [0u8; 4];
@@ -140,10 +141,22 @@ fn index_stream(path: &Path) -> Result<(Vec<Message>, MetadataVersion)> {
         match message.header_type() {
             MessageHeader::Schema => version = message.version(),
             MessageHeader::RecordBatch => {
-                let rows = message
+                let length = message
                     .header_as_record_batch()
-                    .map(|b| b.length() as u64)
+                    .map(|b| b.length())
                     .ok_or_else(|| bad("a record batch message without its header"))?;
+                // Arrow's readers hold at most i32::MAX rows a batch; the
+                // total is checked, so sums of rows never overflow.
+                let rows = u64::try_from(length)
+                    .ok()
+                    .filter(|&r| r <= i32::MAX as u64)
+                    .ok_or_else(|| bad(&format!("a record batch claims {length} rows")))?;
+                total = total
+                    .checked_add(rows)
+                    .filter(|&t| t <= i64::MAX as u64)
+                    .ok_or_else(|| {
+                        bad("its record batches claim more rows than a shard can hold")
+                    })?;
                 messages.push(Message {
                     offset: pos,
                     meta_len: (prefix + meta as u64) as i32,
@@ -316,7 +329,10 @@ impl Dataset {
         }
         let schema =
             schema.ok_or_else(|| Error::Config(format!("{} has no shards", dir.display())))?;
-        let rows = shards.iter().map(|s| s.rows).sum();
+        let rows = shards
+            .iter()
+            .try_fold(0u64, |total, s| total.checked_add(s.rows))
+            .ok_or_else(|| Error::Execution(format!("{}: more rows than 2^64", dir.display())))?;
         Ok(Dataset {
             dir: dir.to_path_buf(),
             schema,
@@ -398,7 +414,12 @@ impl Dataset {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
         };
-        Ok(arrow::compute::concat_batches(&schema, &batches)?)
+        // Concatenating builds empty arrays of the schema's types, which
+        // panics on some types a damaged schema declares (a union of no
+        // fields).
+        ipc(&shard.path, || {
+            Ok(arrow::compute::concat_batches(&schema, &batches)?)
+        })
     }
 }
 
