@@ -22,19 +22,26 @@ import random
 import re
 
 
-def examples(wordnet, with_lexfile=False):
-    out = []
+def glosses(wordnet):
+    """Each synset's gloss (definitions and quoted examples) and its
+    lexicographer file number, in file order."""
     for path in sorted(glob.glob(os.path.join(wordnet, "data.*"))):
         with open(path, encoding="latin-1") as f:
             for line in f:
                 if line.startswith("  ") or "|" not in line:
                     continue
-                for m in re.findall(r'"([^"]+)"', line.split("|", 1)[1]):
-                    if len(m.split()) >= 6:
-                        if with_lexfile:
-                            out.append((m.strip(), "lex" + line.split()[1]))
-                        else:
-                            out.append(m.strip())
+                yield line.split("|", 1)[1], line.split()[1]
+
+
+def examples(wordnet, with_lexfile=False):
+    out = []
+    for gloss, lexfile in glosses(wordnet):
+        for m in re.findall(r'"([^"]+)"', gloss):
+            if len(m.split()) >= 6:
+                if with_lexfile:
+                    out.append((m.strip(), "lex" + lexfile))
+                else:
+                    out.append(m.strip())
     return out
 
 

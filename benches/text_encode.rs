@@ -85,11 +85,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let docs = corpus(mb);
     let bytes: usize = docs.iter().map(String::len).sum();
-    let train = TrainConfig {
-        vocab_size: 30000,
-        min_frequency: 2,
-        special_tokens: vec![],
-    };
+    let train = TrainConfig::new(30000, 2, vec![]);
     let tokenizer = Arc::new(tokenize::train(&train, docs.iter()).unwrap());
     let config = TokenizeConfig {
         tokenizer: None,

@@ -515,6 +515,7 @@ fn fit_stages(
             captions_only: fits.iter().all(|(_, f)| f.text_only()),
             ..pipeline.read_options()
         };
+        let started = std::time::Instant::now();
         let fitted = std::thread::scope(|s| -> Result<Vec<Arc<dyn Stage>>> {
             let mut senders = Vec::new();
             let mut handles = Vec::new();
@@ -544,6 +545,12 @@ fn fit_stages(
             scanned?;
             fitted.into_iter().collect()
         })?;
+        if !quiet {
+            eprintln!(
+                "kiln: fitted in {:.2}s (one scan of the input)",
+                started.elapsed().as_secs_f64()
+            );
+        }
         for ((at, _), stage) in fits.iter().zip(fitted) {
             if !quiet && let Some(line) = stage.report() {
                 // What the fit decided, known only now.

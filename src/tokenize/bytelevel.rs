@@ -18,7 +18,7 @@ static SPLIT: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Call `f` with each split of `text` under GPT-2's pre-tokenization regex.
-pub fn split(text: &str, mut f: impl FnMut(&str)) {
+pub fn split<'t>(text: &'t str, mut f: impl FnMut(&'t str)) {
     let mut pos = 0;
     while pos < text.len() {
         // Every character matches some alternative, so the match starts here.
@@ -54,6 +54,11 @@ static BYTE_CHARS: LazyLock<[char; 256]> = LazyLock::new(|| {
     }
     table
 });
+
+/// The character GPT-2's byte-level alphabet writes byte `b` as.
+pub fn byte_char(b: u8) -> char {
+    BYTE_CHARS[b as usize]
+}
 
 /// A split as the model sees it: every byte mapped to its character.
 pub fn map_bytes(split: &str, out: &mut String) {

@@ -92,6 +92,58 @@ def test_python_tokenizers_gives_the_same_ids(built):
     assert term in tok.encode("the gradient descent step", add_special_tokens=False).ids
 
 
+def wordnet_sentences():
+    """The example sentences of WordNet's glosses (real English, about
+    23,000 distinct words), as benches/gen_sentences.py reads them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_sentences", ROOT / "benches" / "gen_sentences.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    return gen.examples("/usr/share/wordnet")
+
+
+@pytest.mark.parametrize("add_prefix_space", [False, True])
+def test_a_trained_tokenizer_is_the_one_python_trains(tmp_path, add_prefix_space):
+    # Real text, and lines whose splits are unusual.
+    texts = wordnet_sentences() + [
+        "  double  spaces\tand tabs\n\nand newlines ",
+        "café naïve 東京タワー 한국어 🔥🔥 e\u0301 ١٢٣ ½",
+        "aaaa aaa aa a abab ababab <|endoftext|> x",
+        "",
+    ]
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    special = ["<|endoftext|>", "<pad>"]
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        f"""
+[[inputs]]
+path = "{data}"
+[[stages]]
+type = "tokenize"
+[stages.train]
+vocab_size = 5000
+min_frequency = 2
+special_tokens = {json.dumps(special)}
+add_prefix_space = {str(add_prefix_space).lower()}
+[output]
+path = "{tmp_path / "out"}"
+"""
+    )
+    r = kiln("run", str(pipeline), "-q", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    from tokenizers import ByteLevelBPETokenizer
+
+    py = ByteLevelBPETokenizer(add_prefix_space=add_prefix_space)
+    py.train_from_iterator(texts, vocab_size=5000, min_frequency=2, special_tokens=special)
+    ours = json.loads((tmp_path / "out" / "tokenizer.json").read_text())
+    theirs = json.loads(py.to_str())
+    assert ours["model"]["vocab"] == theirs["model"]["vocab"]
+    assert ours["model"]["merges"] == theirs["model"]["merges"]
+    assert ours == theirs
+
+
 def test_parquet_shards_read_by_pyarrow_and_duckdb(built):
     pdir = built["parquet"]
     m = manifest(pdir)

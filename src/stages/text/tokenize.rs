@@ -12,12 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aho_corasick::AhoCorasick;
+use rayon::iter::{ParallelBridge, ParallelIterator};
 
 use crate::error::{Error, Result};
 use crate::stages::{
     BatchContext, BuildContext, BuildError, BuildStage, Built, Fit, FitContext, Stage,
 };
 use crate::tokenize::TrainConfig;
+use crate::tokenize::bpe::WordCounter;
 use crate::tokenize::{self, bytelevel};
 use arrow::array::{Array, ArrayRef, AsArray, ListArray, RecordBatch, UInt32Array};
 use arrow::buffer::OffsetBuffer;
@@ -434,6 +436,12 @@ impl BuildStage for TokenizeConfig {
                         "vocab_size must be at least 257 (the byte alphabet)",
                     ));
                 }
+                if train.max_words == 0 {
+                    return Err(BuildError::new(
+                        "train.max_words",
+                        "max_words must be at least 1",
+                    ));
+                }
                 None
             }
         };
@@ -511,19 +519,25 @@ impl Fit for TrainTokenizer {
         cx: &FitContext,
     ) -> Result<Arc<dyn Stage>> {
         let column = self.config.text_column.as_str();
-        let texts = batches.flat_map(|batch| {
-            let texts: Vec<String> = batch
-                .column_by_name(column)
-                .and_then(|c| c.as_string_opt::<i32>())
-                .map(|c| c.iter().flatten().map(str::to_string).collect())
-                .unwrap_or_default();
-            texts
-        });
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cx.threads)
             .build()
             .map_err(|e| Error::Execution(format!("thread pool: {e}")))?;
-        let mut tok = pool.install(|| tokenize::train(&self.train, texts))?;
+        // Words are counted on every thread as the batches arrive; the
+        // merges are learnt from the counts.
+        let counter = WordCounter::new(self.train.add_prefix_space, self.train.max_words);
+        pool.install(|| {
+            batches.par_bridge().try_for_each(|batch| {
+                match batch
+                    .column_by_name(column)
+                    .and_then(|c| c.as_string_opt::<i32>())
+                {
+                    Some(texts) => counter.count(texts.iter().flatten()),
+                    None => Ok(()),
+                }
+            })
+        })?;
+        let mut tok = tokenize::from_counts(&self.train, &counter.into_counts())?;
         if let Some(terms) = &self.terms {
             tokenize::add_domain_vocab(&mut tok, terms)?;
         }
@@ -557,11 +571,7 @@ mod tests {
             "clay pots and arrows",
             "tokens stream through shards",
         ];
-        let train = TrainConfig {
-            vocab_size: 300,
-            min_frequency: 1,
-            special_tokens: vec!["<s>".into()],
-        };
+        let train = TrainConfig::new(300, 1, vec!["<s>".into()]);
         let mut tok = tokenize::train(&train, corpus.iter()).unwrap();
         tokenize::add_domain_vocab(&mut tok, &["kiln-fired".into()]).unwrap();
         let texts = [
