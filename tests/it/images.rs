@@ -41,7 +41,7 @@ fn features(dir: &Path) -> BTreeMap<String, Vec<u32>> {
     out
 }
 
-fn features_pipeline(out: &Path, batch_size: usize, task_bytes: u64) -> String {
+fn features_pipeline(out: &Path, batch_size: usize, task_bytes: u64, batch_rows: usize) -> String {
     format!(
         r#"
 [[inputs]]
@@ -64,25 +64,33 @@ path = "{out}"
 
 [plan]
 task_bytes = {task_bytes}
-batch_rows = 4
+batch_rows = {batch_rows}
 "#,
         folder = fixture("folder"),
         out = out.display()
     )
 }
 
+/// The inference queue gathers jobs from every task into batches of up to
+/// `batch_size` images: an image's features must not depend on the batch it
+/// met (64: all 13 images in one call; 7: jobs of 4 images from three tasks
+/// gathered; 1: an image a call).
 #[test]
 fn features_do_not_depend_on_batch_size_or_threads() {
     let s = Scratch::new();
     let mut runs = Vec::new();
-    for (i, (batch, threads, task_bytes)) in [(32, "1", 1 << 20), (1, "2", 8000), (3, "3", 20000)]
-        .into_iter()
-        .enumerate()
+    for (i, (batch, threads, task_bytes, rows)) in [
+        (64, "1", 1 << 20, 64),
+        (1, "2", 8000, 4),
+        (7, "3", 20000, 4),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let out = s.path(&format!("out{i}"));
         let p = s.write(
             &format!("p{i}.toml"),
-            features_pipeline(&out, batch, task_bytes),
+            features_pipeline(&out, batch, task_bytes, rows),
         );
         let o = s.kiln(&["run", p.to_str().unwrap(), "--threads", threads, "-q"]);
         assert_ok(&o);
@@ -96,7 +104,7 @@ fn features_do_not_depend_on_batch_size_or_threads() {
     );
     assert!(
         runs[2] == runs[0],
-        "batch size 3, 3 threads: other features"
+        "batch size 7, 3 threads: other features"
     );
 }
 
@@ -188,7 +196,7 @@ fn cuda_is_used_only_when_it_loads() {
     // On a host without CUDA, `auto` runs on CPU and says so.
     let s = Scratch::new();
     let out = s.path("out");
-    let p = s.write("p.toml", features_pipeline(&out, 8, 1 << 20));
+    let p = s.write("p.toml", features_pipeline(&out, 8, 1 << 20, 4));
     let o = s.kiln(&["run", p.to_str().unwrap()]);
     assert_ok(&o);
     let e = stderr(&o);

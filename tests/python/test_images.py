@@ -130,6 +130,55 @@ path = "{{out}}"
     assert np.allclose(got, ref, rtol=0, atol=1e-5), f"max |kiln - onnxruntime| = {diff}"
 
 
+def test_int8_features_agree_with_fp32_on_held_out_photos(tmp_path):
+    """precision = "int8" against kiln's own fp32 features, on 112 crops of
+    eight photographs the int8 model was not calibrated on."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_models", ROOT / "scripts" / "make_models.py")
+    mm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mm)
+    imgs = tmp_path / "held_out"
+    imgs.mkdir()
+    for i, crop in enumerate(mm.photo_crops(mm.HELD_OUT_PHOTOS, 112, seed=1)):
+        Image.fromarray(crop).save(imgs / f"{i:03}.png")
+    pipeline = f"""
+[[inputs]]
+path = "{imgs}"
+format = "images"
+labels = "none"
+[[stages]]
+type = "decode_image"
+[[stages]]
+type = "resize_image"
+size = 256
+crop = 224
+filter = "bicubic"
+[[stages]]
+type = "image_features"
+logits_output = "logits"
+precision = "{{precision}}"
+[output]
+path = "{{{{out}}}}"
+"""
+    got = {}
+    for precision in ("fp32", "int8"):
+        t = table(build(tmp_path, precision, pipeline.format(precision=precision)))
+        order = np.argsort(t.column("path").to_pylist())
+        got[precision] = (
+            np.array(t.column("image_features").to_pylist(), dtype=np.float64)[order],
+            np.array(t.column("logits").to_pylist(), dtype=np.float64)[order],
+        )
+    (f32, l32), (f8, l8) = got["fp32"], got["int8"]
+    assert f32.shape == f8.shape == (112, 1280)
+    cos = (f32 * f8).sum(1) / np.linalg.norm(f32, axis=1) / np.linalg.norm(f8, axis=1)
+    agree = float((l32.argmax(1) == l8.argmax(1)).mean())
+    print(f"int8 vs fp32 on 112 held-out crops: cosine mean {cos.mean():.4f} min {cos.min():.4f}, "
+          f"top-1 agreement {agree:.1%}")
+    assert cos.mean() >= 0.99 and agree >= 0.95, (cos.mean(), cos.min(), agree)
+    assert not np.array_equal(f32, f8), "the int8 model ran"
+
+
 def test_image_dataset_loads_in_datasets(tmp_path):
     out = build(
         tmp_path,

@@ -19,6 +19,7 @@ pub mod encode;
 pub mod features;
 pub mod mix;
 pub mod resize;
+pub mod serve;
 pub mod tensor;
 
 use arrow::array::{AsArray, BinaryArray, RecordBatch, UInt32Array};
