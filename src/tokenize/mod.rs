@@ -31,8 +31,8 @@ pub struct TrainConfig {
     /// False, as in Python's `ByteLevelBPETokenizer()`.
     #[serde(default)]
     pub add_prefix_space: bool,
-    /// The most distinct words the trainer counts (its memory: about 60
-    /// bytes a word); a corpus with more is refused.
+    /// The most distinct words the trainer counts (its memory: about 200
+    /// bytes a word at the peak); a corpus with more is refused.
     #[serde(default = "default_max_words")]
     pub max_words: usize,
 }
@@ -106,11 +106,11 @@ where
     })
     .par_bridge()
     .try_for_each(|chunk| counter.count(chunk.iter().map(AsRef::as_ref)))?;
-    from_counts(config, &counter.into_counts())
+    from_counts(config, counter.into_counts())
 }
 
 /// The tokenizer learnt from word counts (see [`bpe::WordCounter`]).
-pub fn from_counts(config: &TrainConfig, counts: &[(Box<[u8]>, u64)]) -> Result<Tokenizer> {
+pub fn from_counts(config: &TrainConfig, counts: Vec<(Box<[u8]>, u64)>) -> Result<Tokenizer> {
     let learnt = bpe::learn(
         counts,
         config.vocab_size,

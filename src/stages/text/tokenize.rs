@@ -537,7 +537,7 @@ impl Fit for TrainTokenizer {
                 }
             })
         })?;
-        let mut tok = tokenize::from_counts(&self.train, &counter.into_counts())?;
+        let mut tok = tokenize::from_counts(&self.train, counter.into_counts())?;
         if let Some(terms) = &self.terms {
             tokenize::add_domain_vocab(&mut tok, terms)?;
         }
