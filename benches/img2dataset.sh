@@ -19,7 +19,7 @@ DATA=bench-data
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), load $(cut -d' ' -f1-3 /proc/loadavg)"
 for size in "500 375 ${1:-1000}" "1600 1200 ${2:-300}"; do
     set -- $size
-    w=$1 h=$2 n=$3 dir="$DATA/photos-${1}x${2}"
+    w=$1 h=$2 n=$3 dir="$DATA/photos-${1}x${2}-$3"
     [ -d "$dir" ] || $PY benches/gen_images.py --n "$n" --width "$w" --height "$h" --out "$dir" >/dev/null
     cat > "$DATA/reencode.toml" <<TOML
 [[inputs]]
