@@ -12,12 +12,12 @@
 //! loads and CPU otherwise; `device = "cuda"` fails with the reason when it
 //! does not. Which provider ran is reported in the run summary.
 //!
-//! A session runs one call at a time, so the stage keeps a pool of
-//! single-threaded sessions: the chunks of `batch_size` images of a batch
-//! run in parallel on the thread pool, each taking a session and putting it
-//! back, so a lone task still uses every core. Sessions are created
-//! with deterministic compute; an image's features do not depend on the
-//! batch it is run in nor on the thread count (tested).
+//! The model runs behind an inference queue on threads of its own
+//! ([`super::serve`]): on the CPU one single-threaded session a thread, so a
+//! lone task still uses every core; on CUDA one session fed batches gathered
+//! from every task. Sessions are created with deterministic compute; an
+//! image's features do not depend on the batch it is run in nor on the
+//! thread count (tested).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use arrow::array::{ArrayRef, FixedSizeListArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use ort::session::Session;
-use ort::value::{Tensor, ValueType};
+use ort::value::{TensorRef, ValueType};
 
 use super::serve::{Job, Queue};
 use super::{Pixels, f32_list, fixed_list_field, require_fixed_size, schema_with};
@@ -246,7 +246,7 @@ impl ImageFeatures {
         // One run on a blank image gives the output sizes.
         let blank = vec![0u8; (size.0 * size.1 * 3) as usize];
         let (features, logits) = stage
-            .infer_data(&mut session, stage.normalize(&[&blank]), 1)
+            .infer_data(&mut session, &stage.normalize(&[&blank]), 1)
             .map_err(|m| key("model", format!("the model does not run: {m}")))?;
         stage.features_dim = features.len();
         stage.logits_dim = logits.map_or(0, |l| l.len());
@@ -330,11 +330,11 @@ impl ImageFeatures {
         data
     }
 
-    /// Run the model on `n` normalised images; their features and logits,
-    /// concatenated.
-    pub(super) fn infer_data(&self, session: &mut Session, data: Vec<f32>, n: usize) -> Inferred {
+    /// Run the model on `n` normalised images (read in place, not copied);
+    /// their features and logits, concatenated.
+    pub(super) fn infer_data(&self, session: &mut Session, data: &[f32], n: usize) -> Inferred {
         let (w, h) = (self.size.0 as usize, self.size.1 as usize);
-        let tensor = Tensor::from_array((vec![n as i64, 3, h as i64, w as i64], data))
+        let tensor = TensorRef::from_array_view((vec![n as i64, 3, h as i64, w as i64], data))
             .map_err(|e| e.to_string())?;
         let outputs = session
             .run(ort::inputs![self.input_name.as_str() => tensor])

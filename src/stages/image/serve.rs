@@ -6,7 +6,7 @@
 //! server: a full queue makes the task wait, so memory stays bounded). A
 //! server takes a job and, while the batch it builds holds fewer than
 //! `batch_size` images, the jobs waiting behind it, from any task; it runs
-//! them in one call and sends each job its images' results. On CUDA one
+//! them in one call and sends each job its results. On CUDA one
 //! server feeds the GPU large batches (`batch_size` 64 by default) gathered
 //! from every task; on the CPU there is one server a thread, each with its
 //! own single-threaded session, and `batch_size` 1.
@@ -28,7 +28,9 @@ use super::features::{ImageFeatures, Inferred};
 const QUEUED_PER_SERVER: usize = 4;
 
 /// Some images' pixels, normalised (`n` x 3 x H x W), and where their
-/// results go: one result an image, or why no session could be opened.
+/// results go: one for all the images, or one an image when their call
+/// failed (so only the image at fault is rejected); or why no session could
+/// be opened.
 pub struct Job {
     pub data: Vec<f32>,
     pub n: usize,
@@ -150,9 +152,13 @@ fn run_jobs(
     jobs: &[Job],
 ) -> Vec<Vec<Inferred>> {
     let n: usize = jobs.iter().map(|j| j.n).sum();
+    let joined: Vec<f32>;
     let data = match jobs {
-        [one] => one.data.clone(),
-        _ => jobs.iter().flat_map(|j| j.data.iter().copied()).collect(),
+        [one] => &one.data,
+        _ => {
+            joined = jobs.iter().flat_map(|j| j.data.iter().copied()).collect();
+            &joined
+        }
     };
     let (fd, ld) = (model.features_dim, model.logits_dim);
     if let Ok((features, logits)) = model.infer_data(session, data, n) {
@@ -160,15 +166,12 @@ fn run_jobs(
         return jobs
             .iter()
             .map(|j| {
-                let r = (at..at + j.n)
-                    .map(|i| {
-                        let f = features[i * fd..(i + 1) * fd].to_vec();
-                        let l = logits.as_ref().map(|l| l[i * ld..(i + 1) * ld].to_vec());
-                        Ok((f, l))
-                    })
-                    .collect();
+                let f = features[at * fd..(at + j.n) * fd].to_vec();
+                let l = logits
+                    .as_ref()
+                    .map(|l| l[at * ld..(at + j.n) * ld].to_vec());
                 at += j.n;
-                r
+                vec![Ok((f, l))]
             })
             .collect();
     }
@@ -178,7 +181,7 @@ fn run_jobs(
             let one = j.data.len() / j.n.max(1);
             j.data
                 .chunks_exact(one)
-                .map(|d| model.infer_data(session, d.to_vec(), 1))
+                .map(|d| model.infer_data(session, d, 1))
                 .collect()
         })
         .collect()
