@@ -227,47 +227,20 @@ fn check_claims(buf: &[u8], meta_len: usize) -> std::result::Result<(), String> 
     Ok(())
 }
 
-/// A shard's schema, from its first message.
+/// A shard's schema, from its first message. The reader allocates what
+/// that message claims: call it after [`index_stream`], which checks every
+/// message's claimed lengths against the file (found by the `loader` fuzz
+/// target).
 fn stream_schema(path: &Path) -> Result<SchemaRef> {
-    let mut f = File::open(path).at("open", path)?;
-    // The reader allocates what the first message claims: check the claims
-    // against the file first (found by the `loader` fuzz target).
-    let len = f.metadata().at("stat", path)?.len();
-    let bad = |why: &str| Error::Execution(format!("{}: {why}", path.display()));
-    let mut word = [0u8; 4];
-    f.read_exact(&mut word)
-        .map_err(|_| bad("not an Arrow IPC stream (too short)"))?;
-    let mut prefix = 4u64;
-    if word == CONTINUATION {
-        f.read_exact(&mut word)
-            .map_err(|_| bad("not an Arrow IPC stream (too short)"))?;
-        prefix = 8;
-    }
-    let meta = i32::from_le_bytes(word);
-    if meta <= 0 || prefix + meta as u64 > len {
-        return Err(bad(
-            "not an Arrow IPC stream (its schema runs past the end)",
-        ));
-    }
-    let mut buf = vec![0u8; meta as usize];
-    f.read_exact(&mut buf).at("read", path)?;
-    let message = arrow::ipc::root_as_message(&buf)
-        .map_err(|e| bad(&format!("not an Arrow IPC stream: {e}")))?;
-    let body = message.bodyLength();
-    if body < 0 || prefix + meta as u64 + body as u64 > len {
-        return Err(bad(
-            "not an Arrow IPC stream (its schema runs past the end)",
-        ));
-    }
-    f.seek(SeekFrom::Start(0)).at("seek", path)?;
+    let f = File::open(path).at("open", path)?;
     ipc(path, || Ok(StreamReader::try_new(f, None)?.schema()))
 }
 
 /// One shard file, indexed and read whole as the trainer reads a shard:
 /// the rows its headers claim, and its batch.
 pub fn read_shard_file(path: &Path) -> Result<(u64, RecordBatch)> {
-    let schema = stream_schema(path)?;
     let (messages, version) = index_stream(path)?;
+    let schema = stream_schema(path)?;
     let rows = messages.iter().map(|m| m.rows).sum();
     let dataset = Dataset {
         dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
@@ -308,10 +281,10 @@ impl Dataset {
         let mut schema: Option<SchemaRef> = None;
         for s in &manifest.shards {
             let path = dir.join(&s.file);
+            let (messages, version) = index_stream(&path)?;
             if schema.is_none() {
                 schema = Some(stream_schema(&path)?);
             }
-            let (messages, version) = index_stream(&path)?;
             let rows: u64 = messages.iter().map(|m| m.rows).sum();
             if rows != s.rows {
                 return Err(Error::Config(format!(
