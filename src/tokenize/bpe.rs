@@ -76,7 +76,7 @@ impl WordCounter {
         let mut firsts: Counts = Counts::default();
         let mut prefixed = String::new();
         for text in texts {
-            if self.add_prefix_space && !text.is_empty() && !text.starts_with(' ') {
+            if bytelevel::prefixes(text, self.add_prefix_space) {
                 prefixed.clear();
                 prefixed.push(' ');
                 prefixed.push_str(text);

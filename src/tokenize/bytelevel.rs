@@ -55,6 +55,13 @@ static BYTE_CHARS: LazyLock<[char; 256]> = LazyLock::new(|| {
     table
 });
 
+/// Whether `ByteLevel(add_prefix_space)` puts a space before `text`: when
+/// it does not start with one, and is not empty (`tokenizers` has no split
+/// to prefix in an empty text).
+pub fn prefixes(text: &str, add_prefix_space: bool) -> bool {
+    add_prefix_space && !text.is_empty() && !text.starts_with(' ')
+}
+
 /// The character GPT-2's byte-level alphabet writes byte `b` as.
 pub fn byte_char(b: u8) -> char {
     BYTE_CHARS[b as usize]

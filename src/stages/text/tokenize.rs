@@ -217,12 +217,8 @@ impl Tokenize {
         cache: &mut WordCache,
         out: &mut Vec<u32>,
     ) -> tokenizers::Result<()> {
-        if text.is_empty() {
-            // `tokenizers` has no split to prefix in an empty text.
-            return Ok(());
-        }
         let prefixed;
-        let text = if add_prefix_space && !text.starts_with(' ') {
+        let text = if bytelevel::prefixes(text, add_prefix_space) {
             prefixed = format!(" {text}");
             &prefixed
         } else {
@@ -582,6 +578,12 @@ mod tests {
             "",
             "The Kiln FIRES clay",
         ];
+        // Trained without a prefix space (Python's default); the same
+        // tokenizer with one exercises the prefixed split.
+        let mut prefixed = tok.clone();
+        prefixed.with_pre_tokenizer(Some(
+            tokenizers::pre_tokenizers::byte_level::ByteLevel::default().add_prefix_space(true),
+        ));
         let mut lowercased = tok.clone();
         lowercased
             .with_normalizer(Some(tokenizers::normalizers::Lowercase))
@@ -595,6 +597,7 @@ mod tests {
             .unwrap();
         for (tok, mode) in [
             (tok, "bytelevel"),
+            (prefixed, "bytelevel"),
             (lowercased, "words"),
             (truncated, "encode"),
         ] {
