@@ -14,6 +14,7 @@ as Python gets: `cv2.imread`, `cv2.resize(INTER_AREA)`, `cv2.imencode`.
 Prints one line: `images N seconds S`.
 """
 
+import hashlib
 import io
 import os
 import sys
@@ -71,7 +72,9 @@ def load_cv2(path):
 def write(paths, encoded):
     import pyarrow as pa
 
-    out = Path(model) / f"{abs(hash(paths[0])):x}.arrow"
+    # Named by the chunk's first path: unique, and the same in every worker
+    # process (str hashes are salted per process).
+    out = Path(model) / (hashlib.sha1(paths[0].encode()).hexdigest()[:16] + ".arrow")
     table = pa.table({"path": paths, "image": pa.array(encoded, pa.binary())})
     with pa.OSFile(str(out), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
         w.write_table(table)
