@@ -405,42 +405,47 @@ fn run_tasks(env: &TaskEnv, todo: &[&Task], threads: usize, quiet: bool) -> Resu
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        let reporter = s.spawn(|| env.progress.report(quiet));
-        let workers: Vec<_> = (0..threads.min(todo.len()).max(1))
-            .map(|_| {
-                s.spawn(|| {
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(task) = todo.get(i) else { break };
-                        match task::run_task(env, task) {
-                            Ok(None) => {}
-                            Ok(Some(TaskMarker { task, counts, .. })) => {
-                                tracing::debug!(
-                                    task,
-                                    rows = counts.rows,
-                                    rejected = counts.rejected,
-                                    "task done"
-                                )
-                            }
-                            Err(e) => {
-                                failed.store(true, Ordering::Relaxed);
-                                first_error.lock().expect("not poisoned").get_or_insert(e);
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            if w.join().is_err() {
-                failed.store(true, Ordering::Relaxed);
-                first_error
-                    .lock()
-                    .expect("not poisoned")
-                    .get_or_insert(Error::Execution("a worker thread panicked".into()));
+    let work = || {
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(task) = todo.get(i) else { break };
+            match task::run_task(env, task) {
+                Ok(None) => {}
+                Ok(Some(TaskMarker { task, counts, .. })) => {
+                    tracing::debug!(
+                        task,
+                        rows = counts.rows,
+                        rejected = counts.rejected,
+                        "task done"
+                    )
+                }
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    first_error.lock().expect("not poisoned").get_or_insert(e);
+                }
             }
         }
+    };
+    std::thread::scope(|s| {
+        let reporter = s.spawn(|| env.progress.report(quiet));
+        // The workers run on rayon's pool, the one the stages' per-row work
+        // runs on: a worker waiting for its batch's rows works on them (and
+        // on the other workers' rows) instead of sleeping beside the pool,
+        // so reading and writing one task overlaps the rows of another and
+        // no core idles while work is queued.
+        rayon::scope(|rs| {
+            for _ in 0..threads.min(todo.len()).max(1) {
+                rs.spawn(|_| {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(Error::Execution("a worker thread panicked".into()));
+                    }
+                });
+            }
+        });
         env.progress.finish();
         let _ = reporter.join();
     });

@@ -2,7 +2,8 @@
 //! terminal, a plain line every few seconds otherwise.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
@@ -12,7 +13,10 @@ pub struct Progress {
     pub tasks: AtomicUsize,
     pub total_bytes: u64,
     pub total_tasks: usize,
-    done: AtomicBool,
+    /// Set by [`Progress::finish`], which wakes the reporter at once: a
+    /// run does not wait out the reporter's interval before it ends.
+    done: Mutex<bool>,
+    wake: Condvar,
 }
 
 impl Progress {
@@ -25,7 +29,18 @@ impl Progress {
     }
 
     pub fn finish(&self) {
-        self.done.store(true, Ordering::Relaxed);
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_all();
+    }
+
+    /// Wait up to `d` for [`Progress::finish`]; whether it has been called.
+    fn finished_within(&self, d: Duration) -> bool {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, _) = self
+            .wake
+            .wait_timeout_while(done, d, |done| !*done)
+            .unwrap_or_else(|e| e.into_inner());
+        *done
     }
 
     /// Report until [`Progress::finish`]; run it on its own thread.
@@ -46,8 +61,7 @@ impl Progress {
             bar
         });
         let mut last_line = Instant::now();
-        while !self.done.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(200));
+        while !self.finished_within(Duration::from_millis(200)) {
             let secs = start.elapsed().as_secs_f64().max(1e-3);
             let samples = self.samples.load(Ordering::Relaxed);
             let bytes = self.bytes.load(Ordering::Relaxed);
