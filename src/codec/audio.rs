@@ -205,7 +205,7 @@ pub(crate) fn decode_symphonia<B: AsRef<[u8]> + Send + Sync + 'static>(
 }
 
 /// Decoded channels as [`Audio`], averaged into one when `mono`.
-fn assemble(planes: Vec<Vec<f32>>, rate: u32, mono: bool) -> Audio {
+fn assemble(mut planes: Vec<Vec<f32>>, rate: u32, mono: bool) -> Audio {
     if mono && planes.len() > 1 {
         let n = planes.len() as f32;
         let mut rest = planes.into_iter();
@@ -220,16 +220,21 @@ fn assemble(planes: Vec<Vec<f32>>, rate: u32, mono: bool) -> Audio {
             rate,
         };
     }
+    let channels = planes.len();
+    let samples = match channels {
+        1 => planes.pop().expect("one plane"),
+        _ => planes.concat(),
+    };
     Audio {
-        channels: planes.len(),
-        samples: planes.concat(),
+        channels,
+        samples,
         rate,
     }
 }
 
 /// Interleaved samples of `W` bytes each, converted, into one vector a
 /// channel (or their average, summed in channel order as [`assemble`]
-/// does, when `mono`).
+/// does, when `mono`), in one pass over the bytes.
 fn split<const W: usize>(
     data: &[u8],
     channels: usize,
@@ -237,24 +242,45 @@ fn split<const W: usize>(
     convert: impl Fn([u8; W]) -> f32,
 ) -> Vec<Vec<f32>> {
     let frames = data.len() / (W * channels);
-    let samples: Vec<f32> = data[..frames * W * channels]
-        .chunks_exact(W)
-        .map(|s| convert(s.try_into().expect("W bytes")))
-        .collect();
-    if channels == 1 {
-        return vec![samples];
+    let data = &data[..frames * W * channels];
+    let at = |f: &[u8], c: usize| convert(f[c * W..(c + 1) * W].try_into().expect("W bytes"));
+    // Each output written in place by a loop over fixed-size frames, which
+    // the compiler vectorises (collecting from a map does not here).
+    let fill = |each: &dyn Fn(&[u8]) -> f32| {
+        let mut out = vec![0f32; frames];
+        for (o, f) in out.iter_mut().zip(data.chunks_exact(W * channels)) {
+            *o = each(f);
+        }
+        out
+    };
+    match (channels, mono) {
+        (1, _) => vec![fill_frames::<W, 1>(data, |f| convert(f[0]))],
+        // The common stereo case on its own, so the loop is unrolled.
+        (2, true) => vec![fill_frames::<W, 2>(data, |f| {
+            (convert(f[0]) + convert(f[1])) / 2.0
+        })],
+        (_, true) => {
+            let n = channels as f32;
+            vec![fill(&|f| {
+                (1..channels).fold(at(f, 0), |m, c| m + at(f, c)) / n
+            })]
+        }
+        (_, false) => (0..channels).map(|c| fill(&|f| at(f, c))).collect(),
     }
-    if mono {
-        let n = channels as f32;
-        let mixed = samples
-            .chunks_exact(channels)
-            .map(|f| f[1..].iter().fold(f[0], |m, s| m + s) / n)
-            .collect();
-        return vec![mixed];
+}
+
+/// `data` as frames of `C` samples of `W` bytes, each frame made one value.
+fn fill_frames<const W: usize, const C: usize>(
+    data: &[u8],
+    each: impl Fn([[u8; W]; C]) -> f32,
+) -> Vec<f32> {
+    let (frames, _) = data.as_chunks::<W>();
+    let (frames, _) = frames.as_chunks::<C>();
+    let mut out = vec![0f32; frames.len()];
+    for (o, f) in out.iter_mut().zip(frames) {
+        *o = each(*f);
     }
-    (0..channels)
-        .map(|c| samples.iter().skip(c).step_by(channels).copied().collect())
-        .collect()
+    out
 }
 
 /// A complete PCM (8, 16, 24, 32-bit) or float WAV within `max_seconds`,

@@ -73,6 +73,13 @@ pub fn resample(audio: Audio, rate: u32) -> Result<Audio, Rejection> {
     })?;
     let n = out.frames();
     let data = out.take_data();
+    if channels == 1 {
+        return Ok(Audio {
+            samples: data,
+            channels,
+            rate,
+        });
+    }
     // Interleaved to planes.
     let mut samples = vec![0f32; n * channels];
     for (i, frame) in data.chunks_exact(channels).enumerate() {

@@ -15,7 +15,7 @@ use crate::codec::audio::{Audio, RATES, decode};
 use crate::codec::resample::resample;
 use crate::error::{Error, Result};
 use crate::rejects::Rejection;
-use crate::stages::columns::{batch_with, keep_ok, sample_seeds, schema_with};
+use crate::stages::columns::{batch_with, keep_ok, peak_bits, sample_seeds, schema_with};
 use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +123,9 @@ pub fn prepare(
 /// spreads it, a dB scale floors it, 16-bit PCM makes it 0), so the dataset
 /// would silently hold invented values.
 fn finite(audio: &Audio) -> std::result::Result<(), Rejection> {
+    if peak_bits(&audio.samples) < f32::INFINITY.to_bits() {
+        return Ok(());
+    }
     let Some(first) = audio.samples.iter().position(|v| !v.is_finite()) else {
         return Ok(());
     };
@@ -146,8 +149,9 @@ fn finite(audio: &Audio) -> std::result::Result<(), Rejection> {
 pub const MAX_SAMPLE: f32 = 1e6;
 
 /// A clip with a sample beyond ±[`MAX_SAMPLE`] is a reject (`out_of_range`).
+/// Called on finite samples.
 fn in_range(audio: &Audio) -> std::result::Result<(), Rejection> {
-    let peak = audio.samples.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let peak = f32::from_bits(peak_bits(&audio.samples));
     match peak <= MAX_SAMPLE {
         true => Ok(()),
         false => Err((
@@ -175,6 +179,9 @@ pub fn fit(audio: Audio, seconds: f64, trim: TrimMode, seed: u64) -> Audio {
     let want = (seconds * audio.rate as f64).round() as usize;
     let frames = audio.frames();
     let channels = audio.channels.max(1);
+    if frames == want {
+        return audio;
+    }
     let start = match trim {
         _ if frames <= want => 0,
         TrimMode::Start => 0,

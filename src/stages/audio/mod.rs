@@ -22,11 +22,12 @@ pub mod decode;
 pub mod encode;
 pub mod mel;
 pub mod specaugment;
+mod spectrum;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float32Array, ListArray, RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, AsArray, Float32Array, ListArray, RecordBatch, UInt32Array};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema, UInt32Type};
 
@@ -133,12 +134,17 @@ impl<'a> Waves<'a> {
 
 /// A `list<float32>` column from each row's values.
 pub fn f32_lists<'a>(rows: impl IntoIterator<Item = &'a [f32]>) -> ArrayRef {
-    let mut values = Vec::new();
-    let mut lengths = Vec::new();
-    for r in rows {
+    let rows: Vec<&[f32]> = rows.into_iter().collect();
+    let mut values = Vec::with_capacity(rows.iter().map(|r| r.len()).sum());
+    for r in &rows {
         values.extend_from_slice(r);
-        lengths.push(r.len());
     }
+    f32_list_column(values, rows.iter().map(|r| r.len()))
+}
+
+/// A `list<float32>` column of `values` (taken, not copied) cut into lists
+/// of `lengths`.
+fn f32_list_column(values: Vec<f32>, lengths: impl IntoIterator<Item = usize>) -> ArrayRef {
     let DataType::List(item) = f32_list_type() else {
         unreachable!("a list type")
     };
@@ -155,35 +161,71 @@ pub fn mel_type() -> DataType {
     DataType::List(Arc::new(Field::new("item", f32_list_type(), true)))
 }
 
-/// The `mel` column: each row's mel-major values cut into `n_mels` lists
-/// of `frames` values.
-pub fn mel_lists<'a>(rows: impl IntoIterator<Item = (&'a [f32], usize)>) -> ArrayRef {
-    let rows: Vec<(&[f32], usize)> = rows.into_iter().collect();
-    let bands = f32_lists(
-        rows.iter()
-            .flat_map(|(mel, frames)| mel.chunks((*frames).max(1))),
+/// The `mel` column from the rows' values one after the other (taken, not
+/// copied), each row mel-major: `n_mels` lists of its `frames` values. A
+/// row of no frames has no bands.
+pub fn mel_column(values: Vec<f32>, n_mels: usize, frames: &[usize]) -> ArrayRef {
+    let bands = |f: usize| if f == 0 { 0 } else { n_mels };
+    let lists = f32_list_column(
+        values,
+        frames
+            .iter()
+            .flat_map(|&f| std::iter::repeat_n(f, bands(f))),
     );
     Arc::new(ListArray::new(
         Arc::new(Field::new("item", f32_list_type(), true)),
-        OffsetBuffer::from_lengths(
-            rows.iter()
-                .map(|(mel, frames)| mel.len().checked_div(*frames).unwrap_or(0)),
-        ),
-        bands,
+        OffsetBuffer::from_lengths(frames.iter().map(|&f| bands(f))),
+        lists,
         None,
     ))
 }
 
-/// A row of `mel`: its values, mel-major, and its frame count.
-pub fn mel_row(mel: &ListArray, frames: &UInt32Array, row: usize) -> (Vec<f32>, usize) {
-    let rows = mel.value(row);
-    let rows = rows.as_list::<i32>();
-    let values = rows
-        .values()
-        .as_primitive::<arrow::datatypes::Float32Type>();
-    let (a, b) = (
-        rows.value_offsets()[0] as usize,
-        rows.value_offsets()[rows.len()] as usize,
-    );
-    (values.values()[a..b].to_vec(), frames.value(row) as usize)
+/// The `mel` column of a batch: its values (all rows, mel-major, one
+/// after the other), each row's value range and frame count.
+pub struct Mels<'a> {
+    values: &'a [f32],
+    /// Offsets into `values` of each row.
+    starts: Vec<usize>,
+    frames: &'a UInt32Array,
+}
+
+impl<'a> Mels<'a> {
+    pub fn of(mel: &'a ListArray, frames: &'a UInt32Array) -> Self {
+        let bands = mel.values().as_list::<i32>();
+        let values = bands
+            .values()
+            .as_primitive::<arrow::datatypes::Float32Type>()
+            .values();
+        let band_offsets = bands.value_offsets();
+        let starts = mel
+            .value_offsets()
+            .iter()
+            .map(|&b| band_offsets[b as usize] as usize)
+            .collect();
+        Mels {
+            values,
+            starts,
+            frames,
+        }
+    }
+
+    /// A row's values (mel-major) and its frame count.
+    pub fn get(&self, row: usize) -> (&'a [f32], usize) {
+        (
+            &self.values[self.starts[row]..self.starts[row + 1]],
+            self.frames.value(row) as usize,
+        )
+    }
+}
+
+/// `values` cut into consecutive mutable slices of `lengths`.
+pub fn split_mut<'a>(mut values: &'a mut [f32], lengths: &[usize]) -> Vec<&'a mut [f32]> {
+    lengths
+        .iter()
+        .map(|&n| {
+            let (head, tail) = std::mem::take(&mut values).split_at_mut(n);
+            values = tail;
+            head
+        })
+        .collect()
 }

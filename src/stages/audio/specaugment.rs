@@ -129,33 +129,45 @@ pub struct Applied {
 
 /// Warp `mel` in time: input frame `a` goes to `a2`, the ends stay.
 pub fn time_warp(mel: &[f32], n_mels: usize, frames: usize, a: usize, a2: usize) -> Vec<f32> {
-    let last = (frames - 1) as f64;
     let mut out = vec![0f32; mel.len()];
-    for t in 0..frames {
-        let t = t as f64;
-        let src = if t <= a2 as f64 {
-            if a2 == 0 {
-                0.0
-            } else {
-                t * a as f64 / a2 as f64
-            }
-        } else {
-            a as f64 + (t - a2 as f64) * (last - a as f64) / (last - a2 as f64)
-        };
-        let i0 = src.floor() as usize;
-        let i1 = (i0 + 1).min(frames - 1);
-        let frac = (src - i0 as f64) as f32;
-        for m in 0..n_mels {
-            let row = &mel[m * frames..(m + 1) * frames];
-            out[m * frames + t as usize] = row[i0] + (row[i1] - row[i0]) * frac;
-        }
-    }
+    time_warp_into(mel, &mut out, n_mels, frames, a, a2);
     out
 }
 
-/// Apply SpecAugment to `mel` in place.
+/// [`time_warp`] into `out`, as long as `mel`.
+fn time_warp_into(mel: &[f32], out: &mut [f32], n_mels: usize, frames: usize, a: usize, a2: usize) {
+    let last = (frames - 1) as f64;
+    // Where each output frame reads: the frames on either side and the
+    // share of the later one.
+    let taps: Vec<(usize, usize, f32)> = (0..frames)
+        .map(|t| {
+            let t = t as f64;
+            let src = if t <= a2 as f64 {
+                if a2 == 0 {
+                    0.0
+                } else {
+                    t * a as f64 / a2 as f64
+                }
+            } else {
+                a as f64 + (t - a2 as f64) * (last - a as f64) / (last - a2 as f64)
+            };
+            let i0 = src.floor() as usize;
+            (i0, (i0 + 1).min(frames - 1), (src - i0 as f64) as f32)
+        })
+        .collect();
+    for m in 0..n_mels {
+        let row = &mel[m * frames..(m + 1) * frames];
+        let dst = &mut out[m * frames..(m + 1) * frames];
+        for (d, &(i0, i1, frac)) in dst.iter_mut().zip(&taps) {
+            *d = row[i0] + (row[i1] - row[i0]) * frac;
+        }
+    }
+}
+
+/// SpecAugment of `src` written to `mel` (as long as `src`).
 pub fn apply(
-    mel: &mut Vec<f32>,
+    src: &[f32],
+    mel: &mut [f32],
     n_mels: usize,
     frames: usize,
     p: &SpecAugmentParams,
@@ -167,8 +179,10 @@ pub fn apply(
         let a = rng.random_range(w + 1..frames - w);
         let shift = rng.random_range(-(w as i64)..=w as i64);
         let a2 = (a as i64 + shift) as usize;
-        *mel = time_warp(mel, n_mels, frames, a, a2);
+        time_warp_into(src, mel, n_mels, frames, a, a2);
         done.warp = Some((a as u32, shift as i32));
+    } else {
+        mel.copy_from_slice(src);
     }
     let value = match p.mask_value {
         MaskValue::Zero => 0.0,
@@ -315,6 +329,7 @@ impl Stage for SpecAugment {
         let ids = col("sample_id")?.as_string::<i32>().clone();
         let mel = col("mel")?.as_list::<i32>().clone();
         let frames = col("mel_frames")?.as_primitive::<UInt32Type>().clone();
+        let mels = super::Mels::of(&mel, &frames);
         let per = self.copies as usize + 1;
         let rows = batch.num_rows();
         let copy_ids: Vec<String> = (0..rows)
@@ -327,21 +342,30 @@ impl Stage for SpecAugment {
             })
             .collect();
         let seeds: Vec<u64> = copy_ids.iter().map(|id| cx.sample_seed(id)).collect();
-        // Per output row: the spectrogram, its frames and what was drawn.
-        let out: Vec<(Vec<f32>, usize, Option<Applied>)> = (0..rows * per)
+        // Every output row straight into its place in the new column's
+        // values: the original, then its copies. Per row: what was drawn.
+        let lengths: Vec<usize> = (0..rows * per).map(|i| mels.get(i / per).0.len()).collect();
+        let mut values = vec![0f32; lengths.iter().sum()];
+        let out: Vec<(usize, Option<Applied>)> = super::split_mut(&mut values, &lengths)
             .into_par_iter()
-            .map(|i| {
+            .enumerate()
+            .map(|(i, dst)| {
                 let (row, k) = (i / per, i % per);
-                let (mut values, t) = super::mel_row(&mel, &frames, row);
+                let (src, t) = mels.get(row);
                 if k == 0 {
-                    return (values, t, None);
+                    dst.copy_from_slice(src);
+                    return (t, None);
                 }
-                let n_mels = values.len().checked_div(t).unwrap_or(0);
+                let n_mels = src.len().checked_div(t).unwrap_or(0);
                 let mut rng = ChaCha8Rng::seed_from_u64(seeds[i]);
-                let done = apply(&mut values, n_mels, t, &self.params, &mut rng);
-                (values, t, Some(done))
+                let done = apply(src, dst, n_mels, t, &self.params, &mut rng);
+                (t, Some(done))
             })
             .collect();
+        let n_mels = (0..rows)
+            .map(|r| mels.get(r))
+            .find(|(v, t)| *t > 0 && !v.is_empty())
+            .map_or(0, |(v, t)| v.len() / t);
         let schema = self.output_schema(&batch.schema())?;
         let take = UInt32Array::from_iter_values((0..rows * per).map(|i| (i / per) as u32));
         let mut rest = batch.clone();
@@ -354,13 +378,14 @@ impl Stage for SpecAugment {
         let empty: &[(u32, u32)] = &[];
         let freq: Vec<&[(u32, u32)]> = out
             .iter()
-            .map(|(_, _, a)| a.as_ref().map_or(empty, |a| a.freq.as_slice()))
+            .map(|(_, a)| a.as_ref().map_or(empty, |a| a.freq.as_slice()))
             .collect();
         let time: Vec<&[(u32, u32)]> = out
             .iter()
-            .map(|(_, _, a)| a.as_ref().map_or(empty, |a| a.time.as_slice()))
+            .map(|(_, a)| a.as_ref().map_or(empty, |a| a.time.as_slice()))
             .collect();
-        let applied = || out.iter().map(|(_, _, a)| a.as_ref());
+        let applied = || out.iter().map(|(_, a)| a.as_ref());
+        let frames: Vec<usize> = out.iter().map(|(t, _)| *t).collect();
         let added: Vec<(&str, ArrayRef)> = vec![
             ("sample_id", Arc::new(StringArray::from(copy_ids))),
             (
@@ -369,10 +394,7 @@ impl Stage for SpecAugment {
                     (0..rows * per).map(|i| (i % per) as u32),
                 )),
             ),
-            (
-                "mel",
-                super::mel_lists(out.iter().map(|(m, t, _)| (m.as_slice(), *t))),
-            ),
+            ("mel", super::mel_column(values, n_mels, &frames)),
             (
                 "warp_anchor",
                 Arc::new(UInt32Array::from_iter(
@@ -428,6 +450,7 @@ mod tests {
                 let p = policy.params();
                 let mut mel = ramp(n_mels, frames);
                 let done = apply(
+                    &ramp(n_mels, frames),
                     &mut mel,
                     n_mels,
                     frames,
@@ -485,6 +508,7 @@ mod tests {
         let run = |seed| {
             let mut mel = ramp(n_mels, frames);
             let done = apply(
+                &ramp(n_mels, frames),
                 &mut mel,
                 n_mels,
                 frames,
