@@ -250,11 +250,13 @@ fn describe_media_row(batch: &RecordBatch, row: usize, id: &str) -> String {
         let stored = batch
             .column_by_name("audio")
             .and_then(|c| c.as_struct_opt().cloned())
-            .map(|a| {
-                format!(
+            .map(|a| match a.is_null(row) {
+                // A SpecAugment copy: the WAV is on its original row.
+                true => ", its WAV on its original row".to_string(),
+                false => format!(
                     ", {} bytes of WAV",
                     a.column(0).as_binary::<i32>().value(row).len()
-                )
+                ),
             })
             .unwrap_or_default();
         parts.push(format!(

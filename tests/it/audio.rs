@@ -256,11 +256,16 @@ fn specaugment_copies_stay_in_bounds_and_are_byte_identical_at_any_thread_count(
                 .unwrap()
                 .as_primitive::<Float32Type>();
             let ids = b.column_by_name("sample_id").unwrap().as_string::<i32>();
+            let audio = b.column_by_name("audio").unwrap().as_struct();
+            let wav = audio.column(0).as_binary::<i32>();
             for r in 0..b.num_rows() {
                 let (n_mels, frames, mel) = mel_of(&b, r);
                 assert_eq!((n_mels, frames), (80, 101), "1 s at 16 kHz, hop 160");
                 let k = augment.value(r);
+                // The WAV once, on the original row: a copy's is null.
+                assert_eq!(audio.is_null(r), k > 0, "row {r}");
                 if k == 0 {
+                    assert_eq!(&wav.value(r)[..4], b"RIFF");
                     assert!(anchor.is_null(r) && value.is_null(r));
                     assert!(pairs(&b, "freq_masks", r).is_empty());
                     original = mel;

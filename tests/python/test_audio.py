@@ -149,6 +149,15 @@ def test_specaugment_copies_equal_a_numpy_reference_of_their_recorded_draws(tmp_
     assert r.returncode == 0, r.stderr
     rows = table(out).to_pylist()
     originals = {r["sample_id"]: np.array(r["mel"], dtype=np.float32) for r in rows if r["augment"] == 0}
+    # The waveform once, on the original (1 s at 16 kHz); datasets gives
+    # None for a copy.
+    ds = load_from_disk(str(out)).cast_column("audio", Audio(decode=False))
+    for row in ds:
+        if row["augment"] == 0:
+            y, sr = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
+            assert (sr, len(y)) == (16000, 16000)
+        else:
+            assert row["audio"] is None, row["sample_id"]
     copies = [r for r in rows if r["augment"] > 0]
     assert len(copies) == 2 * len(originals) == 18
     warped = 0

@@ -17,13 +17,16 @@ use arrow::array::{
     StringArray, UInt32Array,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, SchemaRef, UInt32Type};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{CHANNELS, WAVE};
+
+/// The waveform `encode_audio` stores.
+const AUDIO: &str = "audio";
 use crate::error::{Error, Result};
 use crate::stages::columns::{batch_with, fixed_list_type, schema_with};
 use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
@@ -214,7 +217,9 @@ pub fn apply(
 /// augmented copies (`augment = K`, sample id `ID#specaugK`), each drawn
 /// from a generator seeded by (run seed, `ID#specaugK`, stage), with what
 /// was drawn in `warp_anchor`, `warp_shift`, `freq_masks`, `time_masks` and
-/// `mask_value`. The waveform is not copied: `encode_audio` goes before.
+/// `mask_value`. The working waveform is dropped (`encode_audio` goes
+/// before), and a stored one (`audio`) stays on the original row only: a
+/// copy's is null.
 pub struct SpecAugment {
     params: SpecAugmentParams,
     copies: u32,
@@ -306,8 +311,19 @@ impl Stage for SpecAugment {
                 "spec_augment works on `mel`: put a `mel_spectrogram` stage before it".into(),
             ));
         }
+        // A copy's waveform is its original's: `audio` (from an
+        // `encode_audio` before) is null in the copies, in its place.
+        let fields: Vec<Field> = input
+            .fields()
+            .iter()
+            .map(|f| match f.name() == AUDIO && self.copies > 0 {
+                true => f.as_ref().clone().with_nullable(true),
+                false => f.as_ref().clone(),
+            })
+            .collect();
+        let input = Schema::new_with_metadata(fields, input.metadata().clone());
         Ok(schema_with(
-            input,
+            &input,
             &[WAVE, CHANNELS],
             &[
                 Field::new("augment", DataType::UInt32, false),
@@ -375,6 +391,16 @@ impl Stage for SpecAugment {
             }
         }
         let taken = arrow::compute::take_record_batch(&rest, &take)?;
+        // The waveform on the original row only: a null index takes a null.
+        let audio = match batch.column_by_name(AUDIO) {
+            Some(a) => {
+                let originals = UInt32Array::from_iter(
+                    (0..rows * per).map(|i| (i % per == 0).then_some((i / per) as u32)),
+                );
+                Some(arrow::compute::take(a, &originals, None)?)
+            }
+            None => None,
+        };
         let empty: &[(u32, u32)] = &[];
         let freq: Vec<&[(u32, u32)]> = out
             .iter()
@@ -386,7 +412,7 @@ impl Stage for SpecAugment {
             .collect();
         let applied = || out.iter().map(|(_, a)| a.as_ref());
         let frames: Vec<usize> = out.iter().map(|(t, _)| *t).collect();
-        let added: Vec<(&str, ArrayRef)> = vec![
+        let mut added: Vec<(&str, ArrayRef)> = vec![
             ("sample_id", Arc::new(StringArray::from(copy_ids))),
             (
                 "augment",
@@ -416,6 +442,7 @@ impl Stage for SpecAugment {
                 )),
             ),
         ];
+        added.extend(audio.map(|a| (AUDIO, a)));
         batch_with(&taken, &schema, added)
     }
 }
