@@ -54,6 +54,7 @@ pub mod pipeline;
 pub mod rejects;
 pub mod report;
 pub mod schema;
+pub mod simd;
 pub mod sinks;
 pub mod sources;
 pub mod stages;

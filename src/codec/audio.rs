@@ -277,9 +277,14 @@ fn fill_frames<const W: usize, const C: usize>(
     let (frames, _) = data.as_chunks::<W>();
     let (frames, _) = frames.as_chunks::<C>();
     let mut out = vec![0f32; frames.len()];
-    for (o, f) in out.iter_mut().zip(frames) {
-        *o = each(*f);
-    }
+    crate::simd::with_avx2(
+        #[inline(always)]
+        || {
+            for (o, f) in out.iter_mut().zip(frames) {
+                *o = each(*f);
+            }
+        },
+    );
     out
 }
 

@@ -8,6 +8,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
 use crate::rejects::Rejection;
+use crate::simd::peak_bits;
 use crate::stages::BatchContext;
 
 /// The schema with `drop` removed and `add` appended (replacing columns of
@@ -141,19 +142,6 @@ pub fn reject_non_finite(batch: RecordBatch, cx: &mut BatchContext) -> Result<Re
         })
         .collect();
     Ok(keep_ok(batch, results, cx)?.0)
-}
-
-/// The largest magnitude among `values` as its bit pattern (sign cleared):
-/// at or above `f32::INFINITY.to_bits()` when one is NaN or infinite.
-/// Magnitudes of floats order as their bit patterns do, so this is an
-/// integer maximum, which the compiler vectorises (`is_finite` in `all`
-/// stops at each value and is not).
-pub fn peak_bits(values: &[f32]) -> u32 {
-    values
-        .chunks(256)
-        .map(|c| c.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff)))
-        .max()
-        .unwrap_or(0)
 }
 
 /// For each row, how many non-finite floats it holds; empty when the array

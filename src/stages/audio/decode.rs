@@ -15,7 +15,8 @@ use crate::codec::audio::{Audio, RATES, decode};
 use crate::codec::resample::resample;
 use crate::error::{Error, Result};
 use crate::rejects::Rejection;
-use crate::stages::columns::{batch_with, keep_ok, peak_bits, sample_seeds, schema_with};
+use crate::simd::peak_bits;
+use crate::stages::columns::{batch_with, keep_ok, sample_seeds, schema_with};
 use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
 use serde::{Deserialize, Serialize};
 
@@ -98,13 +99,15 @@ pub fn prepare(
     std::panic::catch_unwind(move || {
         let mut audio = decode(InPlace(bytes), max_seconds, cfg.mono)?;
         let zeroed = match cfg.non_finite {
-            NonFinite::Reject => {
-                finite(&audio)?;
-                0
-            }
+            NonFinite::Reject => 0,
             NonFinite::Zero => zero_non_finite(&mut audio),
         };
-        in_range(&audio)?;
+        // One pass finds both a NaN or infinity and the peak.
+        let peak = peak_bits(&audio.samples);
+        if peak >= f32::INFINITY.to_bits() {
+            return Err(non_finite(&audio));
+        }
+        in_range(f32::from_bits(peak))?;
         let audio = match cfg.sample_rate {
             Some(rate) => resample(audio, rate)?,
             None => audio,
@@ -122,16 +125,15 @@ pub fn prepare(
 /// stages after decoding would turn it into finite numbers (a resampler
 /// spreads it, a dB scale floors it, 16-bit PCM makes it 0), so the dataset
 /// would silently hold invented values.
-fn finite(audio: &Audio) -> std::result::Result<(), Rejection> {
-    if peak_bits(&audio.samples) < f32::INFINITY.to_bits() {
-        return Ok(());
-    }
-    let Some(first) = audio.samples.iter().position(|v| !v.is_finite()) else {
-        return Ok(());
-    };
+fn non_finite(audio: &Audio) -> Rejection {
+    let first = audio
+        .samples
+        .iter()
+        .position(|v| !v.is_finite())
+        .unwrap_or(0);
     let bad = audio.samples.iter().filter(|v| !v.is_finite()).count();
     let frames = audio.frames().max(1);
-    Err((
+    (
         "non_finite",
         format!(
             "{bad} of its {} samples are NaN or infinite (the first at {:.4} s of channel {})",
@@ -139,7 +141,7 @@ fn finite(audio: &Audio) -> std::result::Result<(), Rejection> {
             (first % frames) as f64 / audio.rate.max(1) as f64,
             first / frames
         ),
-    ))
+    )
 }
 
 /// The largest sample magnitude kept. Float audio lies within ±1 (a file
@@ -149,9 +151,7 @@ fn finite(audio: &Audio) -> std::result::Result<(), Rejection> {
 pub const MAX_SAMPLE: f32 = 1e6;
 
 /// A clip with a sample beyond ±[`MAX_SAMPLE`] is a reject (`out_of_range`).
-/// Called on finite samples.
-fn in_range(audio: &Audio) -> std::result::Result<(), Rejection> {
-    let peak = f32::from_bits(peak_bits(&audio.samples));
+fn in_range(peak: f32) -> std::result::Result<(), Rejection> {
     match peak <= MAX_SAMPLE {
         true => Ok(()),
         false => Err((

@@ -233,6 +233,17 @@ impl MelPlan {
             Some(LogScale::Log { eps }) => eps,
             _ => 0.0,
         };
+        crate::simd::with_avx2(
+            #[inline(always)]
+            || self.finish(wave, frames, add, out),
+        );
+        frames
+    }
+
+    /// [`MelPlan::compute_into`]'s work: the energies and their scale.
+    #[inline(always)]
+    fn finish(&self, wave: &[f32], frames: usize, add: f64, out: &mut [f32]) {
+        let p = &self.params;
         match &self.kernel {
             Precision::Single(k) => k.energies(p, wave, frames, add, out),
             Precision::Double(k) => k.energies(p, wave, frames, add, out),
@@ -256,7 +267,6 @@ impl MelPlan {
             }
             None => {}
         }
-        frames
     }
 
     /// The mel spectrogram of `wave` (mel-major) and its frame count.

@@ -138,6 +138,7 @@ pub fn time_warp(mel: &[f32], n_mels: usize, frames: usize, a: usize, a2: usize)
 }
 
 /// [`time_warp`] into `out`, as long as `mel`.
+#[inline(always)]
 fn time_warp_into(mel: &[f32], out: &mut [f32], n_mels: usize, frames: usize, a: usize, a2: usize) {
     let last = (frames - 1) as f64;
     // Where each output frame reads: the frames on either side and the
@@ -168,6 +169,7 @@ fn time_warp_into(mel: &[f32], out: &mut [f32], n_mels: usize, frames: usize, a:
 }
 
 /// SpecAugment of `src` written to `mel` (as long as `src`).
+#[inline(always)]
 pub fn apply(
     src: &[f32],
     mel: &mut [f32],
@@ -374,7 +376,10 @@ impl Stage for SpecAugment {
                 }
                 let n_mels = src.len().checked_div(t).unwrap_or(0);
                 let mut rng = ChaCha8Rng::seed_from_u64(seeds[i]);
-                let done = apply(src, dst, n_mels, t, &self.params, &mut rng);
+                let done = crate::simd::with_avx2(
+                    #[inline(always)]
+                    || apply(src, dst, n_mels, t, &self.params, &mut rng),
+                );
                 (t, Some(done))
             })
             .collect();

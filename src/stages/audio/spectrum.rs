@@ -143,6 +143,7 @@ impl<T: Real> Kernel<T> {
 
     /// The mel energies of the frames of `wave`, plus `add`, into `out`
     /// (mel-major, `frames` a band), as f32.
+    #[inline(always)]
     pub(super) fn energies(
         &self,
         p: &MelParams,
@@ -219,6 +220,7 @@ impl<T: Real> Kernel<T> {
 /// [1/sqrt 2, sqrt 2), `ln m = 2 atanh(s)`, `s = (m - 1) / (m + 1)`, by its
 /// series to s^9 (|s| < 0.172, so the next term is under 4e-10). NaN and
 /// infinities are returned as they are.
+#[inline(always)]
 pub(super) fn decibels(x: f32) -> f32 {
     const DB_PER_LN: f32 = 10.0 / std::f32::consts::LN_10;
     let bits = x.to_bits();
