@@ -35,7 +35,7 @@ const MAX_LINES: usize = 700;
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
         "error" | "rejects" | "schema" | "limits" | "dataset" | "codec" | "onnx" | "mixing"
-        | "tokenize" | "augment" | "storage" | "chart" => 0,
+        | "tokenize" | "augment" | "storage" | "chart" | "simd" => 0,
         "sources" | "stages" | "sinks" => 1,
         "config" => 2,
         "pipeline" => 3,
