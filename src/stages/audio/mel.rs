@@ -268,18 +268,14 @@ impl MelPlan {
             None => {}
         }
     }
-
-    /// The mel spectrogram of `wave` (mel-major) and its frame count.
-    pub fn compute(&self, wave: &[f32]) -> (Vec<f32>, usize) {
-        let mut out = vec![0f32; self.len(wave.len())];
-        let frames = self.compute_into(wave, &mut out);
-        (out, frames)
-    }
 }
 
 /// The mel spectrogram of `wave` and its frame count.
 pub fn mel_spectrogram(wave: &[f32], p: &MelParams) -> (Vec<f32>, usize) {
-    MelPlan::new(p).compute(wave)
+    let plan = MelPlan::new(p);
+    let mut out = vec![0f32; plan.len(wave.len())];
+    let frames = plan.compute_into(wave, &mut out);
+    (out, frames)
 }
 
 /// `mel_spectrogram`: `mel` and `mel_frames` from the mono waveform.

@@ -130,14 +130,8 @@ pub struct Applied {
     pub mask_value: f32,
 }
 
-/// Warp `mel` in time: input frame `a` goes to `a2`, the ends stay.
-pub fn time_warp(mel: &[f32], n_mels: usize, frames: usize, a: usize, a2: usize) -> Vec<f32> {
-    let mut out = vec![0f32; mel.len()];
-    time_warp_into(mel, &mut out, n_mels, frames, a, a2);
-    out
-}
-
-/// [`time_warp`] into `out`, as long as `mel`.
+/// Warp `mel` in time into `out` (as long as `mel`): input frame `a` goes
+/// to `a2`, the ends stay.
 #[inline(always)]
 fn time_warp_into(mel: &[f32], out: &mut [f32], n_mels: usize, frames: usize, a: usize, a2: usize) {
     let last = (frames - 1) as f64;
@@ -390,7 +384,8 @@ impl Stage for SpecAugment {
         let schema = self.output_schema(&batch.schema())?;
         let take = UInt32Array::from_iter_values((0..rows * per).map(|i| (i / per) as u32));
         let mut rest = batch.clone();
-        for name in [WAVE, CHANNELS, "mel"] {
+        // The columns made anew below are not taken.
+        for name in [WAVE, CHANNELS, "mel", AUDIO] {
             if let Ok(i) = rest.schema().index_of(name) {
                 rest.remove_column(i);
             }
@@ -518,7 +513,8 @@ mod tests {
     fn warp_moves_the_anchor_and_keeps_the_ends() {
         let (n_mels, frames) = (3, 50);
         let mel = ramp(n_mels, frames);
-        let out = time_warp(&mel, n_mels, frames, 20, 27);
+        let mut out = vec![0f32; mel.len()];
+        time_warp_into(&mel, &mut out, n_mels, frames, 20, 27);
         for m in 0..n_mels {
             let (src, dst) = (
                 &mel[m * frames..(m + 1) * frames],
