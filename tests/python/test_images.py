@@ -67,17 +67,11 @@ def onnx_run(model, input_name, output_name, x):
     return sess.run([output_name], {input_name: x})[0]
 
 
-def test_efficientnet_puts_cat_and_espresso_on_top(tmp_path):
-    from skimage import data
-
-    imgs = tmp_path / "imgs"
-    imgs.mkdir()
-    Image.fromarray(data.chelsea()).save(imgs / "chelsea.png")
-    Image.fromarray(data.coffee()).save(imgs / "coffee.png")
-    out = build(
-        tmp_path,
-        "features",
-        f"""
+def features_pipeline(imgs, features, after=""):
+    """The unlabelled images of `imgs` decoded, shorter side to 256, centre
+    crop 224 (bicubic), `image_features` with the keys `features`, then the
+    stages `after`; `{out}` for the output folder, as `build` takes it."""
+    return f"""
 seed = 1
 
 [[inputs]]
@@ -96,16 +90,25 @@ filter = "bicubic"
 
 [[stages]]
 type = "image_features"
-top_k = 5
+{features}
+{after}
+[output]
+path = "{{out}}"
+"""
 
+
+def test_efficientnet_puts_cat_and_espresso_on_top(tmp_path):
+    from skimage import data
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(data.chelsea()).save(imgs / "chelsea.png")
+    Image.fromarray(data.coffee()).save(imgs / "coffee.png")
+    out = build(tmp_path, "features", features_pipeline(imgs, "top_k = 5", after="""
 [[stages]]
 type = "encode_image"
 format = "png"
-
-[output]
-path = "{{out}}"
-""",
-    )
+"""))
     t = table(out)
     assert t.num_rows == 2
     rows = {Path(p).name: i for i, p in enumerate(t.column("path").to_pylist())}
@@ -142,28 +145,10 @@ def test_int8_features_agree_with_fp32_on_held_out_photos(tmp_path):
     imgs.mkdir()
     for i, crop in enumerate(mm.photo_crops(mm.HELD_OUT_PHOTOS, 112, seed=1)):
         Image.fromarray(crop).save(imgs / f"{i:03}.png")
-    pipeline = f"""
-[[inputs]]
-path = "{imgs}"
-format = "images"
-labels = "none"
-[[stages]]
-type = "decode_image"
-[[stages]]
-type = "resize_image"
-size = 256
-crop = 224
-filter = "bicubic"
-[[stages]]
-type = "image_features"
-logits_output = "logits"
-precision = "{{precision}}"
-[output]
-path = "{{{{out}}}}"
-"""
     got = {}
     for precision in ("fp32", "int8"):
-        t = table(build(tmp_path, precision, pipeline.format(precision=precision)))
+        keys = f'logits_output = "logits"\nprecision = "{precision}"'
+        t = table(build(tmp_path, precision, features_pipeline(imgs, keys)))
         order = np.argsort(t.column("path").to_pylist())
         got[precision] = (
             np.array(t.column("image_features").to_pylist(), dtype=np.float64)[order],
