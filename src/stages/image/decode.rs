@@ -106,18 +106,30 @@ pub fn resize_crop(
     // filter still reads the pixels around it, so the result is that of
     // resizing the whole image and cropping.
     let (sx, sy) = (w as f64 / nw as f64, h as f64 / nh as f64);
+    let (x, y) = (left as f64 * sx, top as f64 * sy);
     let options = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(filter))
         .crop(
-            left as f64 * sx,
-            top as f64 * sy,
-            out_w as f64 * sx,
-            out_h as f64 * sy,
+            x,
+            y,
+            within(x, out_w as f64 * sx, w),
+            within(y, out_h as f64 * sy, h),
         );
     resizer
         .resize(&src, &mut dst, &options)
         .map_err(|e| ("resize_failed", e.to_string()))?;
     Ok((dst.into_vec(), out_w, out_h))
+}
+
+/// `len` from `start`, held within `limit`: rounding can put the far edge
+/// of a crop box that reaches the image's edge a hair past it (224 * (225 /
+/// 224) > 225), which the resizer refuses.
+fn within(start: f64, len: f64, limit: u32) -> f64 {
+    let mut len = len;
+    while start + len > limit as f64 {
+        len = len.next_down();
+    }
+    len
 }
 
 // The filters of fast_image_resize (Pillow's), except that a weight inside
@@ -341,6 +353,33 @@ mod tests {
                 }
             }
             assert!(worst <= 1, "{filter:?}: off by {worst}");
+        }
+    }
+
+    /// A crop box that reaches the edge of the image stays inside it,
+    /// whatever the rounding: every shorter side from `size` up resizes,
+    /// cropped or not (224 * (225 / 224) is more than 225 in floating point).
+    #[test]
+    fn every_shorter_side_resizes_without_its_box_leaving_the_image() {
+        for (size, crop) in [(224, None), (224, Some(224)), (37, None), (37, Some(30))] {
+            for short in size..size + 100 {
+                for (w, h) in [(short, short), (short, short * 3 / 2)] {
+                    let rgb = vec![7u8; (w * h * 3) as usize];
+                    let mut rng = ChaCha8Rng::seed_from_u64(0);
+                    let (out, ow, oh) = resize_crop(
+                        &mut Resizer::new(),
+                        &rgb,
+                        w,
+                        h,
+                        &cfg(size, crop),
+                        64_000_000,
+                        &mut rng,
+                    )
+                    .unwrap_or_else(|e| panic!("{w} x {h} to {size} {crop:?}: {e:?}"));
+                    assert_eq!(out.len(), (ow * oh * 3) as usize);
+                    assert_eq!(out[out.len() / 2], 7, "{w} x {h}");
+                }
+            }
         }
     }
 
