@@ -12,8 +12,9 @@
 #   models/tiny_test.onnx, by scripts/make_models.py.
 # - WordNet 3.0's database (Debian's wordnet-base, /usr/share/wordnet),
 #   Apertium with its English-Spanish pair (apertium, apertium-eng-spa) and a
-#   single-node Slurm (slurmctld, slurmd, slurm-client) and Chromium (the
-#   report tests' headless browser), through apt when they are missing;
+#   single-node Slurm (slurmctld, slurmd, slurm-client), Chromium (the
+#   report tests' headless browser), and cmake and nasm (the build of
+#   libjpeg-turbo, kiln's JPEG encoder), through apt when they are missing;
 # - Azurite (the Azure Blob Storage emulator, npm, pinned in
 #   .tools/package-lock.json) into .tools/node_modules.
 # Idempotent; safe to run again.
@@ -34,6 +35,9 @@ command -v apertium-wblank-mode >/dev/null 2>&1 || missing+=(apertium)
 command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
 command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
+# cmake and nasm build libjpeg-turbo (the JPEG encoder) with its SIMD code.
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v nasm >/dev/null 2>&1 || missing+=(nasm)
 # A headless browser for the report tests (tests/it/report.rs).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -231,6 +231,52 @@ path = "{{out}}"
     assert red <= 3 and blue <= 3, f"top half off red by {red}, bottom half off blue by {blue}"
 
 
+def test_jpeg_bytes_are_the_ones_pillow_writes_for_the_same_pixels(tmp_path):
+    """`encode_image` JPEG is libjpeg-turbo at 4:2:0, as Pillow (and OpenCV)
+    write it: for the pixels kiln stores losslessly as PNG, Pillow's
+    `save(format="JPEG", quality=q)` gives kiln's JPEG, byte for byte. The
+    folder's images resized to odd sizes (partial MCUs at both edges)."""
+
+    def run(name, encode):
+        out = build(
+            tmp_path,
+            name,
+            f"""
+[[inputs]]
+path = "{IMAGES / 'folder'}"
+format = "images"
+
+[[stages]]
+type = "decode_image"
+
+[[stages]]
+type = "resize_image"
+size = 37
+
+[[stages]]
+type = "encode_image"
+{encode}
+
+[output]
+path = "{{out}}"
+""",
+        )
+        t = table(out)
+        return dict(zip(t.column("path").to_pylist(), (c["bytes"] for c in t.column("image").to_pylist())))
+
+    lossless = run("png", 'format = "png"')
+    assert len(lossless) == 13
+    for quality in (90, 37):
+        jpegs = run(f"jpeg{quality}", f'format = "jpeg"\nquality = {quality}')
+        assert jpegs.keys() == lossless.keys()
+        for path, png in lossless.items():
+            img = Image.open(io.BytesIO(png))
+            assert min(img.size) == 37, img.size
+            want = io.BytesIO()
+            img.save(want, format="JPEG", quality=quality)
+            assert jpegs[path] == want.getvalue(), f"{path} at quality {quality}"
+
+
 MIX = f"""
 seed = 3
 

@@ -2,8 +2,10 @@
 //!
 //! `encode_image` writes PNG (lossless, the default) or JPEG bytes into the
 //! `image` column as `struct<bytes, path>`, which HuggingFace `datasets`
-//! reads as its `Image` feature. JPEG is written by `jpeg-encoder` (AVX2
-//! where the CPU has it) with 4:2:0 chroma, as Pillow and OpenCV write it. `to_tensor` writes `pixel_values`, a
+//! reads as its `Image` feature. JPEG is written by libjpeg-turbo (its SIMD
+//! code) with 4:2:0 chroma and baseline Huffman tables: the bytes Pillow's
+//! `save(quality=q)` and OpenCV's `imencode` write for the same pixels.
+//! `to_tensor` writes `pixel_values`, a
 //! `[3][height][width]` nest of fixed-size float32 lists (one contiguous
 //! CHW block a row), normalised as `(pixel - mean) / std`.
 
@@ -68,28 +70,77 @@ pub fn encode(
     codec: ImageCodec,
     quality: u8,
 ) -> std::result::Result<Vec<u8>, String> {
-    let mut out = Vec::new();
+    if rgb.len() as u64 != w as u64 * h as u64 * 3 {
+        return Err(format!("{} bytes are not {w} x {h} RGB pixels", rgb.len()));
+    }
     match codec {
         ImageCodec::Png => {
+            let mut out = Vec::new();
             PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
                 .write_image(rgb, w, h, image::ExtendedColorType::Rgb8)
-        }
-        ImageCodec::Jpeg => {
-            let (Ok(w), Ok(h)) = (u16::try_from(w), u16::try_from(h)) else {
-                return Err(format!("{w} x {h} is larger than JPEG allows (65535)"));
-            };
-            // Chroma at half resolution both ways (4:2:0), as Pillow and
-            // OpenCV write JPEGs by default.
-            let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
-            encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
-            encoder
-                .encode(rgb, w, h, jpeg_encoder::ColorType::Rgb)
                 .map_err(|e| e.to_string())?;
-            return Ok(out);
+            Ok(out)
         }
+        ImageCodec::Jpeg => JPEG.with_borrow_mut(|jpeg| jpeg.encode(rgb, w, h, quality)),
     }
-    .map_err(|e| e.to_string())?;
-    Ok(out)
+}
+
+thread_local! {
+    /// Each thread's JPEG encoder, kept with its output buffer.
+    static JPEG: std::cell::RefCell<Jpeg> = const { std::cell::RefCell::new(Jpeg { compressor: None, buf: Vec::new() }) };
+}
+
+/// libjpeg-turbo's compressor and a buffer of its worst-case output size,
+/// reused from image to image.
+struct Jpeg {
+    compressor: Option<turbojpeg::Compressor>,
+    buf: Vec<u8>,
+}
+
+/// A buffer kept between images stays under this (a bigger image gets one
+/// of its own).
+const KEPT_BUFFER: usize = 16 << 20;
+
+impl Jpeg {
+    fn encode(&mut self, rgb: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>, String> {
+        if w > 65535 || h > 65535 {
+            return Err(format!("{w} x {h} is larger than JPEG allows (65535)"));
+        }
+        let tj = |e: turbojpeg::Error| format!("libjpeg-turbo: {e}");
+        let compressor = match &mut self.compressor {
+            Some(c) => c,
+            None => {
+                let mut c = turbojpeg::Compressor::new().map_err(tj)?;
+                // Chroma at half resolution both ways (4:2:0), as Pillow and
+                // OpenCV write JPEGs by default.
+                c.set_subsamp(turbojpeg::Subsamp::Sub2x2).map_err(tj)?;
+                self.compressor.insert(c)
+            }
+        };
+        compressor.set_quality(quality as i32).map_err(tj)?;
+        let (w, h) = (w as usize, h as usize);
+        let need = compressor.buf_len(w, h).map_err(tj)?;
+        let image = turbojpeg::Image {
+            pixels: rgb,
+            width: w,
+            pitch: w * 3,
+            height: h,
+            format: turbojpeg::PixelFormat::RGB,
+        };
+        if need > KEPT_BUFFER {
+            let mut own = vec![0; need];
+            let n = compressor.compress_to_slice(image, &mut own).map_err(tj)?;
+            own.truncate(n);
+            return Ok(own);
+        }
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        let n = compressor
+            .compress_to_slice(image, &mut self.buf)
+            .map_err(tj)?;
+        Ok(self.buf[..n].to_vec())
+    }
 }
 
 impl Stage for EncodeImage {
