@@ -8,7 +8,8 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
+use image::metadata::Orientation;
+use image::{ColorType, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
 
 use crate::rejects::Rejection;
 
@@ -17,6 +18,41 @@ pub type Decoded = std::result::Result<(Vec<u8>, u32, u32), Rejection>;
 
 /// Decode encoded image bytes to RGB8, orientation applied.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Decoded {
+    let (decoder, orientation) = open(bytes, max_pixels)?;
+    decode_all(decoder, orientation)
+}
+
+/// [`decode`] into `buf`, which a caller keeps from image to image: the
+/// pixels are `buf[..width * height * 3]`. An RGB image with no rotation (a
+/// colour JPEG, most photos) is decoded in place, without a new full-size
+/// buffer for the kernel to zero.
+pub fn decode_into(
+    bytes: &[u8],
+    max_pixels: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(u32, u32), Rejection> {
+    let (decoder, orientation) = open(bytes, max_pixels)?;
+    let plain = matches!(orientation, Orientation::NoTransforms);
+    if plain && decoder.color_type() == ColorType::Rgb8 {
+        let (w, h) = decoder.dimensions();
+        let n = w as usize * h as usize * 3;
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        decoder.read_image(&mut buf[..n]).map_err(classify)?;
+        return Ok((w, h));
+    }
+    let (rgb, w, h) = decode_all(decoder, orientation)?;
+    *buf = rgb;
+    Ok((w, h))
+}
+
+/// The decoder of `bytes` and the orientation its metadata asks for, once
+/// the header has passed the checks.
+fn open(
+    bytes: &[u8],
+    max_pixels: u64,
+) -> Result<(Box<dyn ImageDecoder + '_>, Orientation), Rejection> {
     if bytes.is_empty() {
         return Err(("empty_file", "the file is empty".into()));
     }
@@ -54,9 +90,12 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Decoded {
     if pixels == 0 {
         return Err(("empty_image", format!("the image is {w} x {h}")));
     }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    Ok((Box::new(decoder), orientation))
+}
+
+/// Any image to RGB8: alpha dropped, grey and palette expanded, rotated.
+fn decode_all(decoder: Box<dyn ImageDecoder + '_>, orientation: Orientation) -> Decoded {
     let mut img = DynamicImage::from_decoder(decoder).map_err(classify)?;
     img.apply_orientation(orientation);
     let (w, h) = (img.width(), img.height());
@@ -65,7 +104,24 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Decoded {
 
 /// [`decode`], with a decoder's panic on hostile bytes made a reject.
 pub fn decode_guarded(bytes: &[u8], max_pixels: u64) -> Decoded {
-    std::panic::catch_unwind(|| decode(bytes, max_pixels)).unwrap_or_else(|_| {
+    guarded(|| decode(bytes, max_pixels))
+}
+
+/// [`decode_into`], with a decoder's panic on hostile bytes made a reject.
+pub fn decode_into_guarded(
+    bytes: &[u8],
+    max_pixels: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(u32, u32), Rejection> {
+    guarded(std::panic::AssertUnwindSafe(|| {
+        decode_into(bytes, max_pixels, buf)
+    }))
+}
+
+fn guarded<T>(
+    f: impl FnOnce() -> Result<T, Rejection> + std::panic::UnwindSafe,
+) -> Result<T, Rejection> {
+    std::panic::catch_unwind(f).unwrap_or_else(|_| {
         Err((
             "corrupt_image",
             "the decoder failed on these bytes (it panicked)".into(),

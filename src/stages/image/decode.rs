@@ -26,11 +26,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::encode::EncodeImage;
 use super::resize::{CropMode, ResizeFilter, ResizeImageConfig, check_resize};
 use super::{PIXELS, pixel_fields, schema_with};
-use crate::codec::image::decode_guarded;
 pub use crate::codec::image::{Decoded, decode};
+use crate::codec::image::{decode_guarded, decode_into_guarded};
 use crate::error::{Error, Result};
+use crate::rejects::Rejection;
 use crate::stages::StageConfig;
 use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
 
@@ -51,6 +53,25 @@ pub fn resize_crop(
     max_pixels: u64,
     rng: &mut ChaCha8Rng,
 ) -> Decoded {
+    let mut out = Vec::new();
+    let (w, h) = resize_crop_into(resizer, rgb, w, h, cfg, max_pixels, rng, &mut out)?;
+    out.truncate(w as usize * h as usize * 3);
+    Ok((out, w, h))
+}
+
+/// [`resize_crop`] into `out`, which a caller keeps from image to image:
+/// the pixels are `out[..width * height * 3]`.
+#[allow(clippy::too_many_arguments)]
+pub fn resize_crop_into(
+    resizer: &mut Resizer,
+    rgb: &[u8],
+    w: u32,
+    h: u32,
+    cfg: &ResizeImageConfig,
+    max_pixels: u64,
+    rng: &mut ChaCha8Rng,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(u32, u32), Rejection> {
     let size = cfg.size as u64;
     let (nw, nh) = if w <= h {
         (size, (size * h as u64 / w as u64).max(1))
@@ -86,17 +107,22 @@ pub fn resize_crop(
         }
     };
     let (out_w, out_h) = c.map_or((nw, nh), |c| (c, c));
+    let n = out_w as usize * out_h as usize * 3;
+    if out.len() < n {
+        out.resize(n, 0);
+    }
     if (nw, nh) == (w, h) {
-        let mut out = Vec::with_capacity((out_w * out_h * 3) as usize);
-        for y in top..top + out_h {
+        let row = (out_w * 3) as usize;
+        for (y, dst) in (top..top + out_h).zip(out.chunks_exact_mut(row)) {
             let start = ((y * w + left) * 3) as usize;
-            out.extend_from_slice(&rgb[start..start + (out_w * 3) as usize]);
+            dst.copy_from_slice(&rgb[start..start + row]);
         }
-        return Ok((out, out_w, out_h));
+        return Ok((out_w, out_h));
     }
     let src = ImageRef::new(w, h, rgb, PixelType::U8x3)
         .map_err(|e| ("corrupt_image", format!("pixels do not fit {w} x {h}: {e}")))?;
-    let mut dst = Image::new(out_w, out_h, PixelType::U8x3);
+    let mut dst = Image::from_slice_u8(out_w, out_h, &mut out[..n], PixelType::U8x3)
+        .map_err(|e| ("resize_failed", e.to_string()))?;
     let filter = FilterType::Custom(match cfg.filter {
         ResizeFilter::Bilinear => filter("bilinear", bilinear, 1.0),
         ResizeFilter::Bicubic => filter("catmull_rom", catmull_rom, 2.0),
@@ -118,7 +144,7 @@ pub fn resize_crop(
     resizer
         .resize(&src, &mut dst, &options)
         .map_err(|e| ("resize_failed", e.to_string()))?;
-    Ok((dst.into_vec(), out_w, out_h))
+    Ok((out_w, out_h))
 }
 
 /// `len` from `start`, held within `limit`: rounding can put the far edge
@@ -181,17 +207,70 @@ fn lanczos3(x: f64) -> f64 {
     })
 }
 
-/// Decode, and resize in the same pass when a `resize_image` follows (its
-/// rejects, kind `resize_failed`, then carry the stage name `decode_image`).
+/// Decode, and resize and encode in the same pass when a `resize_image`
+/// and an `encode_image` follow (their rejects, kinds `resize_failed` and
+/// `encode_failed`, then carry the stage name `decode_image`).
 pub struct DecodeImage {
     max_pixels: u64,
     resize: Option<ResizeImageConfig>,
+    encode: Option<EncodeImage>,
 }
 
 impl DecodeImage {
-    pub fn new(max_pixels: u64, resize: Option<ResizeImageConfig>) -> Self {
-        DecodeImage { max_pixels, resize }
+    pub fn new(
+        max_pixels: u64,
+        resize: Option<ResizeImageConfig>,
+        encode: Option<EncodeImage>,
+    ) -> Self {
+        DecodeImage {
+            max_pixels,
+            resize,
+            encode,
+        }
     }
+
+    /// One image through the fused stages, in the thread's kept buffers:
+    /// only what leaves the stage (the resized pixels, or their encoding)
+    /// is a new allocation.
+    fn run_one(&self, bytes: &[u8], seed: u64, kept: &mut Kept) -> Decoded {
+        let Kept {
+            resizer,
+            decoded,
+            resized,
+        } = kept;
+        let (w, h) = decode_into_guarded(bytes, self.max_pixels, decoded)?;
+        let mut px = (&decoded[..w as usize * h as usize * 3], w, h);
+        if let Some(cfg) = &self.resize {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let (w, h) =
+                resize_crop_into(resizer, px.0, w, h, cfg, self.max_pixels, &mut rng, resized)?;
+            px = (&resized[..w as usize * h as usize * 3], w, h);
+        }
+        let (rgb, w, h) = px;
+        let out = match &self.encode {
+            Some(encode) => encode.encode(rgb, w, h)?,
+            None => rgb.to_vec(),
+        };
+        Ok((out, w, h))
+    }
+}
+
+/// What a thread keeps between images: the resizer and the buffers of the
+/// decoded and the resized pixels, each dropped when it grew past
+/// [`KEPT_BYTES`].
+#[derive(Default)]
+struct Kept {
+    resizer: Resizer,
+    decoded: Vec<u8>,
+    resized: Vec<u8>,
+}
+
+/// A kept buffer larger than this (a 10-megapixel image) is freed after
+/// its image, so that a thread holds at most this much between images.
+const KEPT_BYTES: usize = 32 << 20;
+
+thread_local! {
+    static KEPT: std::cell::RefCell<Kept> = std::cell::RefCell::default();
 }
 
 pub(super) fn out_size(resize: &Option<ResizeImageConfig>) -> Option<(u32, u32)> {
@@ -209,11 +288,11 @@ impl Stage for DecodeImage {
                 "decode_image needs encoded images: the inputs must be images, tar shards or tables with `image_column`".into(),
             ));
         }
-        Ok(schema_with(
-            input,
-            &["_image"],
-            &pixel_fields(out_size(&self.resize)),
-        ))
+        let pixels = schema_with(input, &["_image"], &pixel_fields(out_size(&self.resize)));
+        match &self.encode {
+            Some(encode) => encode.output_schema(&pixels),
+            None => Ok(pixels),
+        }
     }
 
     fn process(&self, batch: RecordBatch, cx: &mut BatchContext) -> Result<RecordBatch> {
@@ -221,21 +300,36 @@ impl Stage for DecodeImage {
             .column_by_name("_image")
             .ok_or_else(|| Error::Internal("decode_image: no `_image` column".into()))?
             .as_binary::<i32>();
-        let seeds = super::sample_seeds(&batch, cx)?;
-        let results: Vec<_> = (0..batch.num_rows())
-            .into_par_iter()
-            .map_init(Resizer::new, |resizer, row| {
-                let (rgb, w, h) = decode_guarded(images.value(row), self.max_pixels)?;
-                match &self.resize {
-                    None => Ok((rgb, w, h)),
-                    Some(cfg) => {
-                        let mut rng = ChaCha8Rng::seed_from_u64(seeds[row]);
-                        resize_crop(resizer, &rgb, w, h, cfg, self.max_pixels, &mut rng)
-                    }
-                }
-            })
-            .collect();
-        finish(batch, results, cx, self)
+        let results: Vec<_> = if self.resize.is_none() && self.encode.is_none() {
+            // The decoded pixels are the output: nothing to keep.
+            (0..batch.num_rows())
+                .into_par_iter()
+                .map(|row| decode_guarded(images.value(row), self.max_pixels))
+                .collect()
+        } else {
+            let seeds = super::sample_seeds(&batch, cx)?;
+            (0..batch.num_rows())
+                .into_par_iter()
+                .map(|row| {
+                    KEPT.with_borrow_mut(|kept| {
+                        let out = self.run_one(images.value(row), seeds[row], kept);
+                        for buf in [&mut kept.decoded, &mut kept.resized] {
+                            if buf.len() > KEPT_BYTES {
+                                *buf = Vec::new();
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect()
+        };
+        match &self.encode {
+            Some(encode) => {
+                let encoded = results.into_iter().map(|r| r.map(|(bytes, _, _)| bytes));
+                encode.finish(batch, encoded.collect(), cx, self)
+            }
+            None => finish(batch, results, cx, self),
+        }
     }
 }
 
@@ -268,15 +362,31 @@ pub(super) fn finish(
 
 impl BuildStage for DecodeImageConfig {
     fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
-        // A resize right after runs in the same pass over each image.
+        // A resize right after runs in the same pass over each image, and
+        // so does an encode_image right after the decode or that resize.
         let resize = match cx.after.first() {
             Some(StageConfig::ResizeImage(r)) if check_resize(r).is_ok() => Some(r.clone()),
+            _ => None,
+        };
+        let encode = match &cx.after[resize.is_some() as usize..] {
+            [StageConfig::EncodeImage(e), ..] => EncodeImage::new(e).ok(),
             _ => None,
         };
         Ok(Built::Ready(Arc::new(DecodeImage::new(
             cx.limits.max_image_pixels,
             resize,
+            encode,
         ))))
+    }
+}
+
+/// Whether an `encode_image` written after `before` runs inside its
+/// `decode_image` (as [`DecodeImageConfig`]'s build decides).
+pub(super) fn encode_is_fused(before: &[StageConfig]) -> bool {
+    match before {
+        [.., StageConfig::DecodeImage(_)] => true,
+        [.., StageConfig::DecodeImage(_), StageConfig::ResizeImage(r)] => check_resize(r).is_ok(),
+        _ => false,
     }
 }
 

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use super::{HEIGHT, PIXELS, Pixels, WIDTH, require_pixels, schema_with};
 use crate::error::Result;
+use crate::rejects::Rejection;
 use crate::schema::{media_struct_column, media_struct_type};
 use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
 use serde::{Deserialize, Serialize};
@@ -163,20 +164,41 @@ impl Stage for EncodeImage {
             .into_par_iter()
             .map(|row| {
                 let (rgb, w, h) = px.get(row);
-                encode(rgb, w, h, self.cfg.format, self.cfg.quality)
-                    .map_err(|m| ("encode_failed", m))
+                self.encode(rgb, w, h)
             })
             .collect();
+        self.finish(batch, encoded, cx, self)
+    }
+}
+
+impl EncodeImage {
+    /// One image's pixels encoded, or why not.
+    pub fn encode(&self, rgb: &[u8], w: u32, h: u32) -> std::result::Result<Vec<u8>, Rejection> {
+        encode(rgb, w, h, self.cfg.format, self.cfg.quality).map_err(|m| ("encode_failed", m))
+    }
+
+    /// The `image` column of the rows encoded, rejecting the failures, in
+    /// the output of `stage` (this one, or the decode it runs in).
+    pub(super) fn finish(
+        &self,
+        batch: RecordBatch,
+        encoded: Vec<std::result::Result<Vec<u8>, Rejection>>,
+        cx: &mut BatchContext,
+        stage: &dyn Stage,
+    ) -> Result<RecordBatch> {
         let (batch, encoded) = super::keep_ok(batch, encoded, cx)?;
         let image = media_struct_column(&batch, encoded)?;
-        let schema = self.output_schema(&batch.schema())?;
+        let schema = stage.output_schema(&batch.schema())?;
         super::batch_with(&batch, &schema, vec![("image", image)])
     }
 }
 
 impl BuildStage for EncodeImageConfig {
-    fn build(&self, _cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
+    fn build(&self, cx: &mut BuildContext) -> std::result::Result<Built, BuildError> {
         let stage = EncodeImage::new(self).map_err(|m| BuildError::new("quality", m))?;
+        if super::decode::encode_is_fused(cx.before) {
+            return Ok(Built::Fused);
+        }
         Ok(Built::Ready(Arc::new(stage)))
     }
 }
