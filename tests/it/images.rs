@@ -506,3 +506,42 @@ min_frequency = 1
     assert_eq!(m["totals"]["samples_out"], 8);
     assert!(m["totals"]["tokens"].as_u64().unwrap() > 8);
 }
+
+/// An `encode_image` right after a decode (or the resize it runs) runs in
+/// the decode's pass over each image, in buffers kept between images. It
+/// writes what it writes on its own: here after a second resize, which
+/// leaves a 32 x 32 crop as it is but keeps the encode a stage apart.
+#[test]
+fn an_encode_inside_the_decode_writes_the_bytes_of_one_on_its_own() {
+    let s = Scratch::new();
+    let images = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        read_dataset(dir)
+            .iter()
+            .flat_map(|b| {
+                let paths = b.column_by_name("path").unwrap().as_string::<i32>();
+                let image = b.column_by_name("image").unwrap().as_struct();
+                let bytes = image.column_by_name("bytes").unwrap().as_binary::<i32>();
+                (0..b.num_rows())
+                    .map(|i| (paths.value(i).to_string(), bytes.value(i).to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    for format in ["png", "jpeg"] {
+        let pipeline = |second: &str| {
+            format!(
+                "[[inputs]]\npath = \"{}\"\nformat = \"images\"\n\n[[stages]]\ntype = \"decode_image\"\n\n[[stages]]\ntype = \"resize_image\"\nsize = 40\ncrop = 32\n{second}\n[[stages]]\ntype = \"encode_image\"\nformat = \"{format}\"\n",
+                fixture("folder")
+            )
+        };
+        let fused = build(&s, &format!("fused-{format}"), &pipeline(""));
+        let apart = build(
+            &s,
+            &format!("apart-{format}"),
+            &pipeline("\n[[stages]]\ntype = \"resize_image\"\nsize = 32\n"),
+        );
+        let (a, b) = (images(&fused), images(&apart));
+        assert_eq!(a.len(), 13, "{format}");
+        assert!(a == b, "{format}: the fused encode wrote other bytes");
+    }
+}
