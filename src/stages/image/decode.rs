@@ -311,14 +311,21 @@ impl Stage for DecodeImage {
             (0..batch.num_rows())
                 .into_par_iter()
                 .map(|row| {
-                    KEPT.with_borrow_mut(|kept| {
-                        let out = self.run_one(images.value(row), seeds[row], kept);
-                        for buf in [&mut kept.decoded, &mut kept.resized] {
-                            if buf.len() > KEPT_BYTES {
-                                *buf = Vec::new();
+                    let (bytes, seed) = (images.value(row), seeds[row]);
+                    KEPT.with(|kept| match kept.try_borrow_mut() {
+                        Ok(mut kept) => {
+                            let kept = &mut *kept;
+                            let out = self.run_one(bytes, seed, kept);
+                            for buf in [&mut kept.decoded, &mut kept.resized] {
+                                if buf.len() > KEPT_BYTES {
+                                    *buf = Vec::new();
+                                }
                             }
+                            out
                         }
-                        out
+                        // Only if the thread is already inside an image
+                        // (work stolen while it waits): buffers of its own.
+                        Err(_) => self.run_one(bytes, seed, &mut Kept::default()),
                     })
                 })
                 .collect()
