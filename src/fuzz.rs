@@ -82,6 +82,11 @@ type = "resize_image"
 size = 24
 crop = 16
 filter = "bicubic"
+
+[[stages]]
+type = "encode_image"
+format = "jpeg"
+quality = 75
 "#;
 
 /// The first byte picks the file's extension from `exts`, the rest is the file.
