@@ -5,6 +5,11 @@
 //! fixed size (features, mixing, tensors) check it when the pipeline is
 //! built, before any data is read.
 //!
+//! A `resize_image` right after `decode_image`, and an `encode_image` right
+//! after either, are run by the decode in one pass over each image, in
+//! buffers each thread keeps between images ([`decode::DecodeImage`]): the
+//! batch then holds only what the last of them makes.
+//!
 //! | stage | what it does |
 //! |---|---|
 //! | `decode_image` | encoded bytes to RGB pixels, EXIF orientation applied; limits on pixels |
