@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use fast_image_resize::Resizer;
 use kiln::sources::media::{Media, media_files, walk_media};
-use kiln::stages::image::decode::{decode, resize_crop};
+use kiln::stages::image::decode::decode;
+use kiln::stages::image::resize::resize_crop;
 use kiln::stages::image::resize::{CropMode, ResizeFilter, ResizeImageConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -18,20 +18,58 @@ pub type Decoded = std::result::Result<(Vec<u8>, u32, u32), Rejection>;
 
 /// Decode encoded image bytes to RGB8, orientation applied.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Decoded {
-    let (decoder, orientation) = open(bytes, max_pixels)?;
+    let (decoder, orientation, _) = open(bytes, max_pixels)?;
     decode_all(decoder, orientation)
+}
+
+/// Pixels [`decode_into`] left in its buffer: `width` x `height`, which is
+/// the image's `full` size (orientation applied) at 1/`scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoding {
+    pub width: u32,
+    pub height: u32,
+    pub full: (u32, u32),
+    /// 1, or 2, 4 or 8 for a JPEG decoded at a reduced DCT scale.
+    pub scale: u32,
+}
+
+impl Decoding {
+    pub fn whole(width: u32, height: u32) -> Self {
+        Decoding {
+            width,
+            height,
+            full: (width, height),
+            scale: 1,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.width as usize * self.height as usize * 3
+    }
 }
 
 /// [`decode`] into `buf`, which a caller keeps from image to image: the
 /// pixels are `buf[..width * height * 3]`. An RGB image with no rotation (a
 /// colour JPEG, most photos) is decoded in place, without a new full-size
 /// buffer for the kernel to zero.
+///
+/// With `draft` (a shorter side), a JPEG is decoded by libjpeg-turbo at the
+/// smallest DCT scale of 1/8, 1/4 and 1/2 that keeps its shorter side at
+/// least that long, as Pillow's `draft` does; one it cannot decode so
+/// (CMYK, lossless, a warning on damaged data) is decoded in full.
 pub fn decode_into(
     bytes: &[u8],
     max_pixels: u64,
+    draft: Option<u32>,
     buf: &mut Vec<u8>,
-) -> Result<(u32, u32), Rejection> {
-    let (decoder, orientation) = open(bytes, max_pixels)?;
+) -> Result<Decoding, Rejection> {
+    let (decoder, orientation, format) = open(bytes, max_pixels)?;
+    if let (Some(short), ImageFormat::Jpeg) = (draft, format) {
+        let (w, h) = decoder.dimensions();
+        if let Some(d) = draft_jpeg(bytes, (w, h), short, orientation, buf) {
+            return Ok(d);
+        }
+    }
     let plain = matches!(orientation, Orientation::NoTransforms);
     if plain && decoder.color_type() == ColorType::Rgb8 {
         let (w, h) = decoder.dimensions();
@@ -40,11 +78,97 @@ pub fn decode_into(
             buf.resize(n, 0);
         }
         decoder.read_image(&mut buf[..n]).map_err(classify)?;
-        return Ok((w, h));
+        return Ok(Decoding::whole(w, h));
     }
     let (rgb, w, h) = decode_all(decoder, orientation)?;
     *buf = rgb;
-    Ok((w, h))
+    Ok(Decoding::whole(w, h))
+}
+
+/// The largest of 8, 4 and 2 that keeps the shorter side of `w` x `h` at
+/// least `short` (libjpeg-turbo rounds a scaled side up).
+pub fn draft_scale(w: u32, h: u32, short: u32) -> Option<u32> {
+    [8, 4, 2]
+        .into_iter()
+        .find(|s| w.min(h).div_ceil(*s) >= short)
+}
+
+thread_local! {
+    /// Each thread's libjpeg-turbo decompressor.
+    static TJ: std::cell::RefCell<Option<turbojpeg::Decompressor>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A JPEG of `size` (as stored) decoded by libjpeg-turbo at a reduced DCT
+/// scale into `buf`, oriented; `None` when it is not to be or cannot be.
+fn draft_jpeg(
+    bytes: &[u8],
+    size: (u32, u32),
+    short: u32,
+    orientation: Orientation,
+    buf: &mut Vec<u8>,
+) -> Option<Decoding> {
+    let scale = draft_scale(size.0, size.1, short)?;
+    let ((sw, sh), n) = TJ.with_borrow_mut(|tj| {
+        let tj = match tj {
+            Some(tj) => tj,
+            None => tj.insert(turbojpeg::Decompressor::new().ok()?),
+        };
+        let header = tj.read_header(bytes).ok()?;
+        let cmyk = matches!(
+            header.colorspace,
+            turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
+        );
+        // The header the checks passed is the one decoded.
+        if (header.width, header.height) != (size.0 as usize, size.1 as usize)
+            || header.is_lossless
+            || cmyk
+        {
+            return None;
+        }
+        // A progressive JPEG of thousands of scans is work out of all
+        // proportion to its bytes: refused here, decoded in full.
+        tj.set_scan_limit(500).ok()?;
+        let factor = turbojpeg::ScalingFactor::new(1, scale as usize);
+        tj.set_scaling_factor(factor).ok()?;
+        let (sw, sh) = (factor.scale(header.width), factor.scale(header.height));
+        let n = sw * sh * 3;
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        let image = turbojpeg::Image {
+            pixels: &mut buf[..n],
+            width: sw,
+            pitch: sw * 3,
+            height: sh,
+            format: turbojpeg::PixelFormat::RGB,
+        };
+        tj.decompress(bytes, image).ok()?;
+        Some(((sw as u32, sh as u32), n))
+    })?;
+    if matches!(orientation, Orientation::NoTransforms) {
+        return Some(Decoding {
+            width: sw,
+            height: sh,
+            full: size,
+            scale,
+        });
+    }
+    let mut img = DynamicImage::ImageRgb8(image::RgbImage::from_raw(sw, sh, buf[..n].to_vec())?);
+    img.apply_orientation(orientation);
+    let rgb = img.into_rgb8();
+    let (width, height) = rgb.dimensions();
+    buf[..n].copy_from_slice(rgb.as_raw());
+    let full = if (width, height) == (sw, sh) {
+        size
+    } else {
+        (size.1, size.0)
+    };
+    Some(Decoding {
+        width,
+        height,
+        full,
+        scale,
+    })
 }
 
 /// The decoder of `bytes` and the orientation its metadata asks for, once
@@ -52,7 +176,7 @@ pub fn decode_into(
 fn open(
     bytes: &[u8],
     max_pixels: u64,
-) -> Result<(Box<dyn ImageDecoder + '_>, Orientation), Rejection> {
+) -> Result<(Box<dyn ImageDecoder + '_>, Orientation, ImageFormat), Rejection> {
     if bytes.is_empty() {
         return Err(("empty_file", "the file is empty".into()));
     }
@@ -91,7 +215,7 @@ fn open(
         return Err(("empty_image", format!("the image is {w} x {h}")));
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    Ok((Box::new(decoder), orientation))
+    Ok((Box::new(decoder), orientation, format))
 }
 
 /// Any image to RGB8: alpha dropped, grey and palette expanded, rotated.
@@ -111,10 +235,11 @@ pub fn decode_guarded(bytes: &[u8], max_pixels: u64) -> Decoded {
 pub fn decode_into_guarded(
     bytes: &[u8],
     max_pixels: u64,
+    draft: Option<u32>,
     buf: &mut Vec<u8>,
-) -> Result<(u32, u32), Rejection> {
+) -> Result<Decoding, Rejection> {
     guarded(std::panic::AssertUnwindSafe(|| {
-        decode_into(bytes, max_pixels, buf)
+        decode_into(bytes, max_pixels, draft, buf)
     }))
 }
 

@@ -545,3 +545,53 @@ fn an_encode_inside_the_decode_writes_the_bytes_of_one_on_its_own() {
         assert!(a == b, "{format}: the fused encode wrote other bytes");
     }
 }
+
+/// `draft = true` decodes JPEGs at a reduced DCT scale: the folder's images
+/// come out with the sizes of full decoding, the JPEGs big enough to scale
+/// with other pixels, the rest with the same; without a resize right after
+/// the decode there is no scale to choose, and the pipeline is refused.
+#[test]
+fn draft_keeps_the_output_sizes_and_needs_a_resize() {
+    let s = Scratch::new();
+    let pipeline = |draft: &str| {
+        format!(
+            "[[inputs]]\npath = \"{}\"\nformat = \"images\"\n\n[[stages]]\ntype = \"decode_image\"\n{draft}\n[[stages]]\ntype = \"resize_image\"\nsize = 20\n\n[[stages]]\ntype = \"encode_image\"\n",
+            fixture("folder")
+        )
+    };
+    let sizes = |dir: &Path| -> Vec<(String, (u32, u32), Vec<u8>)> {
+        read_dataset(dir)
+            .iter()
+            .flat_map(|b| {
+                let paths = b.column_by_name("path").unwrap().as_string::<i32>();
+                let image = b.column_by_name("image").unwrap().as_struct();
+                let bytes = image.column_by_name("bytes").unwrap().as_binary::<i32>();
+                (0..b.num_rows())
+                    .map(|i| {
+                        let img = image::load_from_memory(bytes.value(i)).unwrap();
+                        let size = (img.width(), img.height());
+                        (paths.value(i).to_string(), size, bytes.value(i).to_vec())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let full = sizes(&build(&s, "full", &pipeline("")));
+    let draft = sizes(&build(&s, "draft", &pipeline("draft = true\n")));
+    assert_eq!(full.len(), 13);
+    let mut scaled = 0;
+    for ((path, size, a), (p, s, b)) in full.iter().zip(&draft) {
+        assert_eq!((path, size), (p, s));
+        // 64 x 48 and larger JPEGs decode at 1/2 for a shorter side of 20.
+        let jpeg = path.ends_with(".jpg") && path != "cat/rotated.jpg";
+        assert_eq!(a != b, jpeg, "{path}");
+        scaled += jpeg as usize;
+    }
+    assert_eq!(scaled, 4);
+    let err = refused(&format!(
+        "[[inputs]]\npath = \"{}\"\nformat = \"images\"\n\n[[stages]]\ntype = \"decode_image\"\ndraft = true\n\n[[stages]]\ntype = \"encode_image\"\n\n[output]\npath = \"out\"\n",
+        fixture("folder")
+    ));
+    assert!(err.contains("stages[0].draft"), "{err}");
+    assert!(err.contains("resize_image right after"), "{err}");
+}

@@ -1,5 +1,5 @@
-//! `decode_image`: encoded bytes to RGB pixels, resized in the same pass
-//! when a `resize_image` follows.
+//! `decode_image`: encoded bytes to RGB pixels, resized and encoded in the
+//! same pass when a `resize_image` and an `encode_image` follow.
 //!
 //! Decoding turns the encoded bytes into RGB pixels with the EXIF
 //! orientation applied (alpha is dropped, grey and palette images expanded,
@@ -8,31 +8,29 @@
 //! it is decoded. A JPEG with no end-of-image marker is rejected as
 //! truncated rather than padded with grey.
 //!
-//! Resizing follows torchvision: the shorter side becomes `size` and the
-//! longer `floor(size * long / short)`; `crop` then cuts a square, centred
-//! (offsets rounded half to even, as Python's `round`) or at a random
-//! offset drawn from the sample's generator. The filters are those of
-//! Pillow (bicubic is Catmull-Rom), run by a SIMD resizer. A resize right
-//! after a decode runs in the same pass over each image, so a batch never
-//! holds full-size pixels.
+//! A resize right after a decode runs in the same pass over each image, so
+//! a batch never holds full-size pixels, and so does an `encode_image`
+//! right after either. With `draft = true` a JPEG is decoded at the
+//! smallest DCT scale (libjpeg-turbo's 1/2, 1/4 or 1/8) that keeps its
+//! shorter side at least the resize's `size`; the resize then maps its
+//! geometry (the resized size, the crop) onto those pixels, so the output
+//! has the size and crop of full decoding.
 
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BinaryBuilder, RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{Filter, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use rand::{Rng, SeedableRng};
+use fast_image_resize::Resizer;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::encode::EncodeImage;
-use super::resize::{CropMode, ResizeFilter, ResizeImageConfig, check_resize};
+use super::resize::{ResizeImageConfig, check_resize, resize_crop_into};
 use super::{PIXELS, pixel_fields, schema_with};
 pub use crate::codec::image::{Decoded, decode};
 use crate::codec::image::{decode_guarded, decode_into_guarded};
 use crate::error::{Error, Result};
-use crate::rejects::Rejection;
 use crate::stages::StageConfig;
 use crate::stages::{BatchContext, BuildContext, BuildError, BuildStage, Built, Stage};
 
@@ -41,170 +39,13 @@ use serde::{Deserialize, Serialize};
 /// Decode the image bytes: EXIF orientation applied, converted to RGB.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct DecodeImageConfig {}
-
-/// Resize (shorter side to `cfg.size`) and crop. `rng` draws a random crop.
-pub fn resize_crop(
-    resizer: &mut Resizer,
-    rgb: &[u8],
-    w: u32,
-    h: u32,
-    cfg: &ResizeImageConfig,
-    max_pixels: u64,
-    rng: &mut ChaCha8Rng,
-) -> Decoded {
-    let mut out = Vec::new();
-    let (w, h) = resize_crop_into(resizer, rgb, w, h, cfg, max_pixels, rng, &mut out)?;
-    out.truncate(w as usize * h as usize * 3);
-    Ok((out, w, h))
-}
-
-/// [`resize_crop`] into `out`, which a caller keeps from image to image:
-/// the pixels are `out[..width * height * 3]`.
-#[allow(clippy::too_many_arguments)]
-pub fn resize_crop_into(
-    resizer: &mut Resizer,
-    rgb: &[u8],
-    w: u32,
-    h: u32,
-    cfg: &ResizeImageConfig,
-    max_pixels: u64,
-    rng: &mut ChaCha8Rng,
-    out: &mut Vec<u8>,
-) -> std::result::Result<(u32, u32), Rejection> {
-    let size = cfg.size as u64;
-    let (nw, nh) = if w <= h {
-        (size, (size * h as u64 / w as u64).max(1))
-    } else {
-        ((size * w as u64 / h as u64).max(1), size)
-    };
-    // A very long, thin image would resize to a huge one (only the crop is
-    // ever resampled, but its geometry must still fit).
-    let too_big = nw > u32::MAX as u64
-        || nh > u32::MAX as u64
-        || (cfg.crop.is_none() && nw * nh > max_pixels);
-    if too_big {
-        return Err((
-            "too_many_pixels",
-            format!(
-                "{w} x {h} would resize to {nw} x {nh}, over limits.max_image_pixels = {max_pixels}"
-            ),
-        ));
-    }
-    let (nw, nh) = (nw as u32, nh as u32);
-    // The crop, in the coordinates of the resized image.
-    let (c, top, left) = match cfg.crop {
-        None => (None, 0, 0),
-        Some(c) => {
-            let (top, left) = match cfg.crop_mode {
-                CropMode::Center => (
-                    ((nh - c) as f64 / 2.0).round_ties_even() as u32,
-                    ((nw - c) as f64 / 2.0).round_ties_even() as u32,
-                ),
-                CropMode::Random => (rng.random_range(0..=nh - c), rng.random_range(0..=nw - c)),
-            };
-            (Some(c), top, left)
-        }
-    };
-    let (out_w, out_h) = c.map_or((nw, nh), |c| (c, c));
-    let n = out_w as usize * out_h as usize * 3;
-    if out.len() < n {
-        out.resize(n, 0);
-    }
-    if (nw, nh) == (w, h) {
-        let row = (out_w * 3) as usize;
-        for (y, dst) in (top..top + out_h).zip(out.chunks_exact_mut(row)) {
-            let start = ((y * w + left) * 3) as usize;
-            dst.copy_from_slice(&rgb[start..start + row]);
-        }
-        return Ok((out_w, out_h));
-    }
-    let src = ImageRef::new(w, h, rgb, PixelType::U8x3)
-        .map_err(|e| ("corrupt_image", format!("pixels do not fit {w} x {h}: {e}")))?;
-    let mut dst = Image::from_slice_u8(out_w, out_h, &mut out[..n], PixelType::U8x3)
-        .map_err(|e| ("resize_failed", e.to_string()))?;
-    let filter = FilterType::Custom(match cfg.filter {
-        ResizeFilter::Bilinear => filter("bilinear", bilinear, 1.0),
-        ResizeFilter::Bicubic => filter("catmull_rom", catmull_rom, 2.0),
-        ResizeFilter::Lanczos => filter("lanczos3", lanczos3, 3.0),
-    });
-    // Only the part of the source that survives the crop is resampled; the
-    // filter still reads the pixels around it, so the result is that of
-    // resizing the whole image and cropping.
-    let (sx, sy) = (w as f64 / nw as f64, h as f64 / nh as f64);
-    let (x, y) = (left as f64 * sx, top as f64 * sy);
-    let options = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(filter))
-        .crop(
-            x,
-            y,
-            within(x, out_w as f64 * sx, w),
-            within(y, out_h as f64 * sy, h),
-        );
-    resizer
-        .resize(&src, &mut dst, &options)
-        .map_err(|e| ("resize_failed", e.to_string()))?;
-    Ok((out_w, out_h))
-}
-
-/// `len` from `start`, held within `limit`: rounding can put the far edge
-/// of a crop box that reaches the image's edge a hair past it (224 * (225 /
-/// 224) > 225), which the resizer refuses.
-fn within(start: f64, len: f64, limit: u32) -> f64 {
-    let mut len = len;
-    while start + len > limit as f64 {
-        len = len.next_down();
-    }
-    len
-}
-
-// The filters of fast_image_resize (Pillow's), except that a weight inside
-// a window is never exactly 0. fast_image_resize 6.1 drops a window's
-// leading zero weights; with a crop, the first window can then start after
-// a later one, and its vertical-first pass subtracts past zero and reads
-// outside the image (a small image upscaled and cropped: an 8 x 8 GIF to
-// 24 x 24, cropped to 16, did). A weight of f64::MIN_POSITIVE becomes 0 in
-// the crate's fixed-point coefficients, so the pixels are the same.
-
-fn filter(name: &'static str, f: fn(f64) -> f64, support: f64) -> Filter {
-    Filter::new(name, f, support).expect("a positive support")
-}
-
-fn never_zero(w: f64) -> f64 {
-    if w == 0.0 { f64::MIN_POSITIVE } else { w }
-}
-
-fn bilinear(x: f64) -> f64 {
-    let x = x.abs();
-    never_zero(if x < 1.0 { 1.0 - x } else { 0.0 })
-}
-
-fn catmull_rom(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    never_zero(if x < 1.0 {
-        ((A + 2.) * x - (A + 3.)) * x * x + 1.
-    } else if x < 2.0 {
-        (((x - 5.) * x + 8.) * x - 4.) * A
-    } else {
-        0.0
-    })
-}
-
-fn lanczos3(x: f64) -> f64 {
-    fn sinc(x: f64) -> f64 {
-        if x == 0.0 {
-            1.0
-        } else {
-            let x = x * std::f64::consts::PI;
-            x.sin() / x
-        }
-    }
-    never_zero(if (-3.0..3.0).contains(&x) {
-        sinc(x) * sinc(x / 3.)
-    } else {
-        0.0
-    })
+pub struct DecodeImageConfig {
+    /// Decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) that keeps the
+    /// shorter side at least the `size` of the `resize_image` right after,
+    /// as Pillow's `draft` does: much faster on large photos, slightly
+    /// different pixels. Off: every image is decoded in full.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draft: bool,
 }
 
 /// Decode, and resize and encode in the same pass when a `resize_image`
@@ -214,6 +55,8 @@ pub struct DecodeImage {
     max_pixels: u64,
     resize: Option<ResizeImageConfig>,
     encode: Option<EncodeImage>,
+    /// JPEGs at a reduced DCT scale (with a resize only).
+    draft: bool,
 }
 
 impl DecodeImage {
@@ -221,11 +64,13 @@ impl DecodeImage {
         max_pixels: u64,
         resize: Option<ResizeImageConfig>,
         encode: Option<EncodeImage>,
+        draft: bool,
     ) -> Self {
         DecodeImage {
             max_pixels,
             resize,
             encode,
+            draft,
         }
     }
 
@@ -238,12 +83,13 @@ impl DecodeImage {
             decoded,
             resized,
         } = kept;
-        let (w, h) = decode_into_guarded(bytes, self.max_pixels, decoded)?;
-        let mut px = (&decoded[..w as usize * h as usize * 3], w, h);
+        let draft = self.resize.as_ref().filter(|_| self.draft).map(|r| r.size);
+        let d = decode_into_guarded(bytes, self.max_pixels, draft, decoded)?;
+        let mut px = (&decoded[..d.bytes()], d.width, d.height);
         if let Some(cfg) = &self.resize {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let (w, h) =
-                resize_crop_into(resizer, px.0, w, h, cfg, self.max_pixels, &mut rng, resized)?;
+                resize_crop_into(resizer, px.0, d, cfg, self.max_pixels, &mut rng, resized)?;
             px = (&resized[..w as usize * h as usize * 3], w, h);
         }
         let (rgb, w, h) = px;
@@ -379,10 +225,17 @@ impl BuildStage for DecodeImageConfig {
             [StageConfig::EncodeImage(e), ..] => EncodeImage::new(e).ok(),
             _ => None,
         };
+        if self.draft && !matches!(cx.after.first(), Some(StageConfig::ResizeImage(_))) {
+            return Err(BuildError::new(
+                "draft",
+                "draft needs a resize_image right after decode_image: it decodes at the scale that resize allows",
+            ));
+        }
         Ok(Built::Ready(Arc::new(DecodeImage::new(
             cx.limits.max_image_pixels,
             resize,
             encode,
+            self.draft,
         ))))
     }
 }
@@ -400,6 +253,7 @@ pub(super) fn encode_is_fused(before: &[StageConfig]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stages::image::resize::{CropMode, ResizeFilter, resize_crop};
 
     fn cfg(size: u32, crop: Option<u32>) -> ResizeImageConfig {
         ResizeImageConfig {
@@ -410,205 +264,112 @@ mod tests {
         }
     }
 
+    /// `draft`: a JPEG decoded at a reduced DCT scale resizes to the size
+    /// and crop of full decoding, with nearly its pixels.
     #[test]
-    fn shorter_side_becomes_size_and_the_longer_is_floored() {
-        let rgb = vec![100u8; 30 * 20 * 3];
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let (out, w, h) = resize_crop(
-            &mut Resizer::new(),
-            &rgb,
-            30,
-            20,
-            &cfg(7, None),
-            64_000_000,
-            &mut rng,
-        )
-        .unwrap();
-        assert_eq!((w, h), (10, 7));
-        assert_eq!(out.len(), 10 * 7 * 3);
-        assert!(out.iter().all(|&p| p == 100), "a flat image stays flat");
-    }
-
-    #[test]
-    fn resizing_only_the_crop_equals_resizing_then_cropping() {
-        let (w, h) = (97u32, 61u32);
-        let rgb: Vec<u8> = (0..w * h * 3).map(|i| ((i * 37) % 251) as u8).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        for filter in [
-            ResizeFilter::Bilinear,
-            ResizeFilter::Bicubic,
-            ResizeFilter::Lanczos,
+    fn a_draft_decode_has_the_geometry_of_full_decoding_and_nearly_its_pixels() {
+        use super::super::encode::{ImageCodec, encode};
+        use crate::codec::image::decode_into;
+        let (w, h) = (640u32, 480u32);
+        let rgb: Vec<u8> = (0..h)
+            .flat_map(|y| {
+                (0..w).flat_map(move |x| {
+                    let (xf, yf) = (x as f32, y as f32);
+                    [
+                        (128.0 + 100.0 * (xf / 17.0).sin()) as u8,
+                        (128.0 + 100.0 * (yf / 23.0).cos()) as u8,
+                        ((x + y) * 255 / (w + h)) as u8,
+                    ]
+                })
+            })
+            .collect();
+        let jpeg = encode(&rgb, w, h, ImageCodec::Jpeg, 95).unwrap();
+        let (full, _, _) = decode(&jpeg, 64_000_000).unwrap();
+        let mut buf = Vec::new();
+        for (size, crop, scale) in [
+            (64, Some(56), 4),
+            (100, None, 4),
+            (200, Some(200), 2),
+            (59, Some(50), 8),
         ] {
-            let resize = ResizeImageConfig {
-                filter,
-                ..cfg(40, None)
-            };
-            let (full, fw, _) = resize_crop(
+            let d = decode_into(&jpeg, 64_000_000, Some(size), &mut buf).unwrap();
+            assert_eq!((d.scale, d.full), (scale, (w, h)), "size {size}");
+            assert_eq!((d.width, d.height), (w.div_ceil(scale), h.div_ceil(scale)));
+            let cfg = cfg(size, crop);
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let (want, ww, wh) =
+                resize_crop(&mut Resizer::new(), &full, w, h, &cfg, 64_000_000, &mut rng).unwrap();
+            let mut out = Vec::new();
+            let got = resize_crop_into(
                 &mut Resizer::new(),
-                &rgb,
-                w,
-                h,
-                &resize,
+                &buf[..d.bytes()],
+                d,
+                &cfg,
                 64_000_000,
                 &mut rng,
+                &mut out,
             )
             .unwrap();
-            let crop = ResizeImageConfig {
-                filter,
-                ..cfg(40, Some(32))
-            };
-            let (out, cw, ch) =
-                resize_crop(&mut Resizer::new(), &rgb, w, h, &crop, 64_000_000, &mut rng).unwrap();
-            assert_eq!((cw, ch), (32, 32));
-            // 63 x 40 resized: left = round(15.5) = 16, top = round(4.0) = 4.
-            let mut worst = 0;
-            for y in 0..32 {
-                for x in 0..32 * 3 {
-                    let a = full[(((y + 4) * fw + 16) * 3 + x) as usize] as i32;
-                    let b = out[(y * 32 * 3 + x) as usize] as i32;
-                    worst = worst.max((a - b).abs());
-                }
-            }
-            assert!(worst <= 1, "{filter:?}: off by {worst}");
+            assert_eq!(got, (ww, wh), "size {size}");
+            let mse = want
+                .iter()
+                .zip(&out)
+                .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                .sum::<f64>()
+                / want.len() as f64;
+            let psnr = 10.0 * (255.0f64.powi(2) / mse).log10();
+            assert!(psnr > 40.0, "size {size} at 1/{scale}: PSNR {psnr:.1} dB");
         }
+        // Not a JPEG, or too small to scale: decoded in full.
+        let png = include_bytes!("../../../fixtures/images/folder/dog/dog_1.png");
+        assert_eq!(
+            decode_into(png, 64_000_000, Some(8), &mut buf)
+                .unwrap()
+                .scale,
+            1
+        );
+        assert_eq!(
+            decode_into(&jpeg, 64_000_000, Some(300), &mut buf)
+                .unwrap()
+                .scale,
+            1
+        );
     }
 
-    /// A crop box that reaches the edge of the image stays inside it,
-    /// whatever the rounding: every shorter side from `size` up resizes,
-    /// cropped or not (224 * (225 / 224) is more than 225 in floating point).
+    /// A draft decode applies the EXIF orientation: stored 32 x 48 (left
+    /// red, right blue), shown 48 wide and 32 high, top red, bottom blue.
     #[test]
-    fn every_shorter_side_resizes_without_its_box_leaving_the_image() {
-        for (size, crop) in [(224, None), (224, Some(224)), (37, None), (37, Some(30))] {
-            for short in size..size + 100 {
-                for (w, h) in [(short, short), (short, short * 3 / 2)] {
-                    let rgb = vec![7u8; (w * h * 3) as usize];
-                    let mut rng = ChaCha8Rng::seed_from_u64(0);
-                    let (out, ow, oh) = resize_crop(
-                        &mut Resizer::new(),
-                        &rgb,
-                        w,
-                        h,
-                        &cfg(size, crop),
-                        64_000_000,
-                        &mut rng,
-                    )
-                    .unwrap_or_else(|e| panic!("{w} x {h} to {size} {crop:?}: {e:?}"));
-                    assert_eq!(out.len(), (ow * oh * 3) as usize);
-                    assert_eq!(out[out.len() / 2], 7, "{w} x {h}");
-                }
-            }
-        }
-    }
-
-    /// fast_image_resize 6.1 with its own filters read outside the image
-    /// here (an overflow in its first window; found by the `image` fuzz
-    /// target): small images upscaled and cropped.
-    #[test]
-    fn small_images_upscaled_and_cropped_resize_like_resize_then_crop() {
-        for (w, h, size, crop) in [
-            (8, 8, 24, 16),
-            (32, 32, 256, 224),
-            (5, 3, 24, 16),
-            (1, 9, 24, 16),
-        ] {
-            let rgb: Vec<u8> = (0..w * h * 3).map(|i| ((i * 53) % 241) as u8).collect();
-            for filter in [
-                ResizeFilter::Bilinear,
-                ResizeFilter::Bicubic,
-                ResizeFilter::Lanczos,
-            ] {
-                let mut rng = ChaCha8Rng::seed_from_u64(0);
-                let whole = ResizeImageConfig {
-                    filter,
-                    ..cfg(size, None)
-                };
-                let (full, fw, fh) = resize_crop(
-                    &mut Resizer::new(),
-                    &rgb,
-                    w,
-                    h,
-                    &whole,
-                    64_000_000,
-                    &mut rng,
-                )
-                .unwrap();
-                let cropped = ResizeImageConfig {
-                    filter,
-                    ..cfg(size, Some(crop))
-                };
-                let (out, _, _) = resize_crop(
-                    &mut Resizer::new(),
-                    &rgb,
-                    w,
-                    h,
-                    &cropped,
-                    64_000_000,
-                    &mut rng,
-                )
-                .unwrap();
-                let (top, left) = ((fh - crop) / 2, (fw - crop) / 2);
-                let mut worst = 0;
-                for y in 0..crop {
-                    for x in 0..crop * 3 {
-                        let a = full[(((y + top) * fw + left) * 3 + x) as usize] as i32;
-                        let b = out[(y * crop * 3 + x) as usize] as i32;
-                        worst = worst.max((a - b).abs());
-                    }
-                }
-                assert!(worst <= 2, "{w} x {h} {filter:?}: off by {worst}");
-            }
-        }
-    }
-
-    /// The filters kiln passes are fast_image_resize's own, to the byte.
-    #[test]
-    fn the_filters_give_the_crates_own_pixels() {
-        let (w, h) = (97u32, 61u32);
-        let rgb: Vec<u8> = (0..w * h * 3).map(|i| ((i * 37) % 251) as u8).collect();
-        let src = ImageRef::new(w, h, &rgb, PixelType::U8x3).unwrap();
-        for (theirs, ours) in [
-            (FilterType::Bilinear, filter("bilinear", bilinear, 1.0)),
-            (
-                FilterType::CatmullRom,
-                filter("catmull_rom", catmull_rom, 2.0),
-            ),
-            (FilterType::Lanczos3, filter("lanczos3", lanczos3, 3.0)),
-        ] {
-            let resized = |f| {
-                let mut dst = Image::new(40, 25, PixelType::U8x3);
-                let options = ResizeOptions::new()
-                    .resize_alg(ResizeAlg::Convolution(f))
-                    .crop(3.5, 2.25, 80.0, 50.0);
-                Resizer::new().resize(&src, &mut dst, &options).unwrap();
-                dst.into_vec()
-            };
-            assert_eq!(
-                resized(theirs),
-                resized(FilterType::Custom(ours)),
-                "{theirs:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn centre_crop_rounds_half_to_even_like_torchvision() {
-        // 5 x 4 image, size 4 -> 5 x 4 (no resize), crop 3: left = round(1.0) = 1,
-        // top = round(0.5) = 0.
-        let rgb: Vec<u8> = (0..5 * 4).flat_map(|i| [i as u8, 0, 0]).collect();
+    fn a_draft_decode_is_oriented() {
+        use crate::codec::image::decode_into;
+        let jpg = include_bytes!("../../../fixtures/images/folder/cat/rotated.jpg");
+        let mut buf = Vec::new();
+        let d = decode_into(jpg, 64_000_000, Some(8), &mut buf).unwrap();
+        assert_eq!((d.width, d.height, d.full, d.scale), (12, 8, (48, 32), 4));
+        let mut out = Vec::new();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let (out, w, h) = resize_crop(
+        let (w, h) = resize_crop_into(
             &mut Resizer::new(),
-            &rgb,
-            5,
-            4,
-            &cfg(4, Some(3)),
+            &buf[..d.bytes()],
+            d,
+            &cfg(8, None),
             64_000_000,
             &mut rng,
+            &mut out,
         )
         .unwrap();
-        assert_eq!((w, h), (3, 3));
-        let reds: Vec<u8> = out.chunks(3).map(|p| p[0]).collect();
-        assert_eq!(reds, [1, 2, 3, 6, 7, 8, 11, 12, 13]);
+        assert_eq!((w, h), (12, 8));
+        let at =
+            |x: u32, y: u32| &out[((y * 12 + x) * 3) as usize..((y * 12 + x) * 3 + 3) as usize];
+        assert!(
+            at(6, 1)[0] > 200 && at(6, 1)[2] < 60,
+            "top is red: {:?}",
+            at(6, 1)
+        );
+        assert!(
+            at(6, 6)[2] > 200 && at(6, 6)[0] < 60,
+            "bottom is blue: {:?}",
+            at(6, 6)
+        );
     }
 
     #[test]
@@ -618,35 +379,6 @@ mod tests {
         let (kind, msg) = decode(png, 64_000_000).unwrap_err();
         assert_eq!(kind, "too_many_pixels", "{msg}");
         assert!(msg.contains("100000 x 100000"), "{msg}");
-    }
-
-    #[test]
-    fn a_long_thin_image_is_refused_not_resized_to_gigabytes() {
-        let rgb = vec![0u8; 100_000 * 3];
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let (kind, _) = resize_crop(
-            &mut Resizer::new(),
-            &rgb,
-            1,
-            100_000,
-            &cfg(224, None),
-            64_000_000,
-            &mut rng,
-        )
-        .unwrap_err();
-        assert_eq!(kind, "too_many_pixels");
-        // With a crop only the crop is made.
-        let (out, w, h) = resize_crop(
-            &mut Resizer::new(),
-            &rgb,
-            1,
-            100_000,
-            &cfg(224, Some(224)),
-            64_000_000,
-            &mut rng,
-        )
-        .unwrap();
-        assert_eq!((w, h, out.len()), (224, 224, 224 * 224 * 3));
     }
 
     #[test]
