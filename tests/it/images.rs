@@ -507,6 +507,21 @@ min_frequency = 1
     assert!(m["totals"]["tokens"].as_u64().unwrap() > 8);
 }
 
+/// Every row's path and encoded `image` bytes, in dataset order.
+fn images(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    read_dataset(dir)
+        .iter()
+        .flat_map(|b| {
+            let paths = b.column_by_name("path").unwrap().as_string::<i32>();
+            let image = b.column_by_name("image").unwrap().as_struct();
+            let bytes = image.column_by_name("bytes").unwrap().as_binary::<i32>();
+            (0..b.num_rows())
+                .map(|i| (paths.value(i).to_string(), bytes.value(i).to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// An `encode_image` right after a decode (or the resize it runs) runs in
 /// the decode's pass over each image, in buffers kept between images. It
 /// writes what it writes on its own: here after a second resize, which
@@ -514,19 +529,6 @@ min_frequency = 1
 #[test]
 fn an_encode_inside_the_decode_writes_the_bytes_of_one_on_its_own() {
     let s = Scratch::new();
-    let images = |dir: &Path| -> Vec<(String, Vec<u8>)> {
-        read_dataset(dir)
-            .iter()
-            .flat_map(|b| {
-                let paths = b.column_by_name("path").unwrap().as_string::<i32>();
-                let image = b.column_by_name("image").unwrap().as_struct();
-                let bytes = image.column_by_name("bytes").unwrap().as_binary::<i32>();
-                (0..b.num_rows())
-                    .map(|i| (paths.value(i).to_string(), bytes.value(i).to_vec()))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
     for format in ["png", "jpeg"] {
         let pipeline = |second: &str| {
             format!(
@@ -560,19 +562,11 @@ fn draft_keeps_the_output_sizes_and_needs_a_resize() {
         )
     };
     let sizes = |dir: &Path| -> Vec<(String, (u32, u32), Vec<u8>)> {
-        read_dataset(dir)
-            .iter()
-            .flat_map(|b| {
-                let paths = b.column_by_name("path").unwrap().as_string::<i32>();
-                let image = b.column_by_name("image").unwrap().as_struct();
-                let bytes = image.column_by_name("bytes").unwrap().as_binary::<i32>();
-                (0..b.num_rows())
-                    .map(|i| {
-                        let img = image::load_from_memory(bytes.value(i)).unwrap();
-                        let size = (img.width(), img.height());
-                        (paths.value(i).to_string(), size, bytes.value(i).to_vec())
-                    })
-                    .collect::<Vec<_>>()
+        images(dir)
+            .into_iter()
+            .map(|(path, bytes)| {
+                let img = image::load_from_memory(&bytes).unwrap();
+                (path, (img.width(), img.height()), bytes)
             })
             .collect()
     };

@@ -253,16 +253,7 @@ pub(super) fn encode_is_fused(before: &[StageConfig]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::image::resize::{CropMode, ResizeFilter, resize_crop};
-
-    fn cfg(size: u32, crop: Option<u32>) -> ResizeImageConfig {
-        ResizeImageConfig {
-            size,
-            crop,
-            crop_mode: CropMode::Center,
-            filter: ResizeFilter::Bilinear,
-        }
-    }
+    use crate::stages::image::resize::{cfg, resize_crop};
 
     /// `draft`: a JPEG decoded at a reduced DCT scale resizes to the size
     /// and crop of full decoding, with nearly its pixels.

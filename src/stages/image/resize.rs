@@ -303,18 +303,20 @@ fn lanczos3(x: f64) -> f64 {
     })
 }
 
+/// A bilinear resize to `size`, cropped in the centre (for tests).
+#[cfg(test)]
+pub(super) fn cfg(size: u32, crop: Option<u32>) -> ResizeImageConfig {
+    ResizeImageConfig {
+        size,
+        crop,
+        crop_mode: CropMode::Center,
+        filter: ResizeFilter::Bilinear,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cfg(size: u32, crop: Option<u32>) -> ResizeImageConfig {
-        ResizeImageConfig {
-            size,
-            crop,
-            crop_mode: CropMode::Center,
-            filter: ResizeFilter::Bilinear,
-        }
-    }
 
     #[test]
     fn shorter_side_becomes_size_and_the_longer_is_floored() {
