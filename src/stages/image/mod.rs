@@ -12,7 +12,7 @@
 //!
 //! | stage | what it does |
 //! |---|---|
-//! | `decode_image` | encoded bytes to RGB pixels, EXIF orientation applied; limits on pixels |
+//! | `decode_image` | encoded bytes to RGB pixels, EXIF orientation applied; limits on pixels; `draft`: JPEGs at a reduced DCT scale |
 //! | `resize_image` | shorter side to `size`, then a centre or random `crop` square |
 //! | `image_features` | an ONNX model's features (EfficientNet-Lite0 by default), logits, top-k |
 //! | `mix` | CutMix / MixUp copies with mixed labels, as timm does |
