@@ -73,16 +73,24 @@ pub fn decode_into(
     let plain = matches!(orientation, Orientation::NoTransforms);
     if plain && decoder.color_type() == ColorType::Rgb8 {
         let (w, h) = decoder.dimensions();
-        let n = w as usize * h as usize * 3;
-        if buf.len() < n {
-            buf.resize(n, 0);
-        }
-        decoder.read_image(&mut buf[..n]).map_err(classify)?;
-        return Ok(Decoding::whole(w, h));
+        let d = Decoding::whole(w, h);
+        decoder
+            .read_image(grown(buf, d.bytes()))
+            .map_err(classify)?;
+        return Ok(d);
     }
     let (rgb, w, h) = decode_all(decoder, orientation)?;
     *buf = rgb;
     Ok(Decoding::whole(w, h))
+}
+
+/// The first `n` bytes of `buf`, a buffer kept from image to image, which
+/// grows (never shrinks) to hold them; what it held before is left there.
+pub fn grown(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if buf.len() < n {
+        buf.resize(n, 0);
+    }
+    &mut buf[..n]
 }
 
 /// The largest of 8, 4 and 2 that keeps the shorter side of `w` x `h` at
@@ -132,11 +140,8 @@ fn draft_jpeg(
         tj.set_scaling_factor(factor).ok()?;
         let (sw, sh) = (factor.scale(header.width), factor.scale(header.height));
         let n = sw * sh * 3;
-        if buf.len() < n {
-            buf.resize(n, 0);
-        }
         let image = turbojpeg::Image {
-            pixels: &mut buf[..n],
+            pixels: grown(buf, n),
             width: sw,
             pitch: sw * 3,
             height: sh,

@@ -18,6 +18,7 @@ use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use rayon::prelude::*;
 
 use super::{HEIGHT, PIXELS, Pixels, WIDTH, require_pixels, schema_with};
+use crate::codec::image::grown;
 use crate::error::Result;
 use crate::rejects::Rejection;
 use crate::schema::{media_struct_column, media_struct_type};
@@ -128,19 +129,16 @@ impl Jpeg {
             height: h,
             format: turbojpeg::PixelFormat::RGB,
         };
-        if need > KEPT_BUFFER {
-            let mut own = vec![0; need];
-            let n = compressor.compress_to_slice(image, &mut own).map_err(tj)?;
-            own.truncate(n);
-            return Ok(own);
-        }
-        if self.buf.len() < need {
-            self.buf.resize(need, 0);
-        }
+        let mut own = Vec::new();
+        let buf = if need > KEPT_BUFFER {
+            &mut own
+        } else {
+            &mut self.buf
+        };
         let n = compressor
-            .compress_to_slice(image, &mut self.buf)
+            .compress_to_slice(image, grown(buf, need))
             .map_err(tj)?;
-        Ok(self.buf[..n].to_vec())
+        Ok(buf[..n].to_vec())
     }
 }
 

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::decode::{finish, out_size};
 use super::{Pixels, pixel_fields, require_pixels, schema_with};
-use crate::codec::image::{Decoded, Decoding};
+use crate::codec::image::{Decoded, Decoding, grown};
 use crate::error::Result;
 use crate::rejects::Rejection;
 use crate::stages::{
@@ -140,10 +140,10 @@ pub fn resize_crop(
     max_pixels: u64,
     rng: &mut ChaCha8Rng,
 ) -> Decoded {
+    // A new buffer grows to exactly the pixels.
     let mut out = Vec::new();
     let src = Decoding::whole(w, h);
     let (w, h) = resize_crop_into(resizer, rgb, src, cfg, max_pixels, rng, &mut out)?;
-    out.truncate(w as usize * h as usize * 3);
     Ok((out, w, h))
 }
 
@@ -196,10 +196,7 @@ pub fn resize_crop_into(
         }
     };
     let (out_w, out_h) = c.map_or((nw, nh), |c| (c, c));
-    let n = out_w as usize * out_h as usize * 3;
-    if out.len() < n {
-        out.resize(n, 0);
-    }
+    let out = grown(out, out_w as usize * out_h as usize * 3);
     if (nw, nh) == (w, h) && src.scale == 1 {
         let row = (out_w * 3) as usize;
         for (y, dst) in (top..top + out_h).zip(out.chunks_exact_mut(row)) {
@@ -215,7 +212,7 @@ pub fn resize_crop_into(
             format!("pixels do not fit {sw} x {sh}: {e}"),
         )
     })?;
-    let mut dst = Image::from_slice_u8(out_w, out_h, &mut out[..n], PixelType::U8x3)
+    let mut dst = Image::from_slice_u8(out_w, out_h, out, PixelType::U8x3)
         .map_err(|e| ("resize_failed", e.to_string()))?;
     let filter = FilterType::Custom(match cfg.filter {
         ResizeFilter::Bilinear => filter("bilinear", bilinear, 1.0),
