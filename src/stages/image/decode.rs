@@ -85,18 +85,24 @@ impl DecodeImage {
         } = kept;
         let draft = self.resize.as_ref().filter(|_| self.draft).map(|r| r.size);
         let d = decode_into_guarded(bytes, self.max_pixels, draft, decoded)?;
-        let mut px = (&decoded[..d.bytes()], d.width, d.height);
-        if let Some(cfg) = &self.resize {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let (w, h) =
-                resize_crop_into(resizer, px.0, d, cfg, self.max_pixels, &mut rng, resized)?;
-            px = (&resized[..w as usize * h as usize * 3], w, h);
-        }
-        let (rgb, w, h) = px;
-        let out = match &self.encode {
-            Some(encode) => encode.encode(rgb, w, h)?,
-            None => rgb.to_vec(),
+        let rgb = &decoded[..d.bytes()];
+        let Some(cfg) = &self.resize else {
+            let out = match &self.encode {
+                Some(encode) => encode.encode(rgb, d.width, d.height)?,
+                None => rgb.to_vec(),
+            };
+            return Ok((out, d.width, d.height));
         };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let Some(encode) = &self.encode else {
+            // The crop leaves the stage: made in a buffer of its own.
+            let mut out = Vec::new();
+            let (w, h) =
+                resize_crop_into(resizer, rgb, d, cfg, self.max_pixels, &mut rng, &mut out)?;
+            return Ok((out, w, h));
+        };
+        let (w, h) = resize_crop_into(resizer, rgb, d, cfg, self.max_pixels, &mut rng, resized)?;
+        let out = encode.encode(&resized[..w as usize * h as usize * 3], w, h)?;
         Ok((out, w, h))
     }
 }
