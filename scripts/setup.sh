@@ -43,6 +43,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        # The downloaded .debs are installed; they would only take disk.
+        apt-get clean
     else
         echo "setup: missing Debian packages: ${missing[*]}; install them with apt-get" >&2
         exit 2
@@ -65,7 +67,9 @@ fi
 stamp=.venv/.requirements.sha256
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+    # No wheel cache: installed once, the cached wheels would only take disk
+    # (hundreds of MB).
+    .venv/bin/pip install -q --disable-pip-version-check --no-cache-dir -r requirements.txt
     echo "$want" > "$stamp"
 fi
 
