@@ -65,7 +65,9 @@ run_one() {
         "${rate:-?}" "$cov" "$(ls "$f/corpus/$t" | wc -l)" "$outcome"
 }
 export -f run_one
+# summary.txt keeps every run's lines; the exit status is this run's.
 printf '%s\n' "${targets[@]}" | xargs -P "$jobs" -I{} bash -c "run_one {} $secs $bin" |
-    tee -a fuzz/work/summary.txt
+    tee fuzz/work/this_run.txt
+cat fuzz/work/this_run.txt >>fuzz/work/summary.txt
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
-! grep -q FOUND fuzz/work/summary.txt
+! grep -q FOUND fuzz/work/this_run.txt
