@@ -334,46 +334,50 @@ mod tests {
         assert!(out.iter().all(|&p| p == 100), "a flat image stays flat");
     }
 
+    /// The largest difference of a channel between resizing only the crop
+    /// and resizing the whole image to `size`, then cutting the `crop`
+    /// square at `corner(width, height)` (top, left) of the whole.
+    fn crop_against_whole(
+        rgb: &[u8],
+        (w, h): (u32, u32),
+        filter: ResizeFilter,
+        (size, crop): (u32, u32),
+        corner: impl Fn(u32, u32) -> (u32, u32),
+    ) -> i32 {
+        let resize = |crop| {
+            let cfg = ResizeImageConfig {
+                filter,
+                ..cfg(size, crop)
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            resize_crop(&mut Resizer::new(), rgb, w, h, &cfg, 64_000_000, &mut rng).unwrap()
+        };
+        let (full, fw, fh) = resize(None);
+        let (out, cw, ch) = resize(Some(crop));
+        assert_eq!((cw, ch), (crop, crop));
+        let (top, left) = corner(fw, fh);
+        let mut worst = 0;
+        for y in 0..crop {
+            for x in 0..crop * 3 {
+                let a = full[(((y + top) * fw + left) * 3 + x) as usize] as i32;
+                let b = out[(y * crop * 3 + x) as usize] as i32;
+                worst = worst.max((a - b).abs());
+            }
+        }
+        worst
+    }
+
     #[test]
     fn resizing_only_the_crop_equals_resizing_then_cropping() {
         let (w, h) = (97u32, 61u32);
         let rgb: Vec<u8> = (0..w * h * 3).map(|i| ((i * 37) % 251) as u8).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
         for filter in [
             ResizeFilter::Bilinear,
             ResizeFilter::Bicubic,
             ResizeFilter::Lanczos,
         ] {
-            let resize = ResizeImageConfig {
-                filter,
-                ..cfg(40, None)
-            };
-            let (full, fw, _) = resize_crop(
-                &mut Resizer::new(),
-                &rgb,
-                w,
-                h,
-                &resize,
-                64_000_000,
-                &mut rng,
-            )
-            .unwrap();
-            let crop = ResizeImageConfig {
-                filter,
-                ..cfg(40, Some(32))
-            };
-            let (out, cw, ch) =
-                resize_crop(&mut Resizer::new(), &rgb, w, h, &crop, 64_000_000, &mut rng).unwrap();
-            assert_eq!((cw, ch), (32, 32));
             // 63 x 40 resized: left = round(15.5) = 16, top = round(4.0) = 4.
-            let mut worst = 0;
-            for y in 0..32 {
-                for x in 0..32 * 3 {
-                    let a = full[(((y + 4) * fw + 16) * 3 + x) as usize] as i32;
-                    let b = out[(y * 32 * 3 + x) as usize] as i32;
-                    worst = worst.max((a - b).abs());
-                }
-            }
+            let worst = crop_against_whole(&rgb, (w, h), filter, (40, 32), |_, _| (4, 16));
             assert!(worst <= 1, "{filter:?}: off by {worst}");
         }
     }
@@ -422,44 +426,8 @@ mod tests {
                 ResizeFilter::Bicubic,
                 ResizeFilter::Lanczos,
             ] {
-                let mut rng = ChaCha8Rng::seed_from_u64(0);
-                let whole = ResizeImageConfig {
-                    filter,
-                    ..cfg(size, None)
-                };
-                let (full, fw, fh) = resize_crop(
-                    &mut Resizer::new(),
-                    &rgb,
-                    w,
-                    h,
-                    &whole,
-                    64_000_000,
-                    &mut rng,
-                )
-                .unwrap();
-                let cropped = ResizeImageConfig {
-                    filter,
-                    ..cfg(size, Some(crop))
-                };
-                let (out, _, _) = resize_crop(
-                    &mut Resizer::new(),
-                    &rgb,
-                    w,
-                    h,
-                    &cropped,
-                    64_000_000,
-                    &mut rng,
-                )
-                .unwrap();
-                let (top, left) = ((fh - crop) / 2, (fw - crop) / 2);
-                let mut worst = 0;
-                for y in 0..crop {
-                    for x in 0..crop * 3 {
-                        let a = full[(((y + top) * fw + left) * 3 + x) as usize] as i32;
-                        let b = out[(y * crop * 3 + x) as usize] as i32;
-                        worst = worst.max((a - b).abs());
-                    }
-                }
+                let centre = |fw, fh| ((fh - crop) / 2, (fw - crop) / 2);
+                let worst = crop_against_whole(&rgb, (w, h), filter, (size, crop), centre);
                 assert!(worst <= 2, "{w} x {h} {filter:?}: off by {worst}");
             }
         }
