@@ -158,11 +158,15 @@ fn draft_jpeg(
             scale,
         });
     }
-    let mut img = DynamicImage::ImageRgb8(image::RgbImage::from_raw(sw, sh, buf[..n].to_vec())?);
+    // The pixels move out of `buf` to be turned and back, uncopied, as a
+    // full decode's do.
+    let mut raw = std::mem::take(buf);
+    raw.truncate(n);
+    let mut img = DynamicImage::ImageRgb8(image::RgbImage::from_raw(sw, sh, raw)?);
     img.apply_orientation(orientation);
     let rgb = img.into_rgb8();
     let (width, height) = rgb.dimensions();
-    buf[..n].copy_from_slice(rgb.as_raw());
+    *buf = rgb.into_raw();
     let full = if (width, height) == (sw, sh) {
         size
     } else {
